@@ -1,0 +1,75 @@
+// Errors of the block layer: one enum value per failing step, so callers and
+// tests can tell, say, WritingHeader from SyncingHeader. Converted to text only
+// at the edge (message()).
+#pragma once
+
+#include <cstdint>
+#include <expected>
+#include <string>
+
+namespace tern::block {
+
+enum class Errc {
+  // Opening and probing.
+  OpenFailed,          // open(2) failed (sys_errno says why)
+  NotAFile,            // a directory or other non-regular, non-block file
+  LockConflict,        // another process holds a conflicting OFD lock
+  LockFailed,          // fcntl(F_OFD_SETLK) failed for another reason
+  UnknownFormat,       // probing could not tell the image format
+  // Requests.
+  OutOfRange,          // request extends past the end of the disk
+  Unaligned,           // O_DIRECT request or buffer not aligned
+  ReadOnly,            // write-type request on a read-only disk
+  Unsupported,         // operation not supported by this backend
+  QueueFull,           // more requests in flight than the context's depth
+  InvalidArgument,     // malformed request (e.g. zero-length iovec list)
+  ReadFailed,
+  WriteFailed,
+  FlushFailed,
+  DiscardFailed,
+  WriteZeroesFailed,
+  ShortTransfer,       // I/O returned fewer bytes than asked (e.g. past EOF)
+  AioSetupFailed,      // io_setup failed; callers may fall back to threads
+  SubmitFailed,        // io_submit failed
+  // Resizing.
+  ShrinkRefused,
+  ResizeFailed,
+  // QCOW2 engine (block/qcow2/).
+  BadHeader,
+  UnsupportedVersion,
+  UnsupportedFeature,  // detail names the feature
+  BackingRefused,      // image has a backing file but backing_files=off
+  BackingFailed,
+  CorruptImage,
+  RefcountOverflow,    // detail carries value, maximum and width
+  ReadingMetadata,
+  WritingMetadata,
+  ReadingHeader,
+  WritingHeader,
+  SyncingHeader,
+  Decompression,
+  NoSpace,
+  Internal,
+};
+
+const char* errc_name(Errc code);
+
+struct Error {
+  Errc code = Errc::Internal;
+  int sys_errno = 0;   // errno of the failing call, 0 when not a syscall
+  std::string detail;  // file name, feature name, values... (may be empty)
+
+  // "open /x/y.img: No such file or directory" style text for the edge.
+  std::string message() const;
+  // The errno to report for this error (guest status mapping, exit codes).
+  int to_errno() const;
+};
+
+template <class T>
+using Result = std::expected<T, Error>;
+
+inline std::unexpected<Error> fail(Errc code, int sys_errno = 0, std::string detail = {}) {
+  return std::unexpected(Error{code, sys_errno, std::move(detail)});
+}
+
+}  // namespace tern::block

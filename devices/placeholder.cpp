@@ -1,0 +1,1 @@
+// Devices (serial, PCI, virtio) land here.

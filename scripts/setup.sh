@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs every Debian package that Tern's build, tests, guest image and
+# benchmarks need. Idempotent: a second run only refreshes the package lists.
+set -euo pipefail
+
+packages=(
+  build-essential g++ cmake ninja-build pkg-config git
+  linux-libc-dev
+  zlib1g-dev libzstd-dev
+  libboost-dev nlohmann-json3-dev libcli11-dev
+  libgtest-dev libgmock-dev
+  qemu-utils qemu-system-x86
+  curl acpica-tools
+  busybox-static cpio kmod zstd xz-utils
+  clang lld libclang-rt-14-dev
+)
+
+sudo_cmd=()
+if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo_cmd[@]}" apt-get update
+  "${sudo_cmd[@]}" apt-get install -y --no-install-recommends "${missing[@]}"
+fi

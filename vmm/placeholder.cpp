@@ -1,0 +1,1 @@
+// VM lifecycle, vCPUs, guest RAM and config land here.
