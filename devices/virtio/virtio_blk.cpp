@@ -236,6 +236,7 @@ class BlkQueueWorker {
   }
 
   void serve_avail() {
+    if (queue_->broken()) return;  // already reported; wait for the reset
     for (;;) {
       for (;;) {
         auto chain = queue_->pop();
