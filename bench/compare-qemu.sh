@@ -23,10 +23,8 @@ done
 
 if [ -n "${TERN_BENCH:-}" ]; then
   read -r -a tern_bench <<<"$TERN_BENCH"
-elif "$build/tern-img" bench --help >/dev/null 2>&1; then
-  tern_bench=("$build/tern-img" bench)
 else
-  tern_bench=("$build/tern-disk-bench")
+  tern_bench=("$build/tern-img" bench)
 fi
 
 work=$(mktemp -d "${TMPDIR:-/var/tmp}/tern-bench.XXXXXX")

@@ -1,13 +1,12 @@
-// tern-disk-bench: qemu-img bench's workload through Tern's disk interface
-// (open_disk + one IoContext), so both run the same requests:
-//   tern-disk-bench [-f fmt] [-t none|writeback] -d DEPTH -c COUNT -s SIZE
-//                   [-S STEP] [-o OFFSET] [-w] [--pattern N] FILE
+// tern-img bench: qemu-img bench's workload through Tern's disk interface
+// (open_disk + one IoContext), so both programs run the same requests:
+//   tern-img bench [-f fmt] [-t none|writeback] [-i native] -d DEPTH -c COUNT
+//                  -s SIZE [-S STEP] [-o OFFSET] [-w] [--pattern N] FILE
 // Sequential requests from OFFSET stepping by STEP (default SIZE), wrapping
 // at the end of the disk, DEPTH in flight. Prints the time like qemu-img.
 #include <poll.h>
 #include <stdlib.h>
 
-#include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -15,26 +14,21 @@
 #include <vector>
 
 #include "block/open.h"
+#include "tools/tern_img/verbs.h"
 
-int main(int argc, char** argv) {
-  CLI::App app{"Run qemu-img bench's workload through Tern's disk interface"};
+namespace tern::img {
+namespace {
+
+struct BenchArgs {
   std::string path, format = "auto", cache = "writeback", aio = "native";
   uint32_t depth = 64;
   uint64_t count = 75000, size = 4096, step = 0, offset = 0;
   bool write = false;
   int pattern = 0;
-  app.add_option("file", path)->required();
-  app.add_option("-f", format);
-  app.add_option("-t", cache, "none = O_DIRECT");
-  app.add_option("-i", aio);
-  app.add_option("-d", depth);
-  app.add_option("-c", count);
-  app.add_option("-s", size);
-  app.add_option("-S", step);
-  app.add_option("-o", offset);
-  app.add_flag("-w", write);
-  app.add_option("--pattern", pattern);
-  CLI11_PARSE(app, argc, argv);
+};
+
+int run_bench(BenchArgs a) {
+  auto& [path, format, cache, aio, depth, count, size, step, offset, write, pattern] = a;
   if (step == 0) step = size;
 
   tern::block::OpenOptions o;
@@ -46,12 +40,12 @@ int main(int argc, char** argv) {
   o.read_only = !write;
   auto disk = tern::block::open_disk(o);
   if (!disk) {
-    std::fprintf(stderr, "tern-disk-bench: %s\n", disk.error().message().c_str());
+    std::fprintf(stderr, "tern-img: bench: %s\n", disk.error().message().c_str());
     return 1;
   }
   auto ctx = (*disk)->make_io_context(depth);
   if (!ctx) {
-    std::fprintf(stderr, "tern-disk-bench: %s\n", ctx.error().message().c_str());
+    std::fprintf(stderr, "tern-img: bench: %s\n", ctx.error().message().c_str());
     return 1;
   }
   const uint64_t disk_size = (*disk)->size();
@@ -82,7 +76,7 @@ int main(int argc, char** argv) {
       r.iov = std::span<const iovec>(&iovs[slot], 1);
       r.cookie = slot;
       if (auto s = (*ctx)->submit(r); !s) {
-        std::fprintf(stderr, "tern-disk-bench: submit: %s\n", s.error().message().c_str());
+        std::fprintf(stderr, "tern-img: bench: submit: %s\n", s.error().message().c_str());
         return 1;
       }
       ++submitted;
@@ -97,7 +91,7 @@ int main(int argc, char** argv) {
     }
     for (auto& c : done) {
       if (!c.status) {
-        std::fprintf(stderr, "tern-disk-bench: request failed: %s\n", c.status.error().message().c_str());
+        std::fprintf(stderr, "tern-img: bench: request failed: %s\n", c.status.error().message().c_str());
         return 1;
       }
       free_slots.push_back(static_cast<uint32_t>(c.cookie));
@@ -107,10 +101,31 @@ int main(int argc, char** argv) {
   double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   ctx->reset();
   if (auto r = (*disk)->close(); !r) {
-    std::fprintf(stderr, "tern-disk-bench: close: %s\n", r.error().message().c_str());
+    std::fprintf(stderr, "tern-img: bench: close: %s\n", r.error().message().c_str());
     return 1;
   }
   std::printf("Run completed in %.3f seconds.\n", seconds);
   for (auto* b : buffers) free(b);
   return 0;
 }
+
+}  // namespace
+
+void add_bench(CLI::App& app, int& status) {
+  auto a = std::make_shared<BenchArgs>();
+  auto* cmd = app.add_subcommand("bench", "run a simple I/O benchmark (qemu-img bench's options)");
+  cmd->add_option("file", a->path)->required();
+  cmd->add_option("-f", a->format, "format (probed)");
+  cmd->add_option("-t", a->cache, "cache mode: none = O_DIRECT");
+  cmd->add_option("-i", a->aio, "accepted for qemu-img compatibility (qcow2 uses Linux AIO)");
+  cmd->add_option("-d", a->depth, "requests in flight");
+  cmd->add_option("-c", a->count, "number of requests");
+  cmd->add_option("-s", a->size, "request size in bytes");
+  cmd->add_option("-S", a->step, "offset step (default: request size)");
+  cmd->add_option("-o", a->offset, "starting offset");
+  cmd->add_flag("-w", a->write, "write instead of read");
+  cmd->add_option("--pattern", a->pattern, "byte written");
+  cmd->callback([a, &status] { status = run_bench(*a); });
+}
+
+}  // namespace tern::img
