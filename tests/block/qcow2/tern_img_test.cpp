@@ -74,5 +74,24 @@ TEST(TernImg, ConvertAndResize) {
   EXPECT_NE(out.find("backing file"), std::string::npos) << out;
 }
 
+TEST(TernImg, IoCommandsMatchQemuIo) {
+  TempDir dir;
+  std::string a = dir.file("a.qcow2");
+  std::string b = dir.file("b.qcow2");
+  const std::string script =
+      "-c 'write -P 0x41 0 100k' -c 'write -z 64k 64k' -c 'write -P 7 1M 4k' -c 'discard 1M 64k' "
+      "-c 'write -z -u 200k 300k' -c 'flush'";
+  SH_OK("qemu-img create -q -f qcow2 '" + a + "' 4M");
+  SH_OK("qemu-img create -q -f qcow2 '" + b + "' 4M");
+  SH_OK(tern_img() + " io " + script + " '" + a + "'");
+  SH_OK("qemu-io -f qcow2 " + script + " '" + b + "'");
+  SH_OK("qemu-img compare -q '" + a + "' '" + b + "'");
+  SH_OK("qemu-img check -q '" + a + "'");
+  SH_OK(tern_img() + " io -r -c 'read -P 0x41 0 64k' -c 'read -P 0 64k 64k' '" + a + "'");
+  std::string out;
+  EXPECT_NE(sh(tern_img() + " io -r -c 'read -P 0x42 0 4k' '" + a + "'", &out), 0);
+  EXPECT_NE(out.find("Pattern verification failed"), std::string::npos) << out;
+}
+
 }  // namespace
 }  // namespace tern::block::qcow2::test
