@@ -558,14 +558,14 @@ static void io_checks(int ro) {
   /* Several requests in flight at once; the device may finish them in any order. */
   struct queue* Q = &queues[0];
   for (int s = 0; s < SLOTS; ++s) {
-    fill(Q, s, T_IN, 16 + 8 * (u64)s, data_buf[s], 4096, 1, 0);
+    fill(Q, s, T_IN, 256 + 8 * (u64)s, data_buf[s], 4096, 1, 0);
     publish(Q, (u16)(3 * s));
   }
   kick(Q, 0);
   wait_slots(Q, (1u << SLOTS) - 1);
   int ok = 1;
   for (int s = 0; s < SLOTS; ++s)
-    ok &= Q->status[s] == S_OK && Q->used_len[s] == 4097 && matches(data_buf[s], 16 + 8 * (u64)s, 8, 0);
+    ok &= Q->status[s] == S_OK && Q->used_len[s] == 4097 && matches(data_buf[s], 256 + 8 * (u64)s, 8, 0);
   check(ok, "8 reads in flight at once");
 
   if (dev.nqueues == 2) {
