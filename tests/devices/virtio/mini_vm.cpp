@@ -302,7 +302,14 @@ MiniVmResult run_mini_vm(const MiniVmOptions& opt, std::unique_ptr<VirtioBlk> bl
       for (uint32_t n = 0; n < run->io.count; ++n, p += run->io.size) {
         uint16_t port = run->io.port;
         bool out = run->io.direction == KVM_EXIT_IO_OUT;
-        if (out && port == 0x3f8) res.serial.push_back(static_cast<char>(*p));
+        if (out && port == 0x3f8) {
+          res.serial.push_back(static_cast<char>(*p));
+          if (*p == '\n' && opt.on_line) {
+            size_t start = res.serial.rfind('\n', res.serial.size() - 2);
+            start = start == std::string::npos ? 0 : start + 1;
+            if (opt.on_line(std::string_view(res.serial).substr(start))) res.exit_code = 0;
+          }
+        }
         if (out && port == 0x600 && *p == 0x34) res.exit_code = 0;
         if (out && port == 0x602) res.exit_code = 2;
         if (port == 0xcf8 && run->io.size == 4) {

@@ -9,6 +9,8 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <string_view>
 #include <memory>
 #include <string>
 
@@ -27,6 +29,9 @@ struct MiniVmOptions {
   std::string kernel;        // the ELF64 test guest
   std::string cmdline;
   uint64_t memory = 128ull << 20;
+  // Called for every line the guest prints; returning true stops the VM
+  // (exit_code 0), as a host shutdown would.
+  std::function<bool(std::string_view)> on_line;
   int timeout_s = 120;  // overridable for debugging via MINI_VM_TIMEOUT
 };
 
