@@ -1,0 +1,97 @@
+#include "block/qcow2/backing.h"
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+
+#include "block/qcow2/big_endian.h"
+#include "block/qcow2/engine.h"
+#include "block/qcow2/format.h"
+#include "block/qcow2/host_file.h"
+
+namespace tern::block::qcow2 {
+namespace {
+
+class RawBacking final : public Backing {
+ public:
+  RawBacking(std::unique_ptr<HostFile> file, uint64_t size) : file_(std::move(file)), size_(size) {}
+  uint64_t size() const override { return size_; }
+
+ protected:
+  Result<void> read_inside(uint64_t offset, std::span<uint8_t> buf) override {
+    if (auto r = file_->read_at(offset, buf); !r) return fail(Errc::BackingFailed, r.error().sys_errno);
+    return {};
+  }
+
+ private:
+  std::unique_ptr<HostFile> file_;
+  uint64_t size_;
+};
+
+class Qcow2Backing final : public Backing {
+ public:
+  explicit Qcow2Backing(std::unique_ptr<Engine> engine) : engine_(std::move(engine)) {}
+  uint64_t size() const override { return engine_->size(); }
+
+ protected:
+  Result<void> read_inside(uint64_t offset, std::span<uint8_t> buf) override {
+    iovec v{buf.data(), buf.size()};
+    return engine_->read(offset, std::span<const iovec>(&v, 1), nullptr);
+  }
+
+ private:
+  std::unique_ptr<Engine> engine_;
+};
+
+std::string resolve(const std::string& overlay_path, const std::string& name) {
+  if (name.starts_with('/')) return name;
+  auto slash = overlay_path.rfind('/');
+  if (slash == std::string::npos) return name;
+  return overlay_path.substr(0, slash + 1) + name;
+}
+
+}  // namespace
+
+Result<void> Backing::read(uint64_t offset, std::span<uint8_t> buf) {
+  uint64_t end = size();
+  uint64_t inside = offset >= end ? 0 : std::min<uint64_t>(buf.size(), end - offset);
+  if (inside > 0) {
+    if (auto r = read_inside(offset, buf.first(inside)); !r) return r;
+  }
+  std::fill(buf.begin() + static_cast<ptrdiff_t>(inside), buf.end(), 0);
+  return {};
+}
+
+Result<std::unique_ptr<Backing>> open_backing(const std::string& overlay_path, const std::string& name,
+                                              const std::string& format) {
+  std::string path = resolve(overlay_path, name);
+  auto file = open_host_file(path, true);
+  if (!file) {
+    Error e = file.error();
+    e.code = Errc::BackingFailed;
+    return std::unexpected(e);
+  }
+  bool qcow2 = format == "qcow2";
+  if (format.empty()) {
+    std::array<uint8_t, 4> magic{};
+    if (auto r = (*file)->read_at(0, magic); !r) return fail(Errc::BackingFailed, r.error().sys_errno, path);
+    qcow2 = load_be<uint32_t>(magic.data()) == kMagic;
+  } else if (format != "raw" && format != "qcow2") {
+    return fail(Errc::BackingFailed, 0, path + ": unsupported backing format " + format);
+  }
+  if (qcow2) {
+    EngineOptions options;
+    options.read_only = true;
+    options.allow_backing = true;  // the chain was allowed at its top
+    options.l2_cache_bytes = 4ull << 20;
+    options.refcount_cache_bytes = 256ull << 10;
+    auto engine = Engine::open(std::move(*file), path, options);
+    if (!engine) return std::unexpected(engine.error());
+    return std::make_unique<Qcow2Backing>(std::move(*engine));
+  }
+  auto size = (*file)->size();
+  if (!size) return fail(Errc::BackingFailed, size.error().sys_errno, path);
+  return std::make_unique<RawBacking>(std::move(*file), *size);
+}
+
+}  // namespace tern::block::qcow2

@@ -1,0 +1,506 @@
+#include "block/qcow2/engine.h"
+
+#include <algorithm>
+#include <cstdlib>
+
+#include "block/qcow2/big_endian.h"
+#include "block/qcow2/compression.h"
+#include "block/qcow2/iov.h"
+
+namespace tern::block::qcow2 {
+
+Engine::Engine(std::unique_ptr<HostFile> file, Header header, const EngineOptions& options)
+    : file_(std::move(file)),
+      header_(*file_, std::move(header)),
+      options_(options),
+      cluster_bits_(header_.get().cluster_bits),
+      cluster_size_(header_.get().cluster_size()),
+      l2_cache_(*file_, cluster_size_, options.l2_cache_bytes >> cluster_bits_,
+                Errc::ReadingMetadata, Errc::WritingMetadata) {}
+
+Engine::~Engine() = default;
+
+Result<std::unique_ptr<Engine>> Engine::open(std::unique_ptr<HostFile> file,
+                                             const std::string& path,
+                                             const EngineOptions& options) {
+  auto file_size = file->size();
+  if (!file_size) return fail(Errc::ReadingHeader, file_size.error().sys_errno, path);
+  auto header = read_header(*file, *file_size);
+  if (!header) {
+    Error e = header.error();
+    e.detail = path + ": " + e.detail;
+    return std::unexpected(e);
+  }
+  if (!options.read_only) {
+    // qcow2.txt: a corrupt image "must not be opened for writing".
+    if (header->incompatible_features & kIncompatCorrupt) {
+      return fail(Errc::CorruptImage, 0,
+                  path + ": corrupt bit set; open it read-only or repair it (tern-img check -r all)");
+    }
+    if (header->incompatible_features & kIncompatDirty) {
+      return fail(Errc::UnsupportedFeature, 0,
+                  path + ": dirty bit set (refcounts need a rebuild); open it read-only or run "
+                         "qemu-img check -r all");
+    }
+    if (header->nb_snapshots > 0) {
+      return fail(Errc::UnsupportedFeature, 0, path + ": writing images with internal snapshots");
+    }
+  }
+  std::unique_ptr<Engine> engine(new Engine(std::move(file), std::move(*header), options));
+  Header& h = engine->header_.get();
+  if (!h.backing_file.empty()) {
+    if (!options.allow_backing) return fail(Errc::BackingRefused, 0, path + " -> " + h.backing_file);
+    auto backing = open_backing(path, h.backing_file, h.backing_format);
+    if (!backing) return std::unexpected(backing.error());
+    engine->backing_ = std::move(*backing);
+  }
+  engine->l1_.resize(static_cast<size_t>(h.l1_size) * 8);
+  if (auto r = engine->file_->read_at(h.l1_table_offset, engine->l1_); !r) {
+    return fail(Errc::ReadingMetadata, r.error().sys_errno, path + ": L1 table");
+  }
+  auto refcounts = Refcounts::load(*engine->file_, engine->header_, *file_size,
+                                   options.refcount_cache_bytes >> h.cluster_bits);
+  if (!refcounts) return std::unexpected(refcounts.error());
+  engine->refcounts_ = std::move(*refcounts);
+  Refcounts* rc = engine->refcounts_.get();
+  // An L2 table reaches the disk only after the refcounts that count the
+  // clusters it names.
+  engine->l2_cache_.set_before_write([rc] { return rc->flush(); });
+  if (!options.read_only && h.version >= 3 && h.autoclear_features != 0) {
+    // qcow2.txt: a writer that does not understand an autoclear bit clears it.
+    h.autoclear_features = 0;
+    if (auto r = engine->header_.commit(); !r) return std::unexpected(r.error());
+  }
+  return engine;
+}
+
+uint64_t Engine::l1_entry(uint64_t index) const { return load_be<uint64_t>(l1_.data() + index * 8); }
+
+void Engine::set_l1_entry(uint64_t index, uint64_t value) {
+  store_be<uint64_t>(l1_.data() + index * 8, value);
+  l1_dirty_ = true;
+}
+
+Result<Engine::Mapping> Engine::classify(uint64_t entry) {
+  Mapping m;
+  m.entry = entry;
+  if (entry & kOflagCompressed) {
+    m.kind = Mapping::Compressed;
+    return m;
+  }
+  m.host_offset = entry & kOffsetMask;
+  if (m.host_offset & (cluster_size_ - 1)) {
+    return fail(Errc::CorruptImage, 0, "unaligned data cluster offset " + std::to_string(m.host_offset));
+  }
+  // The zero flag exists from version 3 on (qcow2.txt, "Standard Cluster
+  // Descriptor", bit 0).
+  if (v3() && (entry & kOflagZero)) {
+    m.kind = Mapping::Zero;
+  } else {
+    m.kind = m.host_offset == 0 ? Mapping::Unallocated : Mapping::Standard;
+  }
+  return m;
+}
+
+Result<Engine::Mapping> Engine::lookup(uint64_t guest_offset) {
+  const uint32_t l2_bits = cluster_bits_ - 3;
+  uint64_t l1_index = guest_offset >> (cluster_bits_ + l2_bits);
+  if (l1_index >= header_.get().l1_size) return Mapping{};
+  uint64_t l2_table = l1_entry(l1_index) & kOffsetMask;
+  if (l2_table == 0) return Mapping{};
+  if (l2_table & (cluster_size_ - 1)) {
+    return fail(Errc::CorruptImage, 0, "unaligned L2 table offset " + std::to_string(l2_table));
+  }
+  auto table = l2_cache_.get(l2_table);
+  if (!table) return std::unexpected(table.error());
+  uint64_t index = (guest_offset >> cluster_bits_) & ((uint64_t{1} << l2_bits) - 1);
+  return classify(load_be<uint64_t>(*table + index * 8));
+}
+
+Result<void> Engine::read_compressed(uint64_t entry, std::span<uint8_t> out) {
+  // qcow2.txt, "Compressed Clusters Descriptor": x = 62 - (cluster_bits - 8);
+  // bits 0..x-1 host offset, x..61 additional 512-byte sectors.
+  const uint32_t x = 62 - (cluster_bits_ - 8);
+  uint64_t offset = entry & ((uint64_t{1} << x) - 1);
+  uint64_t sectors = ((entry & ~kOflagCompressed & ~kOflagCopied) >> x) + 1;
+  uint64_t size = sectors * 512 - (offset & 511);
+  std::vector<uint8_t> compressed(size);
+  if (auto r = file_->read_at(offset, compressed); !r) {
+    return fail(Errc::ReadFailed, r.error().sys_errno, "compressed cluster");
+  }
+  return decompress_cluster(header_.get().compression_type, compressed, out);
+}
+
+Result<void> Engine::read(uint64_t offset, std::span<const iovec> iov,
+                          std::vector<HostExtent>* deferred) {
+  const uint64_t length = iov_length(iov);
+  std::vector<uint8_t> scratch;
+  for (uint64_t pos = 0; pos < length;) {
+    uint64_t guest = offset + pos;
+    uint64_t in_cluster = guest & (cluster_size_ - 1);
+    uint64_t n = std::min(cluster_size_ - in_cluster, length - pos);
+    auto m = lookup(guest);
+    if (!m) return std::unexpected(m.error());
+    switch (m->kind) {
+      case Mapping::Unallocated:
+        if (backing_) {
+          scratch.resize(n);
+          if (auto r = backing_->read(guest, scratch); !r) return r;
+          iov_copy_from(iov, pos, scratch);
+        } else {
+          iov_zero(iov, pos, n);
+        }
+        break;
+      case Mapping::Zero:
+        iov_zero(iov, pos, n);
+        break;
+      case Mapping::Compressed:
+        scratch.resize(cluster_size_);
+        if (auto r = read_compressed(m->entry, scratch); !r) return r;
+        iov_copy_from(iov, pos, std::span<const uint8_t>(scratch).subspan(in_cluster, n));
+        break;
+      case Mapping::Standard: {
+        uint64_t host = m->host_offset + in_cluster;
+        if (deferred) {
+          if (!deferred->empty() && deferred->back().host_offset + deferred->back().length == host &&
+              deferred->back().request_offset + deferred->back().length == pos) {
+            deferred->back().length += n;
+          } else {
+            deferred->push_back(HostExtent{host, pos, n});
+          }
+        } else {
+          scratch.resize(n);
+          if (auto r = file_->read_at(host, scratch); !r) return r;
+          iov_copy_from(iov, pos, scratch);
+        }
+        break;
+      }
+    }
+    pos += n;
+  }
+  return {};
+}
+
+Result<Engine::L2Slot> Engine::l2_slot_for_write(uint64_t guest_offset) {
+  const uint32_t l2_bits = cluster_bits_ - 3;
+  uint64_t l1_index = guest_offset >> (cluster_bits_ + l2_bits);
+  if (l1_index >= header_.get().l1_size) std::abort();  // callers check the range
+  uint64_t l1e = l1_entry(l1_index);
+  uint64_t table = l1e & kOffsetMask;
+  if (table == 0) {
+    bool fresh = false;
+    auto at = refcounts_->allocate(1, fresh);
+    if (!at) return std::unexpected(at.error());
+    table = *at;
+    if (auto r = l2_cache_.create(table); !r) return std::unexpected(r.error());
+    set_l1_entry(l1_index, table | kOflagCopied);
+  } else {
+    if (table & (cluster_size_ - 1)) {
+      return fail(Errc::CorruptImage, 0, "unaligned L2 table offset " + std::to_string(table));
+    }
+    if (!(l1e & kOflagCopied)) {
+      // qcow2.txt: COPIED is set exactly when the refcount is 1.
+      auto rc = refcounts_->get(table);
+      if (!rc) return std::unexpected(rc.error());
+      if (*rc != 1) return fail(Errc::Unsupported, 0, "L2 table shared with a snapshot");
+      set_l1_entry(l1_index, table | kOflagCopied);
+    }
+  }
+  return L2Slot{table, (guest_offset >> cluster_bits_) & ((uint64_t{1} << l2_bits) - 1)};
+}
+
+Result<uint64_t> Engine::l2_entry(const L2Slot& slot) {
+  auto table = l2_cache_.get(slot.table);
+  if (!table) return std::unexpected(table.error());
+  return load_be<uint64_t>(*table + slot.index * 8);
+}
+
+Result<void> Engine::set_l2_entry(const L2Slot& slot, uint64_t entry) {
+  auto table = l2_cache_.get(slot.table);
+  if (!table) return std::unexpected(table.error());
+  store_be<uint64_t>(*table + slot.index * 8, entry);
+  l2_cache_.mark_dirty(slot.table);
+  return {};
+}
+
+// Drops the references a mapping holds on host clusters: one for a standard
+// cluster, one on every host cluster a compressed cluster's data touches.
+Result<void> Engine::release_cluster(const Mapping& m) {
+  if (m.kind == Mapping::Compressed) {
+    const uint32_t x = 62 - (cluster_bits_ - 8);
+    uint64_t offset = m.entry & ((uint64_t{1} << x) - 1);
+    uint64_t sectors = ((m.entry & ~kOflagCompressed & ~kOflagCopied) >> x) + 1;
+    uint64_t first = offset & ~uint64_t{511};
+    uint64_t last = first + sectors * 512 - 1;
+    for (uint64_t c = first >> cluster_bits_; c <= last >> cluster_bits_; ++c) {
+      if (auto r = refcounts_->adjust(c << cluster_bits_, -1); !r) return std::unexpected(r.error());
+    }
+    return {};
+  }
+  if (m.host_offset != 0) {
+    if (auto r = refcounts_->adjust(m.host_offset, -1); !r) return std::unexpected(r.error());
+  }
+  return {};
+}
+
+// The current contents of guest cluster `guest_cluster` (its first byte).
+Result<void> Engine::fill_cluster(uint64_t guest_cluster, const Mapping& old, std::span<uint8_t> out) {
+  switch (old.kind) {
+    case Mapping::Zero:
+      std::fill(out.begin(), out.end(), 0);
+      return {};
+    case Mapping::Compressed:
+      return read_compressed(old.entry, out);
+    case Mapping::Standard:
+      if (auto r = file_->read_at(old.host_offset, out); !r) return fail(Errc::ReadFailed, r.error().sys_errno);
+      return {};
+    case Mapping::Unallocated:
+      if (backing_) return backing_->read(guest_cluster, out);
+      std::fill(out.begin(), out.end(), 0);
+      return {};
+  }
+  return {};
+}
+
+Result<void> Engine::write_cluster(uint64_t guest, std::span<const iovec> iov, uint64_t pos,
+                                   uint64_t n, std::vector<HostExtent>* deferred) {
+  const uint64_t in_cluster = guest & (cluster_size_ - 1);
+  const uint64_t guest_cluster = guest - in_cluster;
+  auto slot = l2_slot_for_write(guest);
+  if (!slot) return std::unexpected(slot.error());
+  auto entry = l2_entry(*slot);
+  if (!entry) return std::unexpected(entry.error());
+  auto old = classify(*entry);
+  if (!old) return std::unexpected(old.error());
+
+  // Fast path: an allocated cluster we own alone is written in place.
+  if (old->kind == Mapping::Standard) {
+    bool owned = (*entry & kOflagCopied) != 0;
+    if (!owned) {
+      auto rc = refcounts_->get(old->host_offset);
+      if (!rc) return std::unexpected(rc.error());
+      owned = *rc == 1;
+      if (owned) {
+        if (auto r = set_l2_entry(*slot, old->host_offset | kOflagCopied); !r) return r;
+      }
+    }
+    if (owned) {
+      uint64_t host = old->host_offset + in_cluster;
+      if (deferred) {
+        deferred->push_back(HostExtent{host, pos, n});
+        return {};
+      }
+      std::vector<uint8_t> data(n);
+      iov_copy_to(iov, pos, data);
+      if (auto r = file_->write_at(host, data); !r) return fail(Errc::WriteFailed, r.error().sys_errno);
+      return {};
+    }
+  }
+
+  // An allocated zero cluster we own keeps its host cluster.
+  uint64_t host = 0;
+  bool fresh = false;
+  bool reuse = false;
+  if (old->kind == Mapping::Zero && old->host_offset != 0) {
+    auto rc = refcounts_->get(old->host_offset);
+    if (!rc) return std::unexpected(rc.error());
+    if (*rc == 1) {
+      host = old->host_offset;
+      reuse = true;
+    }
+  }
+  if (!reuse) {
+    auto at = refcounts_->allocate(1, fresh);
+    if (!at) return std::unexpected(at.error());
+    host = *at;
+    if (host == 0) return fail(Errc::CorruptImage, 0, "allocation at offset 0");
+  }
+  // A fresh cluster past the old end of the file reads as zeros, so when the
+  // old contents are zeros only the new data needs writing.
+  bool old_is_zero = old->kind == Mapping::Zero ||
+                     (old->kind == Mapping::Unallocated &&
+                      (!backing_ || guest_cluster >= backing_->size()));
+  if (fresh && old_is_zero) {
+    if (deferred) {
+      deferred->push_back(HostExtent{host + in_cluster, pos, n});
+    } else {
+      std::vector<uint8_t> data(n);
+      iov_copy_to(iov, pos, data);
+      if (auto r = file_->write_at(host + in_cluster, data); !r) {
+        return fail(Errc::WriteFailed, r.error().sys_errno);
+      }
+    }
+  } else {
+    // Copy on write: the whole cluster, old contents merged with the new data.
+    std::vector<uint8_t> cluster(cluster_size_);
+    if (n < cluster_size_) {
+      if (auto r = fill_cluster(guest_cluster, *old, cluster); !r) return r;
+    }
+    iov_copy_to(iov, pos, std::span<uint8_t>(cluster).subspan(in_cluster, n));
+    if (auto r = file_->write_at(host, cluster); !r) return fail(Errc::WriteFailed, r.error().sys_errno);
+  }
+  if (auto r = set_l2_entry(*slot, host | kOflagCopied); !r) return r;
+  if (!reuse) return release_cluster(*old);
+  return {};
+}
+
+Result<void> Engine::write(uint64_t offset, std::span<const iovec> iov,
+                           std::vector<HostExtent>* deferred) {
+  const uint64_t length = iov_length(iov);
+  for (uint64_t pos = 0; pos < length;) {
+    uint64_t guest = offset + pos;
+    uint64_t n = std::min(cluster_size_ - (guest & (cluster_size_ - 1)), length - pos);
+    if (auto r = write_cluster(guest, iov, pos, n, deferred); !r) return r;
+    pos += n;
+  }
+  return {};
+}
+
+// One whole guest cluster made to read as zeros (write-zeroes) or dropped
+// (discard), following QEMU: on v3 the zero flag keeps a backing file from
+// showing through; without it, deallocation.
+Result<void> Engine::zero_cluster(uint64_t guest, bool may_unmap, bool discard) {
+  auto cur = lookup(guest);
+  if (!cur) return std::unexpected(cur.error());
+  if (cur->kind == Mapping::Unallocated && !backing_) return {};  // already reads zeros
+  if (cur->kind == Mapping::Zero && (!may_unmap || cur->host_offset == 0)) return {};
+  if (!v3()) {
+    if (backing_) {
+      if (discard) return {};  // v2 cannot hide the backing file without data
+      std::vector<uint8_t> zeros(cluster_size_, 0);
+      iovec v{zeros.data(), zeros.size()};
+      return write_cluster(guest, std::span<const iovec>(&v, 1), 0, cluster_size_, nullptr);
+    }
+    if (!may_unmap && !discard && cur->kind == Mapping::Standard) {
+      std::vector<uint8_t> zeros(cluster_size_, 0);
+      iovec v{zeros.data(), zeros.size()};
+      return write_cluster(guest, std::span<const iovec>(&v, 1), 0, cluster_size_, nullptr);
+    }
+  }
+  auto slot = l2_slot_for_write(guest);
+  if (!slot) return std::unexpected(slot.error());
+  uint64_t entry;
+  if (!v3()) {
+    entry = 0;
+  } else if (discard) {
+    entry = backing_ ? kOflagZero : 0;
+  } else if (!may_unmap && cur->kind == Mapping::Standard && (cur->entry & kOflagCopied)) {
+    // Keep the allocation, mark it zero (qcow2.txt: "all-zero" allocated).
+    return set_l2_entry(*slot, cur->host_offset | kOflagCopied | kOflagZero);
+  } else {
+    entry = kOflagZero;
+  }
+  if (auto r = set_l2_entry(*slot, entry); !r) return r;
+  return release_cluster(*cur);
+}
+
+Result<void> Engine::write_zeroes(uint64_t offset, uint64_t length, bool may_unmap) {
+  std::vector<uint8_t> zeros;
+  for (uint64_t pos = 0; pos < length;) {
+    uint64_t guest = offset + pos;
+    uint64_t in_cluster = guest & (cluster_size_ - 1);
+    uint64_t n = std::min(cluster_size_ - in_cluster, length - pos);
+    if (n == cluster_size_) {
+      if (auto r = zero_cluster(guest, may_unmap, false); !r) return r;
+    } else {
+      auto m = lookup(guest);
+      if (!m) return std::unexpected(m.error());
+      bool reads_zero = m->kind == Mapping::Zero || (m->kind == Mapping::Unallocated && !backing_);
+      if (!reads_zero) {
+        zeros.assign(n, 0);
+        iovec v{zeros.data(), n};
+        if (auto r = write_cluster(guest, std::span<const iovec>(&v, 1), 0, n, nullptr); !r) return r;
+      }
+    }
+    pos += n;
+  }
+  return {};
+}
+
+Result<void> Engine::discard(uint64_t offset, uint64_t length) {
+  // Only whole clusters are dropped; a discard is a hint, partial clusters
+  // keep their data.
+  uint64_t first = (offset + cluster_size_ - 1) & ~(cluster_size_ - 1);
+  uint64_t end = (offset + length) & ~(cluster_size_ - 1);
+  for (uint64_t guest = first; guest < end; guest += cluster_size_) {
+    if (auto r = zero_cluster(guest, true, true); !r) return r;
+  }
+  return {};
+}
+
+Result<void> Engine::flush_metadata() {
+  if (auto r = refcounts_->flush(); !r) return r;
+  if (auto r = l2_cache_.flush(); !r) return r;
+  if (l1_dirty_) {
+    if (auto r = file_->write_at(header_.get().l1_table_offset, l1_); !r) {
+      return fail(Errc::WritingMetadata, r.error().sys_errno, "L1 table");
+    }
+    l1_dirty_ = false;
+  }
+  // Clusters handed out but not yet written must lie inside the file.
+  auto size = file_->size();
+  if (!size) return std::unexpected(size.error());
+  if (*size < refcounts_->end()) {
+    if (auto r = file_->truncate(refcounts_->end()); !r) return r;
+  }
+  return {};
+}
+
+Result<void> Engine::flush() {
+  if (options_.read_only) return {};
+  if (auto r = flush_metadata(); !r) return r;
+  if (auto r = file_->sync(); !r) return r;
+  return {};
+}
+
+Result<void> Engine::resize(uint64_t new_size) {
+  Header& h = header_.get();
+  if (options_.read_only) return fail(Errc::ReadOnly);
+  if (backing_ || !h.backing_file.empty()) {
+    return fail(Errc::ResizeFailed, 0, "resizing an image with a backing file is not supported");
+  }
+  if (new_size < h.size) return fail(Errc::ShrinkRefused);
+  if (new_size % 512 != 0) return fail(Errc::InvalidArgument, 0, "size must be a multiple of 512");
+  if (new_size > kMaxVirtualSize) return fail(Errc::InvalidArgument, 0, "size too large");
+  if (new_size == h.size) return {};
+  uint64_t needed = l1_entries_for(new_size, cluster_bits_);
+  if (needed * 8 > kMaxL1Bytes) return fail(Errc::InvalidArgument, 0, "L1 table would be too large");
+  if (needed > h.l1_size) {
+    // Every L2 table the L1 names must be on disk before the new L1 is.
+    if (auto r = flush_metadata(); !r) return r;
+    uint64_t old_clusters = (uint64_t{h.l1_size} * 8 + cluster_size_ - 1) >> cluster_bits_;
+    uint64_t new_clusters = (needed * 8 + cluster_size_ - 1) >> cluster_bits_;
+    uint64_t old_offset = h.l1_table_offset;
+    l1_.resize(needed * 8, 0);
+    uint64_t new_offset = old_offset;
+    if (new_clusters > old_clusters || old_offset == 0) {
+      bool fresh = false;
+      auto at = refcounts_->allocate(new_clusters, fresh);
+      if (!at) return std::unexpected(at.error());
+      new_offset = *at;
+      if (auto r = refcounts_->flush(); !r) return r;
+      if (auto r = flush_metadata(); !r) return r;
+    }
+    if (auto r = file_->write_at(new_offset, l1_); !r) {
+      return fail(Errc::WritingMetadata, r.error().sys_errno, "L1 table");
+    }
+    if (auto r = file_->sync(); !r) return fail(Errc::WritingMetadata, r.error().sys_errno);
+    l1_dirty_ = false;
+    h.l1_table_offset = new_offset;
+    h.l1_size = static_cast<uint32_t>(needed);
+    h.size = new_size;
+    if (auto r = header_.commit(); !r) return r;
+    if (new_offset != old_offset) {
+      for (uint64_t i = 0; i < old_clusters; ++i) {
+        if (auto r = refcounts_->adjust(old_offset + (i << cluster_bits_), -1); !r) {
+          return std::unexpected(r.error());
+        }
+      }
+    }
+    return flush();
+  }
+  h.size = new_size;
+  return header_.commit();
+}
+
+}  // namespace tern::block::qcow2

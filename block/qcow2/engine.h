@@ -1,0 +1,118 @@
+// Engine: the QCOW2 image state machine (L1/L2 mapping, allocation,
+// compressed clusters, backing file, resize, metadata write-back). It is
+// synchronous and NOT thread-safe: Qcow2Disk serializes every call with one
+// mutex (block/qcow2/qcow2_disk.h). Guest data of clusters that are already
+// allocated can be handed back as host extents so the caller transfers it
+// outside the lock.
+#pragma once
+
+#include <sys/uio.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "block/error.h"
+#include "block/qcow2/backing.h"
+#include "block/qcow2/format.h"
+#include "block/qcow2/header_store.h"
+#include "block/qcow2/host_file.h"
+#include "block/qcow2/refcounts.h"
+#include "block/qcow2/table_cache.h"
+
+namespace tern::block::qcow2 {
+
+struct EngineOptions {
+  bool read_only = false;
+  bool allow_backing = false;
+  size_t l2_cache_bytes = 32ull << 20;
+  size_t refcount_cache_bytes = 4ull << 20;
+};
+
+// A piece of a request whose data lives at `host_offset` in the image file.
+struct HostExtent {
+  uint64_t host_offset = 0;
+  uint64_t request_offset = 0;  // byte offset inside the request's iovecs
+  uint64_t length = 0;
+};
+
+class Engine {
+ public:
+  [[nodiscard]] static Result<std::unique_ptr<Engine>> open(std::unique_ptr<HostFile> file,
+                                                            const std::string& path,
+                                                            const EngineOptions& options);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  const Header& header() const { return header_.get(); }
+  uint64_t size() const { return header_.get().size; }
+  bool read_only() const { return options_.read_only; }
+  bool has_backing() const { return backing_ != nullptr; }
+  HostFile& file() { return *file_; }
+
+  // Reads [offset, offset + iov_length(iov)). With `deferred`, data of
+  // allocated standard clusters is left for the caller (the extents are
+  // appended; host-contiguous pieces merged); everything else is filled in.
+  [[nodiscard]] Result<void> read(uint64_t offset, std::span<const iovec> iov,
+                                  std::vector<HostExtent>* deferred);
+  // Writes; with `deferred`, in-place writes into allocated clusters are
+  // left for the caller, everything needing metadata or copy-on-write is done.
+  [[nodiscard]] Result<void> write(uint64_t offset, std::span<const iovec> iov,
+                                   std::vector<HostExtent>* deferred);
+  [[nodiscard]] Result<void> discard(uint64_t offset, uint64_t length);
+  [[nodiscard]] Result<void> write_zeroes(uint64_t offset, uint64_t length, bool may_unmap);
+  // Writes back dirty metadata (refcounts, L2, L1), then syncs the file.
+  [[nodiscard]] Result<void> flush();
+  [[nodiscard]] Result<void> resize(uint64_t new_size);
+
+  // Deferred extents in flight; freed clusters are reused only at zero.
+  std::atomic<uint64_t>& deferred_in_flight() { return deferred_in_flight_; }
+
+ private:
+  Engine(std::unique_ptr<HostFile> file, Header header, const EngineOptions& options);
+
+  struct Mapping {
+    enum Kind { Unallocated, Zero, Compressed, Standard } kind = Unallocated;
+    uint64_t entry = 0;        // the raw L2 entry
+    uint64_t host_offset = 0;  // Standard: start of the host cluster
+  };
+  struct L2Slot {
+    uint64_t table = 0;  // host offset of the L2 table
+    uint64_t index = 0;  // entry index in it
+  };
+
+  Result<Mapping> lookup(uint64_t guest_offset);
+  Result<Mapping> classify(uint64_t entry);
+  Result<L2Slot> l2_slot_for_write(uint64_t guest_offset);
+  Result<uint64_t> l2_entry(const L2Slot& slot);
+  Result<void> set_l2_entry(const L2Slot& slot, uint64_t entry);
+  Result<void> read_compressed(uint64_t entry, std::span<uint8_t> out);
+  Result<void> release_cluster(const Mapping& mapping);
+  Result<void> fill_cluster(uint64_t guest_cluster, const Mapping& old, std::span<uint8_t> out);
+  Result<void> write_cluster(uint64_t guest_offset, std::span<const iovec> iov,
+                             uint64_t request_offset, uint64_t length,
+                             std::vector<HostExtent>* deferred);
+  Result<void> zero_cluster(uint64_t guest_offset, bool may_unmap, bool discard);
+  Result<void> flush_metadata();
+  uint64_t l1_entry(uint64_t index) const;
+  void set_l1_entry(uint64_t index, uint64_t value);
+  bool v3() const { return header_.get().version >= 3; }
+
+  std::unique_ptr<HostFile> file_;
+  HeaderStore header_;
+  EngineOptions options_;
+  uint32_t cluster_bits_;
+  uint64_t cluster_size_;
+  std::vector<uint8_t> l1_;  // on-disk (big-endian) form, written as is
+  bool l1_dirty_ = false;
+  std::unique_ptr<Refcounts> refcounts_;
+  TableCache l2_cache_;
+  std::unique_ptr<Backing> backing_;
+  std::atomic<uint64_t> deferred_in_flight_{0};
+};
+
+}  // namespace tern::block::qcow2

@@ -1,0 +1,77 @@
+#include "block/qcow2/host_file.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+namespace tern::block::qcow2 {
+
+// Short transfers and EINTR are retried here, the one place for this layer.
+Result<void> FdHostFile::read_at(uint64_t offset, std::span<uint8_t> buf) {
+  size_t done = 0;
+  while (done < buf.size()) {
+    ssize_t n = ::pread(fd_.get(), buf.data() + done, buf.size() - done,
+                        static_cast<off_t>(offset + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return fail(Errc::ReadFailed, errno);
+    }
+    if (n == 0) {  // end of file: the rest reads as zeros
+      std::memset(buf.data() + done, 0, buf.size() - done);
+      return {};
+    }
+    done += static_cast<size_t>(n);
+  }
+  return {};
+}
+
+Result<void> FdHostFile::write_at(uint64_t offset, std::span<const uint8_t> buf) {
+  size_t done = 0;
+  while (done < buf.size()) {
+    ssize_t n = ::pwrite(fd_.get(), buf.data() + done, buf.size() - done,
+                         static_cast<off_t>(offset + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return fail(Errc::WriteFailed, errno);
+    }
+    if (n == 0) return fail(Errc::ShortTransfer);
+    done += static_cast<size_t>(n);
+  }
+  return {};
+}
+
+Result<void> FdHostFile::sync() {
+  while (::fdatasync(fd_.get()) != 0) {
+    if (errno != EINTR) return fail(Errc::FlushFailed, errno);
+  }
+  return {};
+}
+
+Result<uint64_t> FdHostFile::size() {
+  // lseek rather than fstat: it also gives the size of a block device.
+  off_t end = ::lseek(fd_.get(), 0, SEEK_END);
+  if (end < 0) return fail(Errc::ReadFailed, errno, "lseek");
+  return static_cast<uint64_t>(end);
+}
+
+Result<void> FdHostFile::truncate(uint64_t size) {
+  while (::ftruncate(fd_.get(), static_cast<off_t>(size)) != 0) {
+    if (errno != EINTR) return fail(Errc::ResizeFailed, errno);
+  }
+  return {};
+}
+
+Result<std::unique_ptr<FdHostFile>> open_host_file(const std::string& path, bool read_only) {
+  int fd = ::open(path.c_str(), (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+  if (fd < 0) return fail(Errc::OpenFailed, errno, path);
+  UniqueFd owned(fd);
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return fail(Errc::OpenFailed, errno, path);
+  if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) return fail(Errc::NotAFile, 0, path);
+  return std::make_unique<FdHostFile>(std::move(owned));
+}
+
+}  // namespace tern::block::qcow2

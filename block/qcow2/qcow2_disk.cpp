@@ -1,0 +1,342 @@
+#include "block/qcow2/qcow2_disk.h"
+
+#include <fcntl.h>
+#include <linux/aio_abi.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <list>
+#include <optional>
+
+#include "base/event_fd.h"
+#include "block/qcow2/host_file.h"
+#include "block/qcow2/image_lock.h"
+#include "block/qcow2/iov.h"
+
+namespace tern::block::qcow2 {
+namespace {
+
+constexpr uint64_t kDirectAlign = 512;
+
+// One asynchronous context per queue. submit() runs the engine (under the
+// disk's lock) and then starts the data transfers of already-allocated
+// clusters without the lock; drain() reaps them.
+class Qcow2IoContext final : public IoContext {
+ public:
+  Qcow2IoContext(Qcow2Disk& disk, EventFd done, uint32_t depth, aio_context_t aio, uint32_t aio_slots)
+      : disk_(disk), done_(std::move(done)), depth_(depth), aio_(aio), aio_slots_(aio_slots) {}
+
+  ~Qcow2IoContext() override {
+    // Every transfer still in the kernel finishes before its buffers and
+    // this context go away.
+    while (iocbs_in_flight_ > 0) {
+      io_event events[64];
+      long n = syscall(SYS_io_getevents, aio_, 1, 64, events, nullptr);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) std::abort();
+      std::vector<Completion> ignored;
+      for (long i = 0; i < n; ++i) reap(events[i], ignored);
+    }
+    if (aio_ != 0) syscall(SYS_io_destroy, aio_);
+  }
+
+  int completion_fd() const override { return done_.fd(); }
+  uint32_t depth() const override { return depth_; }
+
+  Result<void> submit(const Request& req) override {
+    if (in_flight_ >= depth_) return fail(Errc::QueueFull);
+    ++in_flight_;
+    complete_now(req.cookie, run(req));
+    return {};
+  }
+
+  void drain(std::vector<Completion>& out) override {
+    done_.consume();
+    for (auto& c : ready_) out.push_back(std::move(c));
+    in_flight_ -= static_cast<uint32_t>(ready_.size());
+    ready_.clear();
+    while (iocbs_in_flight_ > 0) {
+      io_event events[64];
+      timespec zero{0, 0};
+      long n = syscall(SYS_io_getevents, aio_, 0, 64, events, &zero);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
+      for (long i = 0; i < n; ++i) reap(events[i], out);
+      if (n < 64) break;
+    }
+  }
+
+ private:
+  struct Pending;
+  struct Piece {
+    Pending* owner = nullptr;
+    std::vector<iovec> iov;
+    uint64_t length = 0;
+    iocb cb{};
+  };
+  struct Pending {
+    uint64_t cookie = 0;
+    bool is_read = false;
+    uint32_t remaining = 0;
+    Result<void> status;
+    std::vector<Piece> pieces;
+  };
+
+  // Result of a request that needs no asynchronous transfer, or nullopt
+  // when one was started (its completion comes from drain()).
+  using Outcome = std::optional<Result<void>>;
+
+  void complete_now(uint64_t cookie, Outcome outcome) {
+    if (!outcome) return;
+    ready_.push_back(Completion{cookie, std::move(*outcome)});
+    done_.signal();
+  }
+
+  Outcome run(const Request& req) {
+    const uint64_t size = disk_.size();
+    uint64_t length = req.length;
+    if (req.op == Op::Read || req.op == Op::Write) length = iov_length(req.iov);
+    if (req.op != Op::Flush && (req.offset > size || length > size - req.offset)) {
+      return fail(Errc::OutOfRange);
+    }
+    if (req.op != Op::Read && req.op != Op::Flush && disk_.read_only()) return fail(Errc::ReadOnly);
+    switch (req.op) {
+      case Op::Flush:
+        return disk_.with_engine([](Engine& e) { return e.flush(); });
+      case Op::Discard:
+        return disk_.with_engine([&](Engine& e) { return e.discard(req.offset, length); });
+      case Op::WriteZeroes:
+        return disk_.with_engine(
+            [&](Engine& e) { return e.write_zeroes(req.offset, length, req.may_unmap); });
+      case Op::Read:
+      case Op::Write:
+        return transfer(req);
+    }
+    return fail(Errc::InvalidArgument);
+  }
+
+  Outcome transfer(const Request& req) {
+    const bool is_read = req.op == Op::Read;
+    std::vector<HostExtent> extents;
+    auto mapped = disk_.with_engine([&](Engine& e) -> Result<void> {
+      auto r = is_read ? e.read(req.offset, req.iov, &extents) : e.write(req.offset, req.iov, &extents);
+      // Counted under the lock, so the allocator sees it before it could
+      // hand out a cluster these extents point into.
+      if (r && !extents.empty()) e.deferred_in_flight().fetch_add(1);
+      return r;
+    });
+    if (!mapped) return mapped;
+    if (extents.empty()) return Result<void>{};
+    if (!can_go_async(req.iov, extents)) {
+      auto r = transfer_sync(is_read, req.iov, extents);
+      end_deferred();
+      return r;
+    }
+    auto p = std::make_unique<Pending>();
+    p->cookie = req.cookie;
+    p->is_read = is_read;
+    p->pieces.resize(extents.size());
+    std::vector<iocb*> cbs;
+    for (size_t i = 0; i < extents.size(); ++i) {
+      Piece& piece = p->pieces[i];
+      piece.owner = p.get();
+      piece.length = extents[i].length;
+      iov_slice(req.iov, extents[i].request_offset, extents[i].length, piece.iov);
+      piece.cb.aio_data = reinterpret_cast<uint64_t>(&piece);
+      piece.cb.aio_lio_opcode = is_read ? IOCB_CMD_PREADV : IOCB_CMD_PWRITEV;
+      piece.cb.aio_fildes = static_cast<uint32_t>(disk_.data_fd());
+      piece.cb.aio_buf = reinterpret_cast<uint64_t>(piece.iov.data());
+      piece.cb.aio_nbytes = piece.iov.size();
+      piece.cb.aio_offset = static_cast<int64_t>(extents[i].host_offset);
+      piece.cb.aio_flags = IOCB_FLAG_RESFD;
+      piece.cb.aio_resfd = static_cast<uint32_t>(done_.fd());
+      cbs.push_back(&piece.cb);
+    }
+    size_t submitted = 0;
+    while (submitted < cbs.size()) {
+      long n = syscall(SYS_io_submit, aio_, static_cast<long>(cbs.size() - submitted),
+                       cbs.data() + submitted);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
+      submitted += static_cast<size_t>(n);
+    }
+    p->remaining = static_cast<uint32_t>(submitted);
+    iocbs_in_flight_ += static_cast<uint32_t>(submitted);
+    // Whatever the kernel refused is done synchronously here.
+    for (size_t i = submitted; i < extents.size(); ++i) {
+      auto r = transfer_sync(is_read, req.iov, std::span(extents).subspan(i, 1));
+      if (!r && p->status) p->status = r;
+    }
+    if (submitted == 0) {
+      end_deferred();
+      return p->status;
+    }
+    pending_.push_back(std::move(p));
+    return std::nullopt;
+  }
+
+  bool can_go_async(std::span<const iovec> iov, std::span<const HostExtent> extents) const {
+    if (disk_.data_fd() < 0) return false;
+    if (iocbs_in_flight_ + extents.size() > aio_slots_) return false;
+    for (const auto& v : iov) {
+      if (reinterpret_cast<uintptr_t>(v.iov_base) % kDirectAlign || v.iov_len % kDirectAlign) return false;
+    }
+    for (const auto& e : extents) {
+      if (e.host_offset % kDirectAlign || e.length % kDirectAlign || e.request_offset % kDirectAlign) {
+        return false;
+      }
+    }
+    return true;
+  }
+
+  Result<void> transfer_sync(bool is_read, std::span<const iovec> iov, std::span<const HostExtent> extents) {
+    std::vector<iovec> piece;
+    for (const auto& e : extents) {
+      piece.clear();
+      iov_slice(iov, e.request_offset, e.length, piece);
+      uint64_t done = 0;
+      while (done < e.length) {
+        std::vector<iovec> rest;
+        iov_slice(piece, done, e.length - done, rest);
+        ssize_t n = is_read ? ::preadv(disk_.buffered_fd(), rest.data(), static_cast<int>(rest.size()),
+                                       static_cast<off_t>(e.host_offset + done))
+                            : ::pwritev(disk_.buffered_fd(), rest.data(), static_cast<int>(rest.size()),
+                                        static_cast<off_t>(e.host_offset + done));
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return fail(is_read ? Errc::ReadFailed : Errc::WriteFailed, errno);
+        if (n == 0) {
+          if (!is_read) return fail(Errc::ShortTransfer);
+          iov_zero(piece, done, e.length - done);  // past the end of the file
+          break;
+        }
+        done += static_cast<uint64_t>(n);
+      }
+    }
+    return {};
+  }
+
+  void reap(const io_event& ev, std::vector<Completion>& out) {
+    auto* piece = reinterpret_cast<Piece*>(ev.data);
+    Pending* p = piece->owner;
+    --iocbs_in_flight_;
+    if (ev.res < 0) {
+      if (p->status) p->status = fail(p->is_read ? Errc::ReadFailed : Errc::WriteFailed, static_cast<int>(-ev.res));
+    } else if (static_cast<uint64_t>(ev.res) < piece->length) {
+      if (p->is_read) {
+        // A cluster allocated past the end of the file reads as zeros.
+        iov_zero(piece->iov, static_cast<uint64_t>(ev.res), piece->length - static_cast<uint64_t>(ev.res));
+      } else if (p->status) {
+        p->status = fail(Errc::ShortTransfer);
+      }
+    }
+    if (--p->remaining > 0) return;
+    out.push_back(Completion{p->cookie, std::move(p->status)});
+    --in_flight_;
+    end_deferred();
+    pending_.remove_if([p](const std::unique_ptr<Pending>& q) { return q.get() == p; });
+  }
+
+  // The decrement needs no lock: only the increment must be ordered with
+  // the allocator, and a late-seen decrement merely delays cluster reuse.
+  void end_deferred() { disk_.deferred_in_flight().fetch_sub(1); }
+
+  Qcow2Disk& disk_;
+  EventFd done_;
+  uint32_t depth_;
+  aio_context_t aio_;
+  uint32_t aio_slots_;
+  uint32_t in_flight_ = 0;        // accepted, not yet drained
+  uint32_t iocbs_in_flight_ = 0;  // in the kernel
+  std::vector<Completion> ready_;
+  std::list<std::unique_ptr<Pending>> pending_;
+};
+
+}  // namespace
+
+Qcow2Disk::Qcow2Disk(std::unique_ptr<Engine> engine, UniqueFd data_fd, bool read_only)
+    : engine_(std::move(engine)),
+      data_fd_(std::move(data_fd)),
+      buffered_fd_(engine_->file().fd()),
+      read_only_(read_only),
+      cluster_size_(static_cast<uint32_t>(engine_->header().cluster_size())),
+      size_(engine_->size()) {}
+
+Qcow2Disk::~Qcow2Disk() {
+  // Best effort, as the interface says; close() is where errors are seen.
+  (void)close();
+}
+
+Result<std::unique_ptr<Qcow2Disk>> Qcow2Disk::open(const OpenOptions& options) {
+  auto file = open_host_file(options.path, options.read_only);
+  if (!file) return std::unexpected(file.error());
+  if (options.lock) {
+    if (auto r = lock_image((*file)->fd(), !options.read_only, options.path); !r) {
+      return std::unexpected(r.error());
+    }
+  }
+  EngineOptions engine_options;
+  engine_options.read_only = options.read_only;
+  engine_options.allow_backing = options.allow_backing;
+  auto engine = Engine::open(std::move(*file), options.path, engine_options);
+  if (!engine) return std::unexpected(engine.error());
+  UniqueFd data_fd;
+  if (options.direct) {
+    int fd = ::open(options.path.c_str(), (options.read_only ? O_RDONLY : O_RDWR) | O_DIRECT | O_CLOEXEC);
+    if (fd < 0) return fail(Errc::OpenFailed, errno, options.path + " (O_DIRECT)");
+    data_fd.reset(fd);
+  }
+  return std::unique_ptr<Qcow2Disk>(new Qcow2Disk(std::move(*engine), std::move(data_fd), options.read_only));
+}
+
+Result<void> Qcow2Disk::resize(uint64_t new_size) {
+  return with_engine([&](Engine& e) -> Result<void> {
+    if (auto r = e.resize(new_size); !r) return r;
+    size_.store(e.size(), std::memory_order_release);
+    return {};
+  });
+}
+
+Topology Qcow2Disk::topology() const {
+  Topology t;
+  t.logical_block_size = 512;
+  t.physical_block_size = 4096;
+  t.buffer_alignment = 1;  // unaligned buffers fall back to synchronous I/O
+  t.discard_granularity = cluster_size_;
+  return t;
+}
+
+Capabilities Qcow2Disk::capabilities() const {
+  return Capabilities{read_only_, !read_only_, !read_only_};
+}
+
+Result<std::unique_ptr<IoContext>> Qcow2Disk::make_io_context(uint32_t depth) {
+  if (depth == 0) return fail(Errc::InvalidArgument, 0, "depth 0");
+  auto done = EventFd::create();
+  if (!done) return fail(Errc::AioSetupFailed, done.error().err, "eventfd");
+  aio_context_t aio = 0;
+  uint32_t slots = 0;
+  if (data_fd_) {
+    slots = depth * 4;
+    if (syscall(SYS_io_setup, slots, &aio) != 0) return fail(Errc::AioSetupFailed, errno);
+  }
+  return std::unique_ptr<IoContext>(new Qcow2IoContext(*this, std::move(*done), depth, aio, slots));
+}
+
+Result<void> Qcow2Disk::close() {
+  std::lock_guard lock(mutex_);
+  if (closed_ || read_only_) return {};
+  auto r = engine_->flush();
+  if (r) closed_ = true;
+  return r;
+}
+
+uint64_t Qcow2Disk::allocated_bytes() const {
+  struct stat st {};
+  if (::fstat(buffered_fd_, &st) != 0) return 0;
+  return static_cast<uint64_t>(st.st_blocks) * 512;
+}
+
+}  // namespace tern::block::qcow2

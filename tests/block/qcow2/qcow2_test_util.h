@@ -1,0 +1,154 @@
+// Helpers for the QCOW2 tests: a temporary directory, running qemu-img and
+// qemu-io (the format oracle), and synchronous I/O through an IoContext.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "block/disk.h"
+#include "block/open.h"
+
+namespace tern::block::qcow2::test {
+
+class TempDir {
+ public:
+  TempDir() {
+    std::string tmpl = (std::filesystem::temp_directory_path() / "tern-qcow2-XXXXXX").string();
+    if (::mkdtemp(tmpl.data()) == nullptr) std::abort();
+    path_ = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  std::string file(const std::string& name) const { return (path_ / name).string(); }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// Runs a shell command; returns its exit status, output in `output`.
+inline int sh(const std::string& cmd, std::string* output = nullptr) {
+  std::string full = cmd + " 2>&1";
+  FILE* p = ::popen(full.c_str(), "r");
+  if (p == nullptr) return -1;
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  int status = ::pclose(p);
+  if (output) *output = out;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+#define SH_OK(cmd)                                   \
+  do {                                               \
+    std::string out_;                                \
+    int rc_ = ::tern::block::qcow2::test::sh(cmd, &out_); \
+    ASSERT_EQ(rc_, 0) << (cmd) << "\n" << out_;      \
+  } while (0)
+
+inline std::vector<uint8_t> slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::vector<uint8_t>(std::istreambuf_iterator<char>(in), {});
+}
+
+inline std::unique_ptr<DiskFile> open_image(const std::string& path, bool read_only = false,
+                                            bool allow_backing = true, bool direct = false) {
+  OpenOptions o;
+  o.path = path;
+  o.read_only = read_only;
+  o.allow_backing = allow_backing;
+  o.direct = direct;
+  auto disk = open_disk(o);
+  EXPECT_TRUE(disk.has_value()) << path << ": " << disk.error().message();
+  return disk ? std::move(*disk) : nullptr;
+}
+
+// Runs one request to completion on `ctx`.
+inline Result<void> run_one(IoContext& ctx, Request req) {
+  static uint64_t next_cookie = 1;
+  req.cookie = next_cookie++;
+  if (auto r = ctx.submit(req); !r) return r;
+  std::vector<Completion> done;
+  for (;;) {
+    ctx.drain(done);
+    for (auto& c : done) {
+      if (c.cookie == req.cookie) return c.status;
+    }
+    pollfd pfd{ctx.completion_fd(), POLLIN, 0};
+    ::poll(&pfd, 1, 1000);
+  }
+}
+
+inline Result<void> pread_disk(IoContext& ctx, uint64_t offset, std::span<uint8_t> buf) {
+  iovec v{buf.data(), buf.size()};
+  Request r;
+  r.op = Op::Read;
+  r.offset = offset;
+  r.iov = std::span<const iovec>(&v, 1);
+  return run_one(ctx, r);
+}
+
+inline Result<void> pwrite_disk(IoContext& ctx, uint64_t offset, std::span<const uint8_t> buf) {
+  iovec v{const_cast<uint8_t*>(buf.data()), buf.size()};
+  Request r;
+  r.op = Op::Write;
+  r.offset = offset;
+  r.iov = std::span<const iovec>(&v, 1);
+  return run_one(ctx, r);
+}
+
+inline Result<void> simple_op(IoContext& ctx, Op op, uint64_t offset = 0, uint64_t length = 0,
+                              bool may_unmap = false) {
+  Request r;
+  r.op = op;
+  r.offset = offset;
+  r.length = length;
+  r.may_unmap = may_unmap;
+  return run_one(ctx, r);
+}
+
+// The whole disk as Tern reads it.
+inline std::vector<uint8_t> read_whole(DiskFile& disk) {
+  auto ctx = disk.make_io_context(8);
+  EXPECT_TRUE(ctx.has_value());
+  std::vector<uint8_t> data(disk.size());
+  const uint64_t chunk = 1 << 20;
+  for (uint64_t off = 0; off < data.size(); off += chunk) {
+    uint64_t n = std::min<uint64_t>(chunk, data.size() - off);
+    auto r = pread_disk(**ctx, off, std::span<uint8_t>(data).subspan(off, n));
+    EXPECT_TRUE(r.has_value()) << "read at " << off << ": " << r.error().message();
+  }
+  return data;
+}
+
+// Reads `image` through Tern and compares it with qemu-img convert -O raw.
+inline void expect_reads_like_qemu(const TempDir& dir, const std::string& image) {
+  std::string raw = dir.file("oracle.raw");
+  SH_OK("qemu-img convert -O raw '" + image + "' '" + raw + "'");
+  auto expected = slurp(raw);
+  auto disk = open_image(image, true);
+  ASSERT_NE(disk, nullptr);
+  auto got = read_whole(*disk);
+  ASSERT_EQ(got.size(), expected.size());
+  if (got != expected) {
+    size_t i = 0;
+    while (got[i] == expected[i]) ++i;
+    FAIL() << image << ": first difference at byte " << i;
+  }
+}
+
+}  // namespace tern::block::qcow2::test
