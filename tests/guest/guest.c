@@ -8,7 +8,10 @@
  * and the LAPIC, and does real I/O against a disk the host test prepared:
  * every 512-byte sector N holds 64 little-endian words, word k = N * 64 + k.
  *
- * Command line words: idle (after the checks, wait for configuration-change
+ * Without "prepared" on the command line the guest first writes that pattern
+ * to sectors 0-511 itself, so it also passes on a blank image.
+ *
+ * Command line words: prepared (the host wrote the pattern), idle (after the checks, wait for configuration-change
  * interrupts and print "capacity N"), hostile (send malformed chains, expect
  * NEEDS_RESET, reset and recover), expect_ro, expect_queues=N, serial=STR,
  * reqs=N (requests of the throughput run).
@@ -583,6 +586,23 @@ static void io_checks(int ro) {
   }
 }
 
+/* Writes the pattern to sectors 0-511 in batches of SLOTS 4 KiB writes. */
+static void prepare_disk(void) {
+  struct queue* Q = &queues[0];
+  int ok = 1;
+  for (u64 sector = 0; sector < 512; sector += 8 * SLOTS) {
+    for (int s = 0; s < SLOTS; ++s) {
+      pattern(data_buf[s], sector + 8 * (u64)s, 8, 0);
+      fill(Q, s, T_OUT, sector + 8 * (u64)s, data_buf[s], 4096, 0, 0);
+      publish(Q, (u16)(3 * s));
+    }
+    kick(Q, 0);
+    wait_slots(Q, (1u << SLOTS) - 1);
+    for (int s = 0; s < SLOTS; ++s) ok &= Q->status[s] == S_OK;
+  }
+  check(ok, "wrote the test pattern to sectors 0-511");
+}
+
 /* Reads batches of SLOTS 4 KiB requests; the host divides by wall time. */
 static void throughput(u64 total) {
   u64 before = completed;
@@ -728,6 +748,7 @@ void guest_main(u8* boot_params) {
   puthex(dev.features);
   putc_('\n');
 
+  if (!has_word("prepared")) prepare_disk();
   io_checks(ro);
   throughput(get_number("reqs", 256));
   if (has_word("hostile")) hostile_checks();
