@@ -129,7 +129,12 @@ class DriverQueue {
   void set_avail_flags(uint16_t v) { ram_->put<uint16_t>(avail_, v); }
   void set_used_event(uint16_t v) { ram_->put<uint16_t>(avail_ + 4 + 2u * size_, v); }
   uint16_t avail_event() { return ram_->get<uint16_t>(used_ + 4 + 8u * size_); }
-  uint16_t used_idx() { return ram_->get<uint16_t>(used_ + 2); }
+  // Acquire pairs with the device's release store: what the device wrote
+  // before publishing (status bytes, data) is visible afterwards.
+  uint16_t used_idx() {
+    return std::atomic_ref<uint16_t>(*reinterpret_cast<uint16_t*>(ram_->at(used_ + 2)))
+        .load(std::memory_order_acquire);
+  }
   std::pair<uint32_t, uint32_t> used_elem(uint16_t i) {
     uint64_t e = used_ + 4 + 8u * (i % size_);
     return {ram_->get<uint32_t>(e), ram_->get<uint32_t>(e + 4)};
