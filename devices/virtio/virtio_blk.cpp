@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <optional>
@@ -458,7 +459,17 @@ VirtioBlk::VirtioBlk(std::unique_ptr<block::DiskFile> disk, VirtioBlkOptions opt
   shared_.features = features_;
 }
 
-VirtioBlk::~VirtioBlk() { reset(); }
+VirtioBlk::~VirtioBlk() {
+  if (auto r = close(); !r) {
+    std::fprintf(stderr, "tern: %s: closing the disk failed: %s\n", options_.id.c_str(),
+                 r.error().message().c_str());
+  }
+}
+
+block::Result<void> VirtioBlk::close() {
+  reset();
+  return disk_->close();
+}
 
 void VirtioBlk::read_config(uint32_t offset, std::span<uint8_t> data) const {
   // struct virtio_blk_config (5.2.4), little-endian on x86.

@@ -82,6 +82,10 @@ class VirtioBlk final : public VirtioDevice {
   // generation and raises the configuration-change interrupt.
   [[nodiscard]] block::Result<void> resize(uint64_t new_size);
   BlkCounters counters() const;
+  // Stops the queues and writes back and syncs the backend (qcow2 clears its
+  // dirty bit). The VMM calls it on a clean exit; the destructor does the
+  // same and logs a failure.
+  [[nodiscard]] block::Result<void> close();
   uint64_t capacity_sectors() const { return shared_.capacity.load(std::memory_order_acquire); }
   const std::string& id() const { return options_.id; }
 

@@ -105,7 +105,9 @@ uint16_t Virtqueue::load_avail_idx() const {
   // guest-controlled: avail->idx. Acquire pairs with the driver's write
   // barrier before it publishes idx (2.7.13), so the ring entries we read
   // next are the ones it wrote.
-  return std::atomic_ref<uint16_t>(*u16_at(avail_, 2)).load(std::memory_order_acquire);
+  // seq_cst (acquire and more) so it is ordered after arm_notification()'s
+  // avail_event store.
+  return std::atomic_ref<uint16_t>(*u16_at(avail_, 2)).load(std::memory_order_seq_cst);
 }
 
 std::expected<std::optional<DescriptorChain>, QueueFault> Virtqueue::pop() {
@@ -190,37 +192,38 @@ void Virtqueue::put_used(uint16_t head, uint32_t len) {
   uint32_t elem[2] = {head, len};  // struct virtq_used_elem { le32 id; le32 len; }
   std::memcpy(used_.data() + 4 + 8 * slot, elem, sizeof elem);
   ++used_idx_;
-  // Release: the element (and the data written into the buffers) is visible
-  // before the driver can see the new idx.
-  std::atomic_ref<uint16_t>(*u16_at(used_, 2)).store(used_idx_, std::memory_order_release);
+  // At least release: the element (and the data written into the buffers)
+  // is visible before the driver can see the new idx. seq_cst also orders
+  // this store before needs_interrupt()'s read of used_event (store-load,
+  // 2.7.10), which a release store alone would not.
+  std::atomic_ref<uint16_t>(*u16_at(used_, 2)).store(used_idx_, std::memory_order_seq_cst);
 }
 
 bool Virtqueue::arm_notification() {
   if (broken_ || detached_) return false;
   if (features_.event_idx) {
     // avail_event lives after the used ring (2.7.8).
+    // Store avail_event, then load avail idx, both seq_cst: a driver that
+    // published just before our store is seen here, or it sees our
+    // avail_event and notifies us.
     std::atomic_ref<uint16_t>(*u16_at(used_, 4 + 8 * static_cast<size_t>(size_)))
-        .store(last_avail_, std::memory_order_release);
+        .store(last_avail_, std::memory_order_seq_cst);
   }
-  // Store avail_event, then load avail idx: a full fence so a driver that
-  // published just before our store is seen here or notifies us.
-  std::atomic_thread_fence(std::memory_order_seq_cst);
   return load_avail_idx() != last_avail_;
 }
 
 bool Virtqueue::needs_interrupt() {
   if (detached_ || used_idx_ == signalled_used_) return false;
   uint16_t old = std::exchange(signalled_used_, used_idx_);
-  // Our used idx store must be visible before we read the driver's
-  // suppression state (store-load ordering).
-  std::atomic_thread_fence(std::memory_order_seq_cst);
+  // seq_cst loads: ordered after put_used()'s seq_cst used idx store, so we
+  // never read a suppression state older than what we published.
   if (features_.event_idx) {
     // guest-controlled: used_event, after the avail ring (2.7.7).
     uint16_t used_event = std::atomic_ref<uint16_t>(*u16_at(avail_, 4 + 2 * static_cast<size_t>(size_)))
-                              .load(std::memory_order_relaxed);
+                              .load(std::memory_order_seq_cst);
     return vring_need_event(used_event, used_idx_, old);
   }
-  uint16_t flags = std::atomic_ref<uint16_t>(*u16_at(avail_, 0)).load(std::memory_order_relaxed);
+  uint16_t flags = std::atomic_ref<uint16_t>(*u16_at(avail_, 0)).load(std::memory_order_seq_cst);
   return (flags & kVirtqAvailFNoInterrupt) == 0;  // guest-controlled
 }
 

@@ -120,16 +120,26 @@ class DriverQueue {
     return head;
   }
 
+  // Like a driver: ring entry, then a release store of idx (2.7.13), so
+  // everything written before is visible to the device that acquires it.
   void publish(uint16_t head) {
-    uint16_t idx = ram_->get<uint16_t>(avail_ + 2);
+    uint16_t idx = ring_field(avail_ + 2).load(std::memory_order_relaxed);
     ram_->put<uint16_t>(avail_ + 4 + 2u * (idx % size_), head);
-    ram_->put<uint16_t>(avail_ + 2, static_cast<uint16_t>(idx + 1));
+    ring_field(avail_ + 2).store(static_cast<uint16_t>(idx + 1), std::memory_order_seq_cst);
   }
-  void set_avail_idx(uint16_t v) { ram_->put<uint16_t>(avail_ + 2, v); }
-  void set_avail_flags(uint16_t v) { ram_->put<uint16_t>(avail_, v); }
-  void set_used_event(uint16_t v) { ram_->put<uint16_t>(avail_ + 4 + 2u * size_, v); }
-  uint16_t avail_event() { return ram_->get<uint16_t>(used_ + 4 + 8u * size_); }
-  uint16_t used_idx() { return ram_->get<uint16_t>(used_ + 2); }
+  void set_avail_idx(uint16_t v) { ring_field(avail_ + 2).store(v, std::memory_order_seq_cst); }
+  void set_avail_flags(uint16_t v) { ring_field(avail_).store(v, std::memory_order_seq_cst); }
+  void set_used_event(uint16_t v) { ring_field(avail_ + 4 + 2u * size_).store(v, std::memory_order_seq_cst); }
+  uint16_t avail_event() { return ring_field(used_ + 4 + 8u * size_).load(std::memory_order_seq_cst); }
+  std::atomic_ref<uint16_t> ring_field(uint64_t gpa) {
+    return std::atomic_ref<uint16_t>(*reinterpret_cast<uint16_t*>(ram_->at(gpa)));
+  }
+  // Acquire pairs with the device's release store: what the device wrote
+  // before publishing (status bytes, data) is visible afterwards.
+  uint16_t used_idx() {
+    return std::atomic_ref<uint16_t>(*reinterpret_cast<uint16_t*>(ram_->at(used_ + 2)))
+        .load(std::memory_order_acquire);
+  }
   std::pair<uint32_t, uint32_t> used_elem(uint16_t i) {
     uint64_t e = used_ + 4 + 8u * (i % size_);
     return {ram_->get<uint32_t>(e), ram_->get<uint32_t>(e + 4)};
