@@ -1,6 +1,7 @@
 #include "block/qcow2/engine.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 
 #include "block/qcow2/big_endian.h"
@@ -37,11 +38,6 @@ Result<std::unique_ptr<Engine>> Engine::open(std::unique_ptr<HostFile> file,
       return fail(Errc::CorruptImage, 0,
                   path + ": corrupt bit set; open it read-only or repair it (tern-img check -r all)");
     }
-    if (header->incompatible_features & kIncompatDirty) {
-      return fail(Errc::UnsupportedFeature, 0,
-                  path + ": dirty bit set (refcounts need a rebuild); open it read-only or run "
-                         "qemu-img check -r all");
-    }
     if (header->nb_snapshots > 0) {
       return fail(Errc::UnsupportedFeature, 0, path + ": writing images with internal snapshots");
     }
@@ -67,11 +63,18 @@ Result<std::unique_ptr<Engine>> Engine::open(std::unique_ptr<HostFile> file,
   // An L2 table reaches the disk only after the refcounts that count the
   // clusters it names.
   engine->l2_cache_.set_before_write([rc] { return rc->flush(); });
-  if (!options.read_only && h.version >= 3 && h.autoclear_features != 0) {
-    // qcow2.txt: a writer that does not understand an autoclear bit clears it.
-    h.autoclear_features = 0;
-    if (auto r = engine->header_.commit(); !r) return std::unexpected(r.error());
+  engine->header_.set_writable(!options.read_only);
+  if (options.read_only || h.version < 3) return engine;  // header untouched
+  if (h.incompatible_features & kIncompatDirty) {
+    // Not closed cleanly: refcounts may be stale (qcow2.txt, dirty bit).
+    engine->warn(path + ": image was not closed cleanly; rebuilding refcounts");
+    if (auto r = engine->rebuild_refcounts(); !r) return std::unexpected(r.error());
   }
+  // qcow2.txt: a writer that does not understand an autoclear bit clears it.
+  h.autoclear_features = 0;
+  // Dirty until a clean close, set and synced before the first write.
+  h.incompatible_features |= kIncompatDirty;
+  if (auto r = engine->header_.commit(); !r) return std::unexpected(r.error());
   return engine;
 }
 
@@ -91,7 +94,7 @@ Result<Engine::Mapping> Engine::classify(uint64_t entry) {
   }
   m.host_offset = entry & kOffsetMask;
   if (m.host_offset & (cluster_size_ - 1)) {
-    return fail(Errc::CorruptImage, 0, "unaligned data cluster offset " + std::to_string(m.host_offset));
+    return std::unexpected(header_.mark_corrupt("unaligned data cluster offset " + std::to_string(m.host_offset)));
   }
   // The zero flag exists from version 3 on (qcow2.txt, "Standard Cluster
   // Descriptor", bit 0).
@@ -110,7 +113,7 @@ Result<Engine::Mapping> Engine::lookup(uint64_t guest_offset) {
   uint64_t l2_table = l1_entry(l1_index) & kOffsetMask;
   if (l2_table == 0) return Mapping{};
   if (l2_table & (cluster_size_ - 1)) {
-    return fail(Errc::CorruptImage, 0, "unaligned L2 table offset " + std::to_string(l2_table));
+    return std::unexpected(header_.mark_corrupt("unaligned L2 table offset " + std::to_string(l2_table)));
   }
   auto table = l2_cache_.get(l2_table);
   if (!table) return std::unexpected(table.error());
@@ -129,7 +132,12 @@ Result<void> Engine::read_compressed(uint64_t entry, std::span<uint8_t> out) {
   if (auto r = file_->read_at(offset, compressed); !r) {
     return fail(Errc::ReadFailed, r.error().sys_errno, "compressed cluster");
   }
-  return decompress_cluster(header_.get().compression_type, compressed, out);
+  if (auto r = decompress_cluster(header_.get().compression_type, compressed, out); !r) {
+    // Data that does not decode to one cluster is corruption (SPEC 5).
+    (void)header_.mark_corrupt("compressed cluster at " + std::to_string(offset));
+    return r;
+  }
+  return {};
 }
 
 Result<void> Engine::read(uint64_t offset, std::span<const iovec> iov,
@@ -193,11 +201,12 @@ Result<Engine::L2Slot> Engine::l2_slot_for_write(uint64_t guest_offset) {
     auto at = refcounts_->allocate(1, fresh);
     if (!at) return std::unexpected(at.error());
     table = *at;
+    if (table == 0) return std::unexpected(header_.mark_corrupt("allocation at offset 0"));
     if (auto r = l2_cache_.create(table); !r) return std::unexpected(r.error());
     set_l1_entry(l1_index, table | kOflagCopied);
   } else {
     if (table & (cluster_size_ - 1)) {
-      return fail(Errc::CorruptImage, 0, "unaligned L2 table offset " + std::to_string(table));
+      return std::unexpected(header_.mark_corrupt("unaligned L2 table offset " + std::to_string(table)));
     }
     if (!(l1e & kOflagCopied)) {
       // qcow2.txt: COPIED is set exactly when the refcount is 1.
@@ -314,7 +323,7 @@ Result<void> Engine::write_cluster(uint64_t guest, std::span<const iovec> iov, u
     auto at = refcounts_->allocate(1, fresh);
     if (!at) return std::unexpected(at.error());
     host = *at;
-    if (host == 0) return fail(Errc::CorruptImage, 0, "allocation at offset 0");
+    if (host == 0) return std::unexpected(header_.mark_corrupt("allocation at offset 0"));
   }
   // A fresh cluster past the old end of the file reads as zeros, so when the
   // old contents are zeros only the new data needs writing.
@@ -469,7 +478,20 @@ Result<void> Engine::close() {
     if (auto r = file_->sync(); !r) return r;
   }
   preallocated_end_ = refcounts_->end();
+  Header& h = header_.get();
+  if (h.incompatible_features & kIncompatDirty) {
+    h.incompatible_features &= ~kIncompatDirty;
+    if (auto r = header_.commit(); !r) return r;
+  }
   return {};
+}
+
+void Engine::warn(const std::string& message) const {
+  if (options_.warn) {
+    options_.warn(message);
+  } else {
+    std::fprintf(stderr, "tern: warning: %s\n", message.c_str());
+  }
 }
 
 Result<void> Engine::flush() {

@@ -32,6 +32,9 @@ class Refcounts {
   // +1 or -1 on the cluster containing host_offset. Going above the width's
   // maximum is RefcountOverflow; going below zero is CorruptImage.
   [[nodiscard]] Result<uint64_t> adjust(uint64_t host_offset, int delta);
+  // Sets a refcount outright (check and repair); above the maximum is
+  // RefcountOverflow.
+  [[nodiscard]] Result<void> set(uint64_t host_offset, uint64_t value);
   // `count` contiguous clusters with refcount 1. `fresh` tells whether they
   // come from past the old end of the file, so read as zeros until written.
   [[nodiscard]] Result<uint64_t> allocate(uint64_t count, bool& fresh);
