@@ -4,6 +4,7 @@
 // `qemu-img check` does; with repair, fixes what it may. Also the refcount
 // rebuild after an unclean close (dirty bit).
 #include <algorithm>
+#include <cstdio>
 
 #include "block/qcow2/big_endian.h"
 #include "block/qcow2/engine.h"
@@ -30,7 +31,7 @@ Result<CheckResult> Engine::check(Repair repair) {
   if (!file_size) return std::unexpected(file_size.error());
   const uint64_t cs = cluster_size_;
   const uint64_t file_clusters = (*file_size + cs - 1) >> cluster_bits_;
-  const uint64_t n = std::max(file_clusters, refcounts_->end() >> cluster_bits_);
+  const uint64_t n = file_clusters;
   res.total_clusters = (h.size + cs - 1) >> cluster_bits_;
   std::vector<uint32_t> expected(n, 0);
   auto error = [&](std::string text) {
@@ -109,29 +110,32 @@ Result<CheckResult> Engine::check(Repair repair) {
     }
   }
 
-  // Stored against computed refcounts.
+  // Stored against computed refcounts, within the file as qemu-img does:
+  // more than referenced is a leak, fewer is an error.
   bool changed = false;
-  for (uint64_t c = 0; c < n; ++c) {
+  for (uint64_t c = 0; c < file_clusters; ++c) {
     auto stored = refcounts_->get(c << cluster_bits_);
     if (!stored) return std::unexpected(stored.error());
     uint64_t want = expected[c];
-    if (want != 0) res.image_end_offset = (c + 1) << cluster_bits_;
-    if (*stored == want) continue;
-    std::string line = "cluster " + std::to_string(c) + " refcount=" + std::to_string(*stored) +
-                       " reference=" + std::to_string(want);
-    if (want == 0) {
-      ++res.leaks;
-      res.messages.push_back("Leaked " + line);
-      if (repair == Repair::None) continue;
-      if (auto r = refcounts_->set(c << cluster_bits_, 0); !r) return std::unexpected(r.error());
-      ++res.leaks_fixed;
-    } else {
-      error(line);
-      if (repair != Repair::All) continue;
-      if (auto r = refcounts_->set(c << cluster_bits_, want); !r) return std::unexpected(r.error());
-      ++res.corruptions_fixed;
+    uint64_t now = *stored;
+    if (now != want) {
+      std::string line = "cluster " + std::to_string(c) + " refcount=" + std::to_string(now) +
+                         " reference=" + std::to_string(want);
+      bool leak = now > want;
+      if (leak) {
+        ++res.leaks;
+        res.messages.push_back("Leaked " + line);
+      } else {
+        error(line);
+      }
+      if (repair == Repair::All || (leak && repair == Repair::Leaks)) {
+        if (auto r = refcounts_->set(c << cluster_bits_, want); !r) return std::unexpected(r.error());
+        ++(leak ? res.leaks_fixed : res.corruptions_fixed);
+        now = want;
+        changed = true;
+      }
     }
-    changed = true;
+    if (now != 0) res.image_end_offset = (c + 1) << cluster_bits_;
   }
 
   // qcow2.txt: OFLAG_COPIED is set exactly when the refcount is 1.
@@ -160,7 +164,9 @@ Result<CheckResult> Engine::check(Repair repair) {
       auto drc = refcounts_->get(host);
       if (!drc) return std::unexpected(drc.error());
       if (((e & kOflagCopied) != 0) == (*drc == 1)) continue;
-      error("OFLAG_COPIED data cluster: l2_entry=" + std::to_string(e) + " refcount=" + std::to_string(*drc));
+      char hex[32];
+      std::snprintf(hex, sizeof hex, "%llx", static_cast<unsigned long long>(e));
+      error("OFLAG_COPIED data cluster: l2_entry=" + std::string(hex) + " refcount=" + std::to_string(*drc));
       if (repair != Repair::All) continue;
       data = l2_cache_.get(table);
       if (!data) return std::unexpected(data.error());
@@ -172,6 +178,12 @@ Result<CheckResult> Engine::check(Repair repair) {
   }
   if (changed) {
     if (auto r = flush(); !r) return std::unexpected(r.error());
+  }
+  Header& hw = header_.get();
+  if (repair == Repair::All && (hw.incompatible_features & kIncompatCorrupt) &&
+      res.corruptions == res.corruptions_fixed) {
+    hw.incompatible_features &= ~kIncompatCorrupt;  // repaired
+    if (auto r = header_.commit(); !r) return std::unexpected(r.error());
   }
   return res;
 }

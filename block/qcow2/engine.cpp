@@ -34,7 +34,7 @@ Result<std::unique_ptr<Engine>> Engine::open(std::unique_ptr<HostFile> file,
   }
   if (!options.read_only) {
     // qcow2.txt: a corrupt image "must not be opened for writing".
-    if (header->incompatible_features & kIncompatCorrupt) {
+    if ((header->incompatible_features & kIncompatCorrupt) && !options.repair) {
       return fail(Errc::CorruptImage, 0,
                   path + ": corrupt bit set; open it read-only or repair it (tern-img check -r all)");
     }

@@ -31,6 +31,8 @@ struct EngineOptions {
   bool allow_backing = false;
   size_t l2_cache_bytes = 32ull << 20;
   size_t refcount_cache_bytes = 4ull << 20;
+  // Open a corrupt image writable, to repair it (tern-img check -r).
+  bool repair = false;
   // Where warnings go (stderr when empty).
   std::function<void(const std::string&)> warn;
 };
