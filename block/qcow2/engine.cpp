@@ -115,6 +115,10 @@ Result<Engine::Mapping> Engine::lookup(uint64_t guest_offset) {
   if (l2_table & (cluster_size_ - 1)) {
     return std::unexpected(header_.mark_corrupt("unaligned L2 table offset " + std::to_string(l2_table)));
   }
+  if (l2_table >= refcounts_->end()) {
+    return std::unexpected(header_.mark_corrupt("L2 table offset " + std::to_string(l2_table) +
+                                                " past the end of the image"));
+  }
   auto table = l2_cache_.get(l2_table);
   if (!table) return std::unexpected(table.error());
   uint64_t index = (guest_offset >> cluster_bits_) & ((uint64_t{1} << l2_bits) - 1);
@@ -190,6 +194,21 @@ Result<void> Engine::read(uint64_t offset, std::span<const iovec> iov,
   return {};
 }
 
+// A hostile L2 entry may point a guest cluster at metadata; writing guest
+// data there would destroy the image. Checked before every in-place write:
+// the L1 and refcount tables by range, L2 tables and refcount blocks as far
+// as the caches hold them (QEMU's overlap check, cheap form).
+bool Engine::overlaps_metadata(uint64_t host) const {
+  const Header& h = header_.get();
+  auto inside = [&](uint64_t start, uint64_t bytes) {
+    uint64_t end = (start + bytes + cluster_size_ - 1) & ~(cluster_size_ - 1);
+    return bytes > 0 && host >= start && host < end;
+  };
+  return host == 0 || inside(h.l1_table_offset, uint64_t{h.l1_size} * 8) ||
+         inside(h.refcount_table_offset, uint64_t{h.refcount_table_clusters} << cluster_bits_) ||
+         l2_cache_.contains(host) || refcounts_->is_cached_block(host);
+}
+
 Result<Engine::L2Slot> Engine::l2_slot_for_write(uint64_t guest_offset) {
   const uint32_t l2_bits = cluster_bits_ - 3;
   uint64_t l1_index = guest_offset >> (cluster_bits_ + l2_bits);
@@ -207,6 +226,10 @@ Result<Engine::L2Slot> Engine::l2_slot_for_write(uint64_t guest_offset) {
   } else {
     if (table & (cluster_size_ - 1)) {
       return std::unexpected(header_.mark_corrupt("unaligned L2 table offset " + std::to_string(table)));
+    }
+    if (table >= refcounts_->end()) {
+      return std::unexpected(header_.mark_corrupt("L2 table offset " + std::to_string(table) +
+                                                  " past the end of the image"));
     }
     if (!(l1e & kOflagCopied)) {
       // qcow2.txt: COPIED is set exactly when the refcount is 1.
@@ -294,6 +317,10 @@ Result<void> Engine::write_cluster(uint64_t guest, std::span<const iovec> iov, u
         if (auto r = set_l2_entry(*slot, old->host_offset | kOflagCopied); !r) return r;
       }
     }
+    if (owned && overlaps_metadata(old->host_offset)) {
+      return std::unexpected(header_.mark_corrupt("data cluster at " + std::to_string(old->host_offset) +
+                                                  " overlaps metadata"));
+    }
     if (owned) {
       uint64_t host = old->host_offset + in_cluster;
       if (deferred) {
@@ -315,6 +342,10 @@ Result<void> Engine::write_cluster(uint64_t guest, std::span<const iovec> iov, u
     auto rc = refcounts_->get(old->host_offset);
     if (!rc) return std::unexpected(rc.error());
     if (*rc == 1) {
+      if (overlaps_metadata(old->host_offset)) {
+        return std::unexpected(header_.mark_corrupt("data cluster at " + std::to_string(old->host_offset) +
+                                                    " overlaps metadata"));
+      }
       host = old->host_offset;
       reuse = true;
     }

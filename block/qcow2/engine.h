@@ -125,6 +125,7 @@ class Engine {
                              std::vector<HostExtent>* deferred);
   Result<void> zero_cluster(uint64_t guest_offset, bool may_unmap, bool discard);
   Result<void> flush_metadata();
+  bool overlaps_metadata(uint64_t host_cluster) const;
   Result<void> preallocate_for(uint64_t host_end);
   Result<void> rebuild_refcounts();
   void warn(const std::string& message) const;

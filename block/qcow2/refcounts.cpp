@@ -94,6 +94,10 @@ Result<uint64_t> Refcounts::block_for(uint64_t table_index, bool create) {
     if ((block & ((uint64_t{1} << cluster_bits_) - 1)) != 0) {
       return std::unexpected(header_.mark_corrupt("unaligned refcount block offset " + std::to_string(block)));
     }
+    if (block >= end()) {
+      return std::unexpected(header_.mark_corrupt("refcount block offset " + std::to_string(block) +
+                                                  " past the end of the image"));
+    }
     return block;
   }
   if (!create) return 0;

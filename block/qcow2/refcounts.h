@@ -43,6 +43,8 @@ class Refcounts {
   // First byte past every cluster handed out so far.
   uint64_t end() const { return append_cluster_ << cluster_bits_; }
   uint64_t max_refcount() const { return max_; }
+  // Whether `host_offset` is a refcount block we hold in the cache.
+  bool is_cached_block(uint64_t host_offset) const { return blocks_.contains(host_offset); }
 
   // Entry `index` of a refcount block in on-disk form, for a given order.
   static uint64_t read_entry(const uint8_t* block, uint32_t order, uint64_t index);

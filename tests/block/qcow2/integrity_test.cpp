@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <random>
 
@@ -311,6 +312,71 @@ TEST(Crash, KilledWriterLosesNothingFlushed) {
     ASSERT_EQ(sh("qemu-img check '" + img + "'", &out), 0) << "iteration " << it << "\n" << out;
     base_round = flushed + 1000;  // rounds stay increasing across iterations
   }
+}
+
+}  // namespace
+}  // namespace tern::block::qcow2::test
+
+namespace tern::block::qcow2::test {
+namespace {
+
+// Hostile tables: each is refused or fails with an error, never a crash.
+TEST(Hostile, L2EntriesPointingAtMetadataAreRefusedOnWrite) {
+  TempDir dir;
+  std::string img = dir.file("m.qcow2");
+  SH_OK("qemu-img create -q -f qcow2 '" + img + "' 1M");
+  SH_OK("qemu-io -f qcow2 -c 'write -P 1 0 128k' '" + img + "'");
+  // Layout: refcount table 0x10000, block 0x20000, L1 0x30000, L2 0x40000.
+  const uint64_t targets[] = {0x30000, 0x10000, 0x40000, 0x20000};
+  for (uint64_t target : targets) {
+    SCOPED_TRACE(target);
+    std::string copy = dir.file("copy.qcow2");
+    SH_OK("cp '" + img + "' '" + copy + "'");
+    poke_be64(copy, 0x40000, kOflagCopied | target);
+    auto disk = open_image(copy);
+    ASSERT_NE(disk, nullptr);
+    auto ctx = disk->make_io_context(1);
+    ASSERT_TRUE(ctx.has_value());
+    std::vector<uint8_t> buf(4096, 0xee);
+    // Load the metadata into the caches the way normal I/O does.
+    ASSERT_TRUE(pread_disk(**ctx, 65536, buf).has_value());
+    auto r = pwrite_disk(**ctx, 0, buf);
+    ASSERT_FALSE(r.has_value());
+    EXPECT_EQ(r.error().code, Errc::CorruptImage);
+  }
+}
+
+TEST(Hostile, TruncatedAndOutOfRangeImagesFailCleanly) {
+  TempDir dir;
+  std::string img = dir.file("t.qcow2");
+  SH_OK("qemu-img create -q -f qcow2 '" + img + "' 4M");
+  SH_OK("qemu-io -f qcow2 -c 'write -P 1 0 1M' '" + img + "'");
+  auto try_all = [&](const std::string& path) {
+    OpenOptions o;
+    o.path = path;
+    auto disk = open_disk(o);
+    if (!disk) return;  // refused: fine
+    auto ctx = (*disk)->make_io_context(2);
+    ASSERT_TRUE(ctx.has_value());
+    std::vector<uint8_t> buf(65536, 0x5a);
+    for (uint64_t off = 0; off < (*disk)->size(); off += 512 * 1024) {
+      (void)pread_disk(**ctx, off, buf);
+      (void)pwrite_disk(**ctx, off, buf);
+    }
+    (void)simple_op(**ctx, Op::Flush);
+  };
+  for (uint64_t keep : {100ull, 70000ull, 200000ull, 300000ull}) {
+    std::string cut = dir.file("cut.qcow2");
+    SH_OK("head -c " + std::to_string(keep) + " '" + img + "' > '" + cut + "'");
+    try_all(cut);
+  }
+  std::string far = dir.file("far.qcow2");
+  SH_OK("cp '" + img + "' '" + far + "'");
+  poke_be64(far, 0x30000, kOflagCopied | (1ull << 40));  // L2 table far past the end
+  poke_be64(far, 0x10000, 1ull << 41);                   // refcount block far past the end
+  try_all(far);
+  // Nothing was written out there.
+  EXPECT_LT(std::filesystem::file_size(far), 64ull << 20);
 }
 
 }  // namespace
