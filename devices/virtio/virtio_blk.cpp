@@ -1,0 +1,538 @@
+#include "devices/virtio/virtio_blk.h"
+
+#include <poll.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <optional>
+#include <string>
+#include <thread>
+#include <utility>
+
+#include "base/event_fd.h"
+#include "base/unique_fd.h"
+#include "devices/virtio/rate_limited_log.h"
+
+namespace tern::devices {
+
+namespace {
+
+constexpr uint64_t kSector = 512;
+constexpr uint32_t kMaxDiscardSectors = 0x3fffff;  // 2 GiB per request
+
+RateLimitedLog& request_log() {
+  static RateLimitedLog log;
+  return log;
+}
+
+// The device-readable or device-writable half of a chain, seen as one byte
+// stream: 2.6.4 says the device must make no assumption about how the driver
+// frames a request into descriptors.
+class ByteStream {
+ public:
+  void add(std::span<uint8_t> part) {
+    if (part.empty()) return;
+    parts_.push_back(part);
+    total_ += part.size();
+  }
+  uint64_t size() const { return total_; }
+
+  // Copies [offset, offset + out.size()) out; false when past the end.
+  bool read(uint64_t offset, std::span<uint8_t> out) const {
+    return walk(offset, out.size(), [&](std::span<uint8_t> piece, uint64_t done) {
+      std::memcpy(out.data() + done, piece.data(), piece.size());
+    });
+  }
+  bool write(uint64_t offset, std::span<const uint8_t> in) const {
+    return walk(offset, in.size(), [&](std::span<uint8_t> piece, uint64_t done) {
+      std::memcpy(piece.data(), in.data() + done, piece.size());
+    });
+  }
+  // iovecs for [offset, offset + length), pointing into guest memory.
+  bool iovecs(uint64_t offset, uint64_t length, std::vector<iovec>& out) const {
+    out.clear();
+    return walk(offset, length, [&](std::span<uint8_t> piece, uint64_t) {
+      out.push_back(iovec{piece.data(), piece.size()});
+    });
+  }
+  std::span<uint8_t> last_byte() const {
+    return parts_.empty() ? std::span<uint8_t>() : parts_.back().last(1);
+  }
+
+ private:
+  template <class F>
+  bool walk(uint64_t offset, uint64_t length, F&& f) const {
+    if (offset > total_ || length > total_ - offset) return false;
+    uint64_t done = 0;
+    for (std::span<uint8_t> p : parts_) {
+      if (done == length) break;
+      if (offset >= p.size()) {
+        offset -= p.size();
+        continue;
+      }
+      uint64_t n = std::min<uint64_t>(p.size() - offset, length - done);
+      f(p.subspan(offset, n), done);
+      done += n;
+      offset = 0;
+    }
+    return true;
+  }
+
+  std::vector<std::span<uint8_t>> parts_;
+  uint64_t total_ = 0;
+};
+
+template <class T>
+T load_le(const uint8_t* p) {
+  T v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// One guest request from parse to completion. It owns the chain; its
+// destructor writes the status byte and then lets the chain go back to the
+// used ring, so every request is answered exactly once, on every path.
+class BlkRequest {
+ public:
+  BlkRequest(DescriptorChain chain, std::span<uint8_t> status_byte)
+      : chain_(std::move(chain)), status_byte_(status_byte) {}
+  // Moving hands the duty to answer over; the moved-from object is inert.
+  BlkRequest(BlkRequest&& other) noexcept
+      : op(other.op),
+        bytes(other.bytes),
+        read_len(other.read_len),
+        chain_(std::move(other.chain_)),
+        status_byte_(std::exchange(other.status_byte_, {})),
+        status_(other.status_),
+        used_len_(other.used_len_) {}
+  BlkRequest& operator=(BlkRequest&&) = delete;
+  ~BlkRequest() {
+    if (status_byte_.empty()) return;
+    status_byte_[0] = status_;  // guest memory, validated when popped
+    chain_.set_used_len(used_len_);
+  }  // chain_ returns itself after this body
+
+  void finish(uint8_t status, uint32_t data_written = 0) {
+    status_ = status;
+    used_len_ = data_written + 1;  // the status byte counts (2.7.8 "len")
+  }
+
+  block::Op op = block::Op::Read;
+  uint64_t bytes = 0;
+  uint32_t read_len = 0;  // data bytes a successful read puts into the chain
+
+ private:
+  DescriptorChain chain_;
+  std::span<uint8_t> status_byte_;
+  uint8_t status_ = kBlkSIoErr;
+  uint32_t used_len_ = 1;
+};
+
+}  // namespace
+
+// One queue's worker: the virtqueue, the backend context and the loop thread.
+class BlkQueueWorker {
+ public:
+  static std::unique_ptr<BlkQueueWorker> start(VirtioBlk::Shared& shared, const GuestMemory& memory,
+                                               uint64_t features, const ActiveQueue& active,
+                                               uint16_t max_size, VirtioInterrupt& interrupt) {
+    QueueFeatures qf{.event_idx = (features & kVirtioFRingEventIdx) != 0,
+                     .indirect = (features & kVirtioFRingIndirectDesc) != 0};
+    auto queue = Virtqueue::create(memory, active.config, qf, max_size);
+    if (!queue) {
+      interrupt.needs_reset("queue " + std::to_string(active.index) + ": " +
+                            queue_fault_name(queue.error()));
+      return nullptr;
+    }
+    auto ctx = shared.disk->make_io_context(active.config.size);
+    if (!ctx) {
+      interrupt.needs_reset("queue " + std::to_string(active.index) +
+                            ": cannot create I/O context: " + ctx.error().message());
+      return nullptr;
+    }
+    auto stop = EventFd::create();
+    UniqueFd epoll(::epoll_create1(EPOLL_CLOEXEC));
+    if (!stop || !epoll) {
+      interrupt.needs_reset("queue " + std::to_string(active.index) + ": cannot create fds");
+      return nullptr;
+    }
+    auto w = std::unique_ptr<BlkQueueWorker>(new BlkQueueWorker(
+        shared, active, std::move(*queue), std::move(*ctx), std::move(*stop), std::move(epoll),
+        interrupt));
+    if (!w->watch(active.notify_fd, kNotify) || !w->watch(w->ctx_->completion_fd(), kCompletion) ||
+        !w->watch(w->stop_.fd(), kStop)) {
+      interrupt.needs_reset("queue " + std::to_string(active.index) + ": epoll_ctl failed");
+      return nullptr;
+    }
+    // The queue's loop: serves notifications and completions of this one
+    // queue until the device is reset or destroyed.
+    w->thread_ = std::jthread([raw = w.get()](std::stop_token token) { raw->run(token); });
+    return w;
+  }
+
+  // ~jthread requests stop (which signals stop_) and joins first.
+  ~BlkQueueWorker() = default;
+
+ private:
+  enum Tag : uint32_t { kNotify, kCompletion, kStop };
+
+  BlkQueueWorker(VirtioBlk::Shared& shared, const ActiveQueue& active,
+                 std::unique_ptr<Virtqueue> queue, std::unique_ptr<block::IoContext> ctx,
+                 EventFd stop, UniqueFd epoll, VirtioInterrupt& interrupt)
+      : shared_(shared),
+        index_(active.index),
+        notify_fd_(active.notify_fd),
+        queue_(std::move(queue)),
+        ctx_(std::move(ctx)),
+        stop_(std::move(stop)),
+        epoll_(std::move(epoll)),
+        interrupt_(interrupt),
+        slots_(queue_->size()) {}
+
+  bool watch(int fd, Tag tag) {
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u32 = tag;
+    return ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev) == 0;
+  }
+
+  void run(std::stop_token token) {
+    std::stop_callback wake(token, [this] { stop_.signal(); });
+    // Notifications sent before activation are in the ring already.
+    serve_avail();
+    reap();
+    while (!token.stop_requested()) {
+      epoll_event events[3];
+      int n = ::epoll_wait(epoll_.get(), events, 3, -1);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        interrupt_.needs_reset("epoll_wait failed: " + errno_text(errno));
+        break;
+      }
+      bool notified = false;
+      for (int i = 0; i < n; ++i) {
+        if (events[i].data.u32 == kNotify) {
+          uint64_t v;
+          while (::read(notify_fd_, &v, sizeof v) < 0 && errno == EINTR) {
+          }
+          notified = true;
+        }
+      }
+      if (notified) serve_avail();
+      reap();
+    }
+    // Reset or teardown: nothing may reach the rings any more, but the
+    // backend may still be writing into guest memory, so wait for every
+    // request in flight before the context and the queue go away.
+    queue_->detach();
+    while (pending_ != 0) {
+      pollfd p{ctx_->completion_fd(), POLLIN, 0};
+      ::poll(&p, 1, 100);
+      reap();
+    }
+  }
+
+  void serve_avail() {
+    if (queue_->broken()) return;  // already reported; wait for the reset
+    for (;;) {
+      for (;;) {
+        auto chain = queue_->pop();
+        if (!chain) {
+          interrupt_.needs_reset("queue " + std::to_string(index_) + ": " +
+                                 queue_fault_name(chain.error()));
+          return;
+        }
+        if (!*chain) break;
+        handle(std::move(**chain));
+      }
+      // EVENT_IDX: ask for the next notification, then look once more for
+      // chains that raced with it.
+      if (!queue_->arm_notification()) break;
+    }
+    signal_if_needed();
+  }
+
+  void reap() {
+    completions_.clear();
+    ctx_->drain(completions_);
+    for (block::Completion& c : completions_) {
+      if (c.cookie >= slots_.size() || !slots_[c.cookie]) std::abort();  // backend broke its contract
+      BlkRequest& r = *slots_[c.cookie];
+      finish(r, c.status.has_value());
+      slots_[c.cookie].reset();  // status byte, then used ring
+      --pending_;
+    }
+    if (!completions_.empty()) signal_if_needed();
+  }
+
+  void signal_if_needed() {
+    if (queue_->needs_interrupt()) interrupt_.signal_queue(index_);
+  }
+
+  void finish(BlkRequest& r, bool ok) {
+    auto& k = shared_.counters;
+    if (!ok) {
+      k.errors.fetch_add(1, std::memory_order_relaxed);
+      r.finish(kBlkSIoErr);
+      return;
+    }
+    switch (r.op) {
+      case block::Op::Read:
+        k.read_ops.fetch_add(1, std::memory_order_relaxed);
+        k.read_bytes.fetch_add(r.bytes, std::memory_order_relaxed);
+        break;
+      case block::Op::Write:
+        k.write_ops.fetch_add(1, std::memory_order_relaxed);
+        k.write_bytes.fetch_add(r.bytes, std::memory_order_relaxed);
+        break;
+      case block::Op::Flush:
+        k.flush_ops.fetch_add(1, std::memory_order_relaxed);
+        break;
+      case block::Op::Discard:
+        k.discard_ops.fetch_add(1, std::memory_order_relaxed);
+        k.discard_bytes.fetch_add(r.bytes, std::memory_order_relaxed);
+        break;
+      case block::Op::WriteZeroes:
+        k.write_zeroes_ops.fetch_add(1, std::memory_order_relaxed);
+        k.write_zeroes_bytes.fetch_add(r.bytes, std::memory_order_relaxed);
+        break;
+    }
+    r.finish(kBlkSOk, r.read_len);
+  }
+
+  // Completes a request now with `status` (the request object answers it).
+  void answer(BlkRequest& r, uint8_t status) {
+    if (status != kBlkSOk) shared_.counters.errors.fetch_add(1, std::memory_order_relaxed);
+    r.finish(status);
+  }
+
+  bool in_capacity(uint64_t sector, uint64_t bytes) const {
+    uint64_t cap = shared_.capacity.load(std::memory_order_acquire);
+    uint64_t sectors = bytes / kSector;
+    return sector <= cap && sectors <= cap - sector;
+  }
+
+  void handle(DescriptorChain chain) {
+    ByteStream in, out;  // device-readable, device-writable
+    for (const ChainBuffer& b : chain.buffers()) (b.device_writable ? out : in).add(b.bytes);
+    if (out.size() == 0) {
+      // 5.2.6: every request ends in a writable status byte. Without one
+      // there is nowhere to answer; give the chain back untouched.
+      request_log().log("virtio-blk", "request without a status byte");
+      return;
+    }
+    uint16_t head = chain.head();
+    BlkRequest local(std::move(chain), out.last_byte());
+    uint64_t data_out = out.size() - 1;  // writable bytes before the status byte
+
+    uint8_t header[16];
+    if (!in.read(0, header)) return answer(local, kBlkSIoErr);
+    uint32_t type = load_le<uint32_t>(header);
+    uint64_t sector = load_le<uint64_t>(header + 8);
+    uint64_t data_in = in.size() - sizeof header;
+
+    block::Request req;
+    req.cookie = head;
+    switch (type) {
+      case kBlkTIn:
+        if (data_out % kSector != 0 || !in_capacity(sector, data_out) ||
+            !out.iovecs(0, data_out, iov_)) {
+          return answer(local, kBlkSIoErr);
+        }
+        req.op = block::Op::Read;
+        req.offset = sector * kSector;
+        req.iov = iov_;
+        local.bytes = data_out;
+        local.read_len = static_cast<uint32_t>(data_out);
+        break;
+      case kBlkTOut:
+        // 5.2.6.2: "A device MUST set the status byte to VIRTIO_BLK_S_IOERR
+        // for a write request if the VIRTIO_BLK_F_RO feature if offered, and
+        // MUST NOT write any data."
+        if (shared_.read_only) return answer(local, kBlkSIoErr);
+        if (data_in % kSector != 0 || !in_capacity(sector, data_in) ||
+            !in.iovecs(sizeof header, data_in, iov_)) {
+          return answer(local, kBlkSIoErr);
+        }
+        req.op = block::Op::Write;
+        req.offset = sector * kSector;
+        req.iov = iov_;
+        local.bytes = data_in;
+        break;
+      case kBlkTFlush:
+        // Nothing can be dirty on a read-only disk; flush still succeeds.
+        if (shared_.read_only) {
+          shared_.counters.flush_ops.fetch_add(1, std::memory_order_relaxed);
+          return answer(local, kBlkSOk);
+        }
+        req.op = block::Op::Flush;
+        break;
+      case kBlkTGetId: {
+        // 5.2.6: the ID string is 20 bytes, NUL-padded; allowed on
+        // read-only disks too.
+        uint8_t id[kBlkIdBytes] = {};
+        std::memcpy(id, shared_.serial.data(), std::min(shared_.serial.size(), kBlkIdBytes));
+        size_t n = std::min<uint64_t>(data_out, kBlkIdBytes);
+        if (!out.write(0, std::span<const uint8_t>(id, n))) return answer(local, kBlkSIoErr);
+        local.finish(kBlkSOk, static_cast<uint32_t>(n));
+        return;
+      }
+      case kBlkTDiscard:
+      case kBlkTWriteZeroes: {
+        bool discard = type == kBlkTDiscard;
+        if (!(shared_.features & (discard ? kBlkFDiscard : kBlkFWriteZeroes))) {
+          return answer(local, kBlkSUnsupp);
+        }
+        // 5.2.6.2: write-type requests on a read-only device get IOERR.
+        if (shared_.read_only) return answer(local, kBlkSIoErr);
+        // We advertise max_*_seg = 1: exactly one segment.
+        uint8_t seg[16];
+        if (data_in != sizeof seg || !in.read(sizeof header, seg)) {
+          return answer(local, kBlkSIoErr);
+        }
+        uint64_t seg_sector = load_le<uint64_t>(seg);
+        uint32_t num = load_le<uint32_t>(seg + 8);
+        uint32_t flags = load_le<uint32_t>(seg + 12);
+        // 5.2.6.2: UNSUPP for discard with the unmap flag, and for any
+        // unknown flag.
+        if ((flags & ~1u) != 0 || (discard && (flags & 1u))) return answer(local, kBlkSUnsupp);
+        uint32_t max = discard ? shared_.max_discard_sectors : shared_.max_write_zeroes_sectors;
+        if (num > max || !in_capacity(seg_sector, uint64_t{num} * kSector)) {
+          return answer(local, kBlkSIoErr);
+        }
+        req.op = discard ? block::Op::Discard : block::Op::WriteZeroes;
+        req.offset = seg_sector * kSector;
+        req.length = uint64_t{num} * kSector;
+        req.may_unmap = (flags & 1u) != 0;
+        local.bytes = req.length;
+        break;
+      }
+      default:
+        return answer(local, kBlkSUnsupp);
+    }
+    local.op = req.op;
+    // Park the request by head (unique while the device owns it), then hand
+    // it to the backend; the completion finds it by cookie.
+    std::optional<BlkRequest>& slot = slots_[head];
+    slot.emplace(std::move(local));
+    if (auto r = ctx_->submit(req); !r) {
+      finish(*slot, false);
+      slot.reset();
+      return;
+    }
+    ++pending_;
+  }
+
+  VirtioBlk::Shared& shared_;
+  uint16_t index_;
+  int notify_fd_;
+  std::unique_ptr<Virtqueue> queue_;
+  std::unique_ptr<block::IoContext> ctx_;
+  EventFd stop_;
+  UniqueFd epoll_;
+  VirtioInterrupt& interrupt_;
+  std::vector<std::optional<BlkRequest>> slots_;  // by head; loop thread only
+  uint32_t pending_ = 0;                          // submitted, not completed
+  std::vector<block::Completion> completions_;
+  std::vector<iovec> iov_;
+  std::jthread thread_;  // last: joined before the members it uses go away
+};
+
+VirtioBlk::VirtioBlk(std::unique_ptr<block::DiskFile> disk, VirtioBlkOptions options)
+    : disk_(std::move(disk)), options_(std::move(options)) {
+  block::Capabilities caps = disk_->capabilities();
+  shared_.disk = disk_.get();
+  shared_.read_only = options_.read_only || caps.read_only;
+  shared_.serial = options_.serial;
+  shared_.capacity.store(disk_->size() / kSector);
+  shared_.max_discard_sectors = kMaxDiscardSectors;
+  shared_.max_write_zeroes_sectors = kMaxDiscardSectors;
+  features_ = kVirtioFVersion1 | kVirtioFRingIndirectDesc | kVirtioFRingEventIdx | kBlkFBlkSize |
+              kBlkFSegMax | kBlkFFlush | kBlkFMq;
+  if (shared_.read_only) features_ |= kBlkFRo;
+  if (caps.discard) features_ |= kBlkFDiscard;
+  if (caps.write_zeroes) features_ |= kBlkFWriteZeroes;
+  shared_.features = features_;
+}
+
+VirtioBlk::~VirtioBlk() {
+  if (auto r = close(); !r) {
+    std::fprintf(stderr, "tern: %s: closing the disk failed: %s\n", options_.id.c_str(),
+                 r.error().message().c_str());
+  }
+}
+
+block::Result<void> VirtioBlk::close() {
+  reset();
+  return disk_->close();
+}
+
+void VirtioBlk::read_config(uint32_t offset, std::span<uint8_t> data) const {
+  // struct virtio_blk_config (5.2.4), little-endian on x86.
+  uint8_t cfg[kBlkConfigSize] = {};
+  auto put = [&](size_t at, auto value) { std::memcpy(cfg + at, &value, sizeof value); };
+  block::Topology topo = disk_->topology();
+  put(0, shared_.capacity.load(std::memory_order_acquire));
+  put(12, uint32_t{std::max<uint16_t>(options_.queue_size, 3) - 2u});  // seg_max
+  put(20, uint32_t{topo.logical_block_size});                          // blk_size
+  put(34, uint16_t{options_.num_queues});
+  put(36, shared_.max_discard_sectors);
+  put(40, uint32_t{1});  // max_discard_seg
+  put(44, uint32_t{std::max<uint32_t>(topo.discard_granularity / kSector, 1)});
+  put(48, shared_.max_write_zeroes_sectors);
+  put(52, uint32_t{1});  // max_write_zeroes_seg
+  put(56, uint8_t{(features_ & kBlkFDiscard) ? uint8_t{1} : uint8_t{0}});  // write_zeroes_may_unmap
+  for (size_t i = 0; i < data.size(); ++i) {
+    uint64_t at = uint64_t{offset} + i;
+    data[i] = at < sizeof cfg ? cfg[at] : 0;
+  }
+}
+
+void VirtioBlk::write_config(uint32_t, std::span<const uint8_t>) {
+  // Every field we offer is read-only (no CONFIG_WCE).
+}
+
+void VirtioBlk::activate(const GuestMemory& memory, uint64_t features,
+                         std::vector<ActiveQueue> queues, VirtioInterrupt& interrupt) {
+  std::lock_guard lock(mutex_);
+  workers_.clear();
+  interrupt_ = &interrupt;
+  for (const ActiveQueue& q : queues) {
+    auto w = BlkQueueWorker::start(shared_, memory, features, q, options_.queue_size, interrupt);
+    if (!w) {
+      workers_.clear();
+      return;
+    }
+    workers_.push_back(std::move(w));
+  }
+}
+
+void VirtioBlk::reset() {
+  std::lock_guard lock(mutex_);
+  workers_.clear();  // stops and joins every queue thread
+  interrupt_ = nullptr;
+}
+
+block::Result<void> VirtioBlk::resize(uint64_t new_size) {
+  if (auto r = disk_->resize(new_size); !r) return r;
+  shared_.capacity.store(disk_->size() / kSector, std::memory_order_release);
+  generation_.fetch_add(1);
+  std::lock_guard lock(mutex_);
+  if (interrupt_) interrupt_->signal_config();
+  return {};
+}
+
+BlkCounters VirtioBlk::counters() const {
+  const auto& k = shared_.counters;
+  auto get = [](const std::atomic<uint64_t>& a) { return a.load(std::memory_order_relaxed); };
+  return BlkCounters{get(k.read_ops),         get(k.read_bytes),         get(k.write_ops),
+                     get(k.write_bytes),      get(k.flush_ops),          get(k.discard_ops),
+                     get(k.discard_bytes),    get(k.write_zeroes_ops),   get(k.write_zeroes_bytes),
+                     get(k.errors)};
+}
+
+}  // namespace tern::devices

@@ -1,0 +1,119 @@
+// VirtioBlk: the virtio-blk device (virtio 1.x section 5.2) over a
+// block::DiskFile. Each enabled queue gets its own worker: an epoll loop
+// thread that waits on the queue's notify eventfd and on its IoContext's
+// completion eventfd, parses requests straight from guest memory, submits
+// them asynchronously and completes them in whatever order the backend
+// finishes them.
+//
+// Threads: resize() and counters() from any thread (the API's control
+// thread); the VirtioDevice methods as documented in virtio_device.h.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "block/disk.h"
+#include "devices/virtio/virtio_device.h"
+
+namespace tern::devices {
+
+// virtio-blk feature bits (5.2.3).
+inline constexpr uint64_t kBlkFSegMax = 1ull << 2;
+inline constexpr uint64_t kBlkFRo = 1ull << 5;
+inline constexpr uint64_t kBlkFBlkSize = 1ull << 6;
+inline constexpr uint64_t kBlkFFlush = 1ull << 9;
+inline constexpr uint64_t kBlkFMq = 1ull << 12;
+inline constexpr uint64_t kBlkFDiscard = 1ull << 13;
+inline constexpr uint64_t kBlkFWriteZeroes = 1ull << 14;
+
+// Request types and status values (5.2.6).
+inline constexpr uint32_t kBlkTIn = 0;
+inline constexpr uint32_t kBlkTOut = 1;
+inline constexpr uint32_t kBlkTFlush = 4;
+inline constexpr uint32_t kBlkTGetId = 8;
+inline constexpr uint32_t kBlkTDiscard = 11;
+inline constexpr uint32_t kBlkTWriteZeroes = 13;
+inline constexpr uint8_t kBlkSOk = 0;
+inline constexpr uint8_t kBlkSIoErr = 1;
+inline constexpr uint8_t kBlkSUnsupp = 2;
+inline constexpr size_t kBlkIdBytes = 20;  // VIRTIO_BLK_ID_BYTES
+inline constexpr uint32_t kBlkConfigSize = 60;
+
+struct VirtioBlkOptions {
+  bool read_only = false;     // readonly=on (also implied by the backend)
+  uint16_t num_queues = 1;    // num_queues=N
+  uint16_t queue_size = 256;  // queue_size=N (power of two)
+  std::string serial;         // serial=STR, GET_ID answers its first 20 bytes
+  std::string id;             // id=NAME, for logs
+};
+
+struct BlkCounters {
+  uint64_t read_ops = 0, read_bytes = 0;
+  uint64_t write_ops = 0, write_bytes = 0;
+  uint64_t flush_ops = 0;
+  uint64_t discard_ops = 0, discard_bytes = 0;
+  uint64_t write_zeroes_ops = 0, write_zeroes_bytes = 0;
+  uint64_t errors = 0;  // requests completed with IOERR or UNSUPP
+};
+
+class BlkQueueWorker;
+
+class VirtioBlk final : public VirtioDevice {
+ public:
+  VirtioBlk(std::unique_ptr<block::DiskFile> disk, VirtioBlkOptions options);
+  ~VirtioBlk() override;
+
+  uint32_t device_id() const override { return 2; }
+  uint64_t device_features() const override { return features_; }
+  uint16_t num_queues() const override { return options_.num_queues; }
+  uint16_t max_queue_size() const override { return options_.queue_size; }
+  uint8_t config_generation() const override { return generation_.load(); }
+  void read_config(uint32_t offset, std::span<uint8_t> data) const override;
+  void write_config(uint32_t offset, std::span<const uint8_t> data) override;
+  void activate(const GuestMemory& memory, uint64_t features, std::vector<ActiveQueue> queues,
+                VirtioInterrupt& interrupt) override;
+  void reset() override;
+
+  // Grows the backend, then capacity in config space, bumps the config
+  // generation and raises the configuration-change interrupt.
+  [[nodiscard]] block::Result<void> resize(uint64_t new_size);
+  BlkCounters counters() const;
+  // Stops the queues and writes back and syncs the backend (qcow2 clears its
+  // dirty bit). The VMM calls it on a clean exit; the destructor does the
+  // same and logs a failure.
+  [[nodiscard]] block::Result<void> close();
+  uint64_t capacity_sectors() const { return shared_.capacity.load(std::memory_order_acquire); }
+  const std::string& id() const { return options_.id; }
+
+  // Shared with the queue workers.
+  struct Shared {
+    block::DiskFile* disk = nullptr;
+    bool read_only = false;
+    uint64_t features = 0;  // offered
+    std::string serial;
+    std::atomic<uint64_t> capacity{0};  // sectors
+    struct Atomics {
+      std::atomic<uint64_t> read_ops{0}, read_bytes{0}, write_ops{0}, write_bytes{0},
+          flush_ops{0}, discard_ops{0}, discard_bytes{0}, write_zeroes_ops{0},
+          write_zeroes_bytes{0}, errors{0};
+    } counters;
+    uint32_t max_discard_sectors = 0;
+    uint32_t max_write_zeroes_sectors = 0;
+  };
+
+ private:
+  std::unique_ptr<block::DiskFile> disk_;
+  VirtioBlkOptions options_;
+  uint64_t features_ = 0;
+  std::atomic<uint8_t> generation_{0};
+  Shared shared_;
+  std::mutex mutex_;
+  VirtioInterrupt* interrupt_ = nullptr;  // guarded by mutex_; set while active
+  std::vector<std::unique_ptr<BlkQueueWorker>> workers_;  // guarded by mutex_
+};
+
+}  // namespace tern::devices

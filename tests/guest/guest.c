@@ -1,0 +1,764 @@
+/* tern-test-guest: a freestanding x86-64 guest that drives tern's virtio-blk
+ * device end to end and reports one TAP-like line per check on COM1:
+ * "ok N what" / "not ok N what". It powers off when every check passed and
+ * resets the machine (tern exit status 2) when one failed.
+ *
+ * It finds the device by PCI enumeration (ports 0xcf8/0xcfc), initializes it
+ * per virtio 1.x section 3.1.1, takes MSI-X interrupts through its own IDT
+ * and the LAPIC, and does real I/O against a disk the host test prepared:
+ * every 512-byte sector N holds 64 little-endian words, word k = N * 64 + k.
+ *
+ * Without "prepared" on the command line the guest first writes that pattern
+ * to sectors 0-511 itself, so it also passes on a blank image.
+ *
+ * Command line words: prepared (the host wrote the pattern), idle (after the checks, wait for configuration-change
+ * interrupts and print "capacity N"), hostile (send malformed chains, expect
+ * NEEDS_RESET, reset and recover), expect_ro, expect_queues=N, serial=STR,
+ * reqs=N (requests of the throughput run).
+ *
+ * Runs under KVM's instruction emulator at a few MIPS, so it stays lean: no
+ * floating point, no int/int3, no xsave, no cmpxchg16b. */
+#include <stddef.h>
+#include <stdint.h>
+
+typedef uint8_t u8;
+typedef uint16_t u16;
+typedef uint32_t u32;
+typedef uint64_t u64;
+
+/* ---- freestanding basics ---- */
+
+void* memset(void* d, int c, size_t n) {
+  u8* p = d;
+  while (n--) *p++ = (u8)c;
+  return d;
+}
+void* memcpy(void* d, const void* s, size_t n) {
+  u8* p = d;
+  const u8* q = s;
+  while (n--) *p++ = *q++;
+  return d;
+}
+
+static inline void outb(u16 port, u8 v) { __asm__ volatile("outb %0, %1" ::"a"(v), "Nd"(port)); }
+static inline void outl(u16 port, u32 v) { __asm__ volatile("outl %0, %1" ::"a"(v), "Nd"(port)); }
+static inline u32 inl(u16 port) {
+  u32 v;
+  __asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(port));
+  return v;
+}
+static inline void mb(void) { __asm__ volatile("mfence" ::: "memory"); }
+static inline void barrier(void) { __asm__ volatile("" ::: "memory"); }
+
+static inline u8 mmio_r8(u64 a) { return *(volatile u8*)a; }
+static inline u16 mmio_r16(u64 a) { return *(volatile u16*)a; }
+static inline u32 mmio_r32(u64 a) { return *(volatile u32*)a; }
+static inline void mmio_w8(u64 a, u8 v) { *(volatile u8*)a = v; }
+static inline void mmio_w16(u64 a, u16 v) { *(volatile u16*)a = v; }
+static inline void mmio_w32(u64 a, u32 v) { *(volatile u32*)a = v; }
+static inline void mmio_w64(u64 a, u64 v) {  /* two halves, as Linux does */
+  mmio_w32(a, (u32)v);
+  mmio_w32(a + 4, (u32)(v >> 32));
+}
+
+/* ---- console ---- */
+
+static void putc_(char c) { outb(0x3f8, (u8)c); }
+static void puts_(const char* s) {
+  while (*s) putc_(*s++);
+}
+static void putu(u64 v) {
+  char b[24];
+  int i = 0;
+  do {
+    b[i++] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v);
+  while (i) putc_(b[--i]);
+}
+static void puthex(u64 v) {
+  puts_("0x");
+  for (int s = 60; s >= 0; s -= 4) {
+    int d = (int)((v >> s) & 15);
+    if (d || s == 0 || v >> s) putc_("0123456789abcdef"[d]);
+  }
+}
+
+static unsigned checks, failures;
+static void check(int ok, const char* what) {
+  ++checks;
+  if (!ok) {
+    ++failures;
+    puts_("not ");
+  }
+  puts_("ok ");
+  putu(checks);
+  putc_(' ');
+  puts_(what);
+  putc_('\n');
+}
+
+static void power_off(void) {
+  outb(0x600, 0x34); /* SLP_TYP 5 | SLP_EN */
+  for (;;) __asm__ volatile("cli; hlt");
+}
+static void reset_machine(void) {
+  outb(0x602, 1);
+  for (;;) __asm__ volatile("cli; hlt");
+}
+
+/* ---- command line ---- */
+
+static const char* cmdline = "";
+static int has_word(const char* w) {
+  const char* p = cmdline;
+  while (*p) {
+    while (*p == ' ') ++p;
+    const char* a = p;
+    const char* b = w;
+    while (*a && *a != ' ' && *b && *a == *b) ++a, ++b;
+    if (!*b && (!*a || *a == ' ')) return 1;
+    while (*p && *p != ' ') ++p;
+  }
+  return 0;
+}
+/* Value of "key=" (up to the next space) copied into out; 0 if absent. */
+static int get_value(const char* key, char* out, int max) {
+  const char* p = cmdline;
+  while (*p) {
+    while (*p == ' ') ++p;
+    const char* a = p;
+    const char* b = key;
+    while (*a && *b && *a == *b) ++a, ++b;
+    if (!*b && *a == '=') {
+      ++a;
+      int n = 0;
+      while (*a && *a != ' ' && n < max - 1) out[n++] = *a++;
+      out[n] = 0;
+      return 1;
+    }
+    while (*p && *p != ' ') ++p;
+  }
+  return 0;
+}
+static u64 get_number(const char* key, u64 dflt) {
+  char b[24];
+  if (!get_value(key, b, sizeof b)) return dflt;
+  u64 v = 0;
+  for (char* p = b; *p >= '0' && *p <= '9'; ++p) v = v * 10 + (u64)(*p - '0');
+  return v;
+}
+
+/* ---- interrupts: IDT, LAPIC, MSI-X ---- */
+
+#define LAPIC 0xfee00000ull
+#define VEC_CONFIG 0x40
+#define VEC_QUEUE0 0x41
+
+struct idt_entry {
+  u16 off_lo, sel;
+  u8 ist, attr;
+  u16 off_mid;
+  u32 off_hi, zero;
+} __attribute__((packed));
+static struct idt_entry idt[256] __attribute__((aligned(16)));
+
+static volatile u32 config_irqs;
+static volatile u32 queue_irqs[2];
+
+struct interrupt_frame;
+static void eoi(void) { mmio_w32(LAPIC + 0xb0, 0); }
+
+__attribute__((interrupt)) static void config_isr(struct interrupt_frame* f) {
+  (void)f;
+  config_irqs = config_irqs + 1;
+  eoi();
+}
+__attribute__((interrupt)) static void queue0_isr(struct interrupt_frame* f) {
+  (void)f;
+  queue_irqs[0] = queue_irqs[0] + 1;
+  eoi();
+}
+__attribute__((interrupt)) static void queue1_isr(struct interrupt_frame* f) {
+  (void)f;
+  queue_irqs[1] = queue_irqs[1] + 1;
+  eoi();
+}
+
+static void set_gate(int vec, void (*fn)(struct interrupt_frame*)) {
+  u64 a = (u64)fn;
+  u16 cs;
+  __asm__ volatile("mov %%cs, %0" : "=r"(cs));
+  idt[vec] = (struct idt_entry){(u16)a, cs, 0, 0x8e, (u16)(a >> 16), (u32)(a >> 32), 0};
+}
+
+static void setup_interrupts(void) {
+  set_gate(VEC_CONFIG, config_isr);
+  set_gate(VEC_QUEUE0, queue0_isr);
+  set_gate(VEC_QUEUE0 + 1, queue1_isr);
+  struct {
+    u16 limit;
+    u64 base;
+  } __attribute__((packed)) idtr = {sizeof idt - 1, (u64)idt};
+  __asm__ volatile("lidt %0" ::"m"(idtr));
+  mmio_w32(LAPIC + 0x80, 0);      /* TPR: accept everything */
+  mmio_w32(LAPIC + 0xf0, 0x1ff);  /* SVR: APIC software-enabled, spurious 0xff */
+}
+
+/* Sleeps until an interrupt arrives. Called with interrupts off, after the
+ * caller checked its condition, so no wake-up is lost (sti's shadow covers
+ * the hlt). */
+static void wait_irq(void) { __asm__ volatile("sti; hlt; cli" ::: "memory"); }
+
+/* ---- PCI ---- */
+
+static u32 pci_read(u32 dev, u32 off) {
+  outl(0xcf8, 0x80000000u | (dev << 11) | (off & 0xfc));
+  return inl(0xcfc);
+}
+static void pci_write(u32 dev, u32 off, u32 v) {
+  outl(0xcf8, 0x80000000u | (dev << 11) | (off & 0xfc));
+  outl(0xcfc, v);
+}
+
+/* ---- virtio-blk ---- */
+
+#define QSZ 32
+#define F_RO (1ull << 5)
+#define F_BLK_SIZE (1ull << 6)
+#define F_SEG_MAX (1ull << 2)
+#define F_FLUSH (1ull << 9)
+#define F_MQ (1ull << 12)
+#define F_DISCARD (1ull << 13)
+#define F_WRITE_ZEROES (1ull << 14)
+#define F_INDIRECT (1ull << 28)
+#define F_EVENT_IDX (1ull << 29)
+#define F_VERSION_1 (1ull << 32)
+#define D_NEXT 1
+#define D_WRITE 2
+#define D_INDIRECT 4
+#define T_IN 0
+#define T_OUT 1
+#define T_FLUSH 4
+#define T_GET_ID 8
+#define T_DISCARD 11
+#define T_WRITE_ZEROES 13
+#define S_OK 0
+#define S_IOERR 1
+#define S_UNSUPP 2
+
+struct vdesc {
+  u64 addr;
+  u32 len;
+  u16 flags, next;
+};
+struct used_elem {
+  u32 id, len;
+};
+/* One queue's rings (virtio 1.x 2.7): descriptor table, avail ring with
+ * used_event, used ring with avail_event. */
+struct qmem {
+  struct vdesc desc[QSZ];
+  volatile u16 avail_flags, avail_idx, avail_ring[QSZ], used_event;
+  u16 pad;
+  volatile u16 used_flags, used_idx;
+  volatile struct used_elem used_ring[QSZ];
+  volatile u16 avail_event;
+} __attribute__((aligned(4096)));
+
+struct blk_hdr {
+  u32 type, reserved;
+  u64 sector;
+};
+#define SLOTS 8 /* requests in flight per queue; slot s uses descriptors 3s..3s+2 */
+struct queue {
+  struct qmem* m;
+  u64 notify;
+  u16 next_avail, last_used;
+  struct blk_hdr hdr[SLOTS];
+  volatile u8 status[SLOTS];
+  volatile u8 done[SLOTS];
+  u32 used_len[SLOTS];
+  struct vdesc indirect[SLOTS][4] __attribute__((aligned(16)));
+};
+
+static struct qmem qmem[2];
+static struct queue queues[2];
+static u8 data_buf[SLOTS * 2][4096] __attribute__((aligned(4096)));
+
+static struct {
+  u32 pci;  /* bus 0 device number */
+  u64 bar, common, notify_base, isr, devcfg, msix_table;
+  u32 notify_mult;
+  u32 msix_cap;
+  u64 features;
+  int nqueues;
+  u64 capacity;
+} dev;
+
+#define C_DFSEL 0x00
+#define C_DF 0x04
+#define C_GFSEL 0x08
+#define C_GF 0x0c
+#define C_MSIX 0x10
+#define C_NUMQ 0x12
+#define C_STATUS 0x14
+#define C_GEN 0x15
+#define C_QSEL 0x16
+#define C_QSIZE 0x18
+#define C_QMSIX 0x1a
+#define C_QENABLE 0x1c
+#define C_QNOFF 0x1e
+#define C_QDESC 0x20
+#define C_QDRIVER 0x28
+#define C_QDEVICE 0x30
+
+static int find_device(void) {
+  for (u32 d = 0; d < 32; ++d) {
+    u32 id = pci_read(d, 0);
+    if (id != (0x1042u << 16 | 0x1af4u)) continue;
+    dev.pci = d;
+    u64 lo = pci_read(d, 0x10), hi = pci_read(d, 0x14);
+    dev.bar = (lo & ~0xfull) | (hi << 32);
+    pci_write(d, 0x04, pci_read(d, 0x04) | 0x6); /* memory space, bus master */
+    for (u32 cap = pci_read(d, 0x34) & 0xfc; cap; cap = (pci_read(d, cap) >> 8) & 0xfc) {
+      u32 w0 = pci_read(d, cap);
+      if ((w0 & 0xff) == 0x11) {
+        dev.msix_cap = cap;
+        dev.msix_table = dev.bar + (pci_read(d, cap + 4) & ~7u);
+      }
+      if ((w0 & 0xff) != 0x09) continue;
+      u32 type = (w0 >> 24) & 0xff;
+      u64 off = dev.bar + pci_read(d, cap + 8);
+      if (type == 1) dev.common = off;
+      if (type == 2) {
+        dev.notify_base = off;
+        dev.notify_mult = pci_read(d, cap + 16);
+      }
+      if (type == 3) dev.isr = off;
+      if (type == 4) dev.devcfg = off;
+    }
+    return 1;
+  }
+  return 0;
+}
+
+static u8 status(void) { return mmio_r8(dev.common + C_STATUS); }
+static void set_status(u8 s) { mmio_w8(dev.common + C_STATUS, s); }
+
+/* 3.1.1 device initialization; returns 0 on success. */
+static int dev_init(int quiet) {
+  set_status(0);
+  while (status() != 0) {
+  }
+  set_status(1);
+  set_status(1 | 2);
+  mmio_w32(dev.common + C_DFSEL, 0);
+  u64 f = mmio_r32(dev.common + C_DF);
+  mmio_w32(dev.common + C_DFSEL, 1);
+  f |= (u64)mmio_r32(dev.common + C_DF) << 32;
+  u64 want = F_VERSION_1 | F_RO | F_BLK_SIZE | F_SEG_MAX | F_FLUSH | F_MQ | F_DISCARD |
+             F_WRITE_ZEROES | F_INDIRECT | F_EVENT_IDX;
+  dev.features = f & want;
+  mmio_w32(dev.common + C_GFSEL, 0);
+  mmio_w32(dev.common + C_GF, (u32)dev.features);
+  mmio_w32(dev.common + C_GFSEL, 1);
+  mmio_w32(dev.common + C_GF, (u32)(dev.features >> 32));
+  set_status(1 | 2 | 8);
+  if (!(status() & 8)) return 1;
+  if (!quiet) check((f & F_VERSION_1) != 0, "features negotiated (VERSION_1, FEATURES_OK)");
+
+  /* MSI-X: enable, program vector 0 (config) and 1.. (queues), unmask. */
+  u32 dest = mmio_r32(LAPIC + 0x20) >> 24;
+  pci_write(dev.pci, dev.msix_cap, pci_read(dev.pci, dev.msix_cap) | (0x8000u << 16));
+  for (u32 v = 0; v < 3; ++v) {
+    u64 e = dev.msix_table + 16 * v;
+    mmio_w32(e, 0xfee00000u | (dest << 12));
+    mmio_w32(e + 4, 0);
+    mmio_w32(e + 8, VEC_CONFIG + v);
+    mmio_w32(e + 12, 0);
+  }
+  mmio_w16(dev.common + C_MSIX, 0);
+  if (mmio_r16(dev.common + C_MSIX) != 0) return 2;
+
+  u16 nq = mmio_r16(dev.common + C_NUMQ);
+  dev.nqueues = (dev.features & F_MQ) && nq >= 2 ? 2 : 1;
+  for (int q = 0; q < dev.nqueues; ++q) {
+    struct queue* Q = &queues[q];
+    memset(&qmem[q], 0, sizeof qmem[q]);
+    memset(Q, 0, sizeof *Q);
+    Q->m = &qmem[q];
+    mmio_w16(dev.common + C_QSEL, (u16)q);
+    if (mmio_r16(dev.common + C_QSIZE) < QSZ) return 3;
+    mmio_w16(dev.common + C_QSIZE, QSZ);
+    mmio_w16(dev.common + C_QMSIX, (u16)(1 + q));
+    if (mmio_r16(dev.common + C_QMSIX) != 1 + q) return 4;
+    mmio_w64(dev.common + C_QDESC, (u64)Q->m->desc);
+    mmio_w64(dev.common + C_QDRIVER, (u64)&Q->m->avail_flags);
+    mmio_w64(dev.common + C_QDEVICE, (u64)&Q->m->used_flags);
+    Q->notify = dev.notify_base + (u64)mmio_r16(dev.common + C_QNOFF) * dev.notify_mult;
+    mmio_w16(dev.common + C_QENABLE, 1);
+  }
+  set_status(1 | 2 | 8 | 4);
+  dev.capacity = mmio_r32(dev.devcfg) | (u64)mmio_r32(dev.devcfg + 4) << 32;
+  return (status() & 0x40) ? 5 : 0;
+}
+
+/* Builds slot s's chain: header, optional data, status. */
+static void fill(struct queue* Q, int s, u32 type, u64 sector, void* buf, u32 len, int dev_writes,
+                 int indirect) {
+  Q->hdr[s] = (struct blk_hdr){type, 0, sector};
+  Q->status[s] = 0xff;
+  Q->done[s] = 0;
+  struct vdesc c[3];
+  int n = 0;
+  c[n++] = (struct vdesc){(u64)&Q->hdr[s], 16, 0, 0};
+  if (len) c[n++] = (struct vdesc){(u64)buf, len, (u16)(dev_writes ? D_WRITE : 0), 0};
+  c[n++] = (struct vdesc){(u64)&Q->status[s], 1, D_WRITE, 0};
+  struct vdesc* t = indirect ? Q->indirect[s] : &Q->m->desc[3 * s];
+  for (int i = 0; i < n; ++i) {
+    t[i] = c[i];
+    if (i + 1 < n) {
+      t[i].flags |= D_NEXT;
+      t[i].next = (u16)(indirect ? i + 1 : 3 * s + i + 1);
+    }
+  }
+  if (indirect) Q->m->desc[3 * s] = (struct vdesc){(u64)t, (u32)(16 * n), D_INDIRECT, 0};
+}
+
+static void publish(struct queue* Q, u16 head) {
+  Q->m->avail_ring[Q->next_avail % QSZ] = head;
+  ++Q->next_avail;
+}
+
+/* Makes published entries visible and notifies unless EVENT_IDX says the
+ * device does not want it (2.7.10). */
+static u64 kicks;
+static void kick(struct queue* Q, int q) {
+  u16 old = Q->m->avail_idx;
+  barrier();
+  Q->m->avail_idx = Q->next_avail;
+  mb();
+  if (dev.features & F_EVENT_IDX) {
+    u16 ev = Q->m->avail_event;
+    if ((u16)(Q->next_avail - ev - 1) >= (u16)(Q->next_avail - old)) return;
+  }
+  ++kicks;
+  mmio_w16(Q->notify, (u16)q);
+}
+
+static u64 completed;
+static void reap(struct queue* Q) {
+  while (Q->m->used_idx != Q->last_used) {
+    barrier();
+    struct used_elem e = Q->m->used_ring[Q->last_used % QSZ];
+    if (e.id / 3 < SLOTS) {
+      Q->done[e.id / 3] = 1;
+      Q->used_len[e.id / 3] = e.len;
+    }
+    ++Q->last_used;
+    ++completed;
+  }
+}
+
+/* Waits until every slot in mask completed (interrupt-driven). */
+static void wait_slots(struct queue* Q, u32 mask) {
+  for (;;) {
+    reap(Q);
+    u32 pending = 0;
+    for (int s = 0; s < SLOTS; ++s)
+      if ((mask >> s & 1) && !Q->done[s]) pending |= 1u << s;
+    if (!pending) return;
+    Q->m->used_event = Q->last_used; /* interrupt me for the next one */
+    mb();
+    if (Q->m->used_idx != Q->last_used) continue;
+    wait_irq();
+  }
+}
+
+static u8 request(int q, u32 type, u64 sector, void* buf, u32 len, int dev_writes, int indirect) {
+  struct queue* Q = &queues[q];
+  fill(Q, 0, type, sector, buf, len, dev_writes, indirect);
+  publish(Q, 0);
+  kick(Q, q);
+  wait_slots(Q, 1);
+  return Q->status[0];
+}
+
+static void pattern(void* buf, u64 sector, u32 sectors, int inverted) {
+  u64* w = buf;
+  for (u64 i = 0; i < sectors * 64ull; ++i) {
+    u64 v = (sector + i / 64) * 64 + i % 64;
+    w[i] = inverted ? ~v : v;
+  }
+}
+static int matches(const void* buf, u64 sector, u32 sectors, int inverted) {
+  const u64* w = buf;
+  for (u64 i = 0; i < sectors * 64ull; ++i) {
+    u64 v = (sector + i / 64) * 64 + i % 64;
+    if (w[i] != (inverted ? ~v : v)) return 0;
+  }
+  return 1;
+}
+static int all_zero(const void* buf, u32 len) {
+  const u64* w = buf;
+  for (u32 i = 0; i < len / 8; ++i)
+    if (w[i]) return 0;
+  return 1;
+}
+
+/* ---- the checks ---- */
+
+static void io_checks(int ro) {
+  u8* b = data_buf[0];
+  check(request(0, T_IN, 0, b, 4096, 1, 0) == S_OK && matches(b, 0, 8, 0),
+        "read sectors 0-7 pattern");
+  if (dev.features & F_INDIRECT) {
+    check(request(0, T_IN, 8, b, 4096, 1, 1) == S_OK && matches(b, 8, 8, 0),
+          "read sectors 8-15 pattern through an indirect table");
+  }
+  char want[24] = "", id[21];
+  get_value("serial", want, sizeof want);
+  memset(b, 0xaa, 20);
+  u8 st = request(0, T_GET_ID, 0, b, 20, 1, 0);
+  memcpy(id, b, 20);
+  id[20] = 0;
+  int same = 1;
+  for (int i = 0; i < 20 && (want[i] || id[i]); ++i) same &= want[i] == id[i];
+  check(st == S_OK && same, "get-id returns the serial");
+
+  pattern(b, 64, 8, 1);
+  st = request(0, T_OUT, 64, b, 4096, 0, 0);
+  if (ro) {
+    check(st == S_IOERR, "write refused with IOERR on read-only disk");
+  } else {
+    check(st == S_OK, "write sectors 64-71");
+  }
+  memset(b, 0, 4096);
+  check(request(0, T_IN, 64, b, 4096, 1, 0) == S_OK && matches(b, 64, 8, !ro),
+        ro ? "read sectors 64-71 unchanged" : "read back sectors 64-71");
+  check(request(0, T_FLUSH, 0, 0, 0, 0, 0) == S_OK, "flush");
+
+  struct { u64 sector; u32 num, flags; } seg;
+  if (dev.features & F_DISCARD) {
+    seg.sector = 128, seg.num = 8, seg.flags = 0;
+    st = request(0, T_DISCARD, 0, &seg, 16, 0, 0);
+    check(st == (ro ? S_IOERR : S_OK), ro ? "discard refused on read-only disk" : "discard sectors 128-135");
+  }
+  if (dev.features & F_WRITE_ZEROES) {
+    seg.sector = 136, seg.num = 8, seg.flags = 0;
+    st = request(0, T_WRITE_ZEROES, 0, &seg, 16, 0, 0);
+    check(st == (ro ? S_IOERR : S_OK),
+          ro ? "write-zeroes refused on read-only disk" : "write-zeroes sectors 136-143");
+    memset(b, 0xff, 4096);
+    st = request(0, T_IN, 136, b, 4096, 1, 0);
+    check(st == S_OK && (ro ? matches(b, 136, 8, 0) : all_zero(b, 4096)),
+          ro ? "sectors 136-143 unchanged" : "sectors 136-143 read as zeroes");
+  }
+  check(request(0, 99, 0, b, 512, 1, 0) == S_UNSUPP, "unknown request type is UNSUPP");
+  check(request(0, T_IN, dev.capacity, b, 512, 1, 0) == S_IOERR, "read past the end is IOERR");
+
+  /* Several requests in flight at once; the device may finish them in any order. */
+  struct queue* Q = &queues[0];
+  for (int s = 0; s < SLOTS; ++s) {
+    fill(Q, s, T_IN, 256 + 8 * (u64)s, data_buf[s], 4096, 1, 0);
+    publish(Q, (u16)(3 * s));
+  }
+  kick(Q, 0);
+  wait_slots(Q, (1u << SLOTS) - 1);
+  int ok = 1;
+  for (int s = 0; s < SLOTS; ++s)
+    ok &= Q->status[s] == S_OK && Q->used_len[s] == 4097 && matches(data_buf[s], 256 + 8 * (u64)s, 8, 0);
+  check(ok, "8 reads in flight at once");
+
+  if (dev.nqueues == 2) {
+    st = request(1, T_IN, 80, b, 4096, 1, 0);
+    check(st == S_OK && matches(b, 80, 8, 0), "read sectors 80-87 on queue 1");
+    /* The completion may have been reaped before its interrupt arrived
+     * (irqfd injection can lag); the first completion on a queue always
+     * interrupts (used_event 0), so wait for it. */
+    while (queue_irqs[1] == 0) wait_irq();
+    check(queue_irqs[1] > 0, "queue 1 completes on its own MSI-X vector");
+    if (!ro) {
+      pattern(b, 96, 8, 1);
+      check(request(1, T_OUT, 96, b, 4096, 0, 0) == S_OK, "write sectors 96-103 on queue 1");
+    }
+  }
+}
+
+/* Writes the pattern to sectors 0-511 in batches of SLOTS 4 KiB writes. */
+static void prepare_disk(void) {
+  struct queue* Q = &queues[0];
+  int ok = 1;
+  for (u64 sector = 0; sector < 512; sector += 8 * SLOTS) {
+    for (int s = 0; s < SLOTS; ++s) {
+      pattern(data_buf[s], sector + 8 * (u64)s, 8, 0);
+      fill(Q, s, T_OUT, sector + 8 * (u64)s, data_buf[s], 4096, 0, 0);
+      publish(Q, (u16)(3 * s));
+    }
+    kick(Q, 0);
+    wait_slots(Q, (1u << SLOTS) - 1);
+    for (int s = 0; s < SLOTS; ++s) ok &= Q->status[s] == S_OK;
+  }
+  check(ok, "wrote the test pattern to sectors 0-511");
+}
+
+/* Reads batches of SLOTS 4 KiB requests; the host divides by wall time. */
+static void throughput(u64 total) {
+  u64 before = completed;
+  struct queue* Q = &queues[0];
+  int ok = 1;
+  for (u64 done = 0; done < total; done += SLOTS) {
+    for (int s = 0; s < SLOTS; ++s) {
+      u64 sector = 8 * ((done + (u64)s) % 64);
+      fill(Q, s, T_IN, sector, data_buf[s], 4096, 1, 0);
+      publish(Q, (u16)(3 * s));
+    }
+    kick(Q, 0);
+    wait_slots(Q, (1u << SLOTS) - 1);
+    for (int s = 0; s < SLOTS; ++s) ok &= Q->status[s] == S_OK;
+  }
+  check(ok, "throughput run");
+  puts_("requests ");
+  putu(completed - before);
+  puts_(" total ");
+  putu(completed);
+  puts_(" kicks ");
+  putu(kicks);
+  putc_('\n');
+}
+
+/* ---- hostile mode: malformed chains must end in NEEDS_RESET ---- */
+
+static int wait_needs_reset(void) {
+  /* The device sends a configuration change interrupt with NEEDS_RESET. */
+  for (u32 spins = 0; spins < 2000000; ++spins) {
+    if (status() & 0x40) return 1;
+    if (spins > 100) {
+      u32 seen = config_irqs;
+      if (status() & 0x40) return 1;
+      if (config_irqs == seen) wait_irq();
+    }
+  }
+  return 0;
+}
+
+static void hostile_case(int kind, const char* what) {
+  struct queue* Q = &queues[0];
+  struct qmem* m = Q->m;
+  switch (kind) {
+    case 0: /* data buffer far outside guest RAM */
+      fill(Q, 0, T_IN, 0, (void*)0x4000000000ull, 4096, 1, 0);
+      break;
+    case 1: /* descriptor loop 0 -> 1 -> 0 */
+      m->desc[0] = (struct vdesc){(u64)&Q->hdr[0], 16, D_NEXT, 1};
+      m->desc[1] = (struct vdesc){(u64)data_buf[0], 512, D_NEXT | D_WRITE, 0};
+      break;
+    case 2: /* indirect table whose length is not a multiple of 16 */
+      m->desc[0] = (struct vdesc){(u64)Q->indirect[0], 24, D_INDIRECT, 0};
+      break;
+    case 3: /* indirect descriptor inside an indirect table */
+      Q->indirect[0][0] = (struct vdesc){(u64)Q->indirect[1], 16, D_INDIRECT, 0};
+      m->desc[0] = (struct vdesc){(u64)Q->indirect[0], 16, D_INDIRECT, 0};
+      break;
+    case 4: /* avail idx jumps far beyond the queue size */
+      Q->next_avail = (u16)(Q->next_avail + 1000);
+      break;
+    case 5: /* indirect chain that loops inside its table (oversized chain) */
+      Q->indirect[0][0] = (struct vdesc){(u64)&Q->hdr[0], 16, D_NEXT, 1};
+      Q->indirect[0][1] = (struct vdesc){(u64)data_buf[0], 16, D_NEXT, 0};
+      m->desc[0] = (struct vdesc){(u64)Q->indirect[0], 32, D_INDIRECT, 0};
+      break;
+  }
+  publish(Q, 0);
+  kick(Q, 0);
+  check(wait_needs_reset(), what);
+  int r = dev_init(1);
+  u8* b = data_buf[1];
+  check(r == 0 && request(0, T_IN, 0, b, 4096, 1, 0) == S_OK && matches(b, 0, 8, 0),
+        "device works again after reset");
+}
+
+static void hostile_checks(void) {
+  hostile_case(0, "buffer outside RAM -> NEEDS_RESET");
+  hostile_case(1, "descriptor loop -> NEEDS_RESET");
+  hostile_case(2, "bad indirect length -> NEEDS_RESET");
+  hostile_case(3, "nested indirect -> NEEDS_RESET");
+  hostile_case(4, "avail idx jump -> NEEDS_RESET");
+  hostile_case(5, "oversized indirect chain -> NEEDS_RESET");
+}
+
+/* ---- idle mode: report every configuration change ---- */
+
+static u64 read_capacity(void) {
+  for (;;) {
+    u8 gen = mmio_r8(dev.common + C_GEN);
+    u64 c = mmio_r32(dev.devcfg) | (u64)mmio_r32(dev.devcfg + 4) << 32;
+    if (mmio_r8(dev.common + C_GEN) == gen) return c;
+  }
+}
+
+static void idle_loop(int ro) {
+  puts_("idle\n");
+  u32 seen = config_irqs;
+  for (;;) {
+    while (config_irqs == seen) wait_irq();
+    seen = config_irqs;
+    u64 old = dev.capacity;
+    dev.capacity = read_capacity();
+    puts_("capacity ");
+    putu(dev.capacity);
+    putc_('\n');
+    if (dev.capacity >= old + 8 && !ro) {
+      u64 s = old & ~7ull;
+      u8* b = data_buf[0];
+      pattern(b, s, 8, 1);
+      u8 w = request(0, T_OUT, s, b, 4096, 0, 0);
+      memset(b, 0, 4096);
+      u8 r = request(0, T_IN, s, b, 4096, 1, 0);
+      check(w == S_OK && r == S_OK && matches(b, s, 8, 1), "write and read past the old end");
+    }
+  }
+}
+
+void guest_main(u8* boot_params) {
+  u32 cmd = *(u32*)(boot_params + 0x228);
+  if (cmd) cmdline = (const char*)(u64)cmd;
+  puts_("tern-test-guest: ");
+  puts_(cmdline);
+  putc_('\n');
+  setup_interrupts();
+  int found = find_device();
+  check(found, "virtio-blk found by PCI enumeration");
+  if (!found) reset_machine();
+  puts_("# bar0 ");
+  puthex(dev.bar);
+  putc_('\n');
+  int r = dev_init(0);
+  check(r == 0, "device initialized (MSI-X, queues, DRIVER_OK)");
+  if (r != 0) reset_machine();
+  int ro = (dev.features & F_RO) != 0;
+  check(ro == has_word("expect_ro"), ro ? "device is read-only" : "device is writable");
+  check(dev.nqueues == (int)get_number("expect_queues", (u64)dev.nqueues), "queue count as expected");
+  puts_("# capacity ");
+  putu(dev.capacity);
+  puts_(" queues ");
+  putu((u64)dev.nqueues);
+  puts_(" features ");
+  puthex(dev.features);
+  putc_('\n');
+
+  if (!has_word("prepared")) prepare_disk();
+  io_checks(ro);
+  throughput(get_number("reqs", 256));
+  if (has_word("hostile")) hostile_checks();
+
+  puts_("done passed ");
+  putu(checks - failures);
+  puts_(" failed ");
+  putu(failures);
+  putc_('\n');
+  if (failures) reset_machine();
+  if (has_word("idle")) idle_loop(ro);
+  power_off();
+}
