@@ -66,7 +66,7 @@ Result<void> create_image(const CreateOptions& o) {
     auto engine = Engine::open(std::move(*reopened), o.path, options);
     if (!engine) return std::unexpected(engine.error());
     if (auto r = (*engine)->resize(size); !r) return r;
-    if (auto r = (*engine)->flush(); !r) return r;
+    if (auto r = (*engine)->close(); !r) return r;
   }
   if (!o.backing_file.empty()) {
     // The backing file name goes in last: resize refuses images that have one.

@@ -62,6 +62,7 @@ Result<std::unique_ptr<Engine>> Engine::open(std::unique_ptr<HostFile> file,
                                    options.refcount_cache_bytes >> h.cluster_bits);
   if (!refcounts) return std::unexpected(refcounts.error());
   engine->refcounts_ = std::move(*refcounts);
+  engine->preallocated_end_ = *file_size;
   Refcounts* rc = engine->refcounts_.get();
   // An L2 table reaches the disk only after the refcounts that count the
   // clusters it names.
@@ -321,6 +322,7 @@ Result<void> Engine::write_cluster(uint64_t guest, std::span<const iovec> iov, u
                      (old->kind == Mapping::Unallocated &&
                       (!backing_ || guest_cluster >= backing_->size()));
   if (fresh && old_is_zero) {
+    if (auto r = preallocate_for(host + cluster_size_); !r) return r;
     if (deferred) {
       deferred->push_back(HostExtent{host + in_cluster, pos, n});
     } else {
@@ -443,6 +445,30 @@ Result<void> Engine::flush_metadata() {
   if (*size < refcounts_->end()) {
     if (auto r = file_->truncate(refcounts_->end()); !r) return r;
   }
+  return {};
+}
+
+// Fresh data clusters are written where the file does not reach yet; grow
+// it ahead in large steps so those writes land inside it.
+Result<void> Engine::preallocate_for(uint64_t host_end) {
+  if (host_end <= preallocated_end_) return {};
+  uint64_t step = std::clamp<uint64_t>(host_end / 8, 4ull << 20, 256ull << 20);
+  uint64_t new_end = (host_end + step + cluster_size_ - 1) & ~(cluster_size_ - 1);
+  if (auto r = file_->preallocate(preallocated_end_, new_end - preallocated_end_); !r) return r;
+  preallocated_end_ = new_end;
+  return {};
+}
+
+Result<void> Engine::close() {
+  if (options_.read_only) return {};
+  if (auto r = flush(); !r) return r;
+  auto size = file_->size();
+  if (!size) return std::unexpected(size.error());
+  if (*size > refcounts_->end()) {
+    if (auto r = file_->truncate(refcounts_->end()); !r) return r;
+    if (auto r = file_->sync(); !r) return r;
+  }
+  preallocated_end_ = refcounts_->end();
   return {};
 }
 

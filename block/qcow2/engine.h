@@ -68,6 +68,8 @@ class Engine {
   // Writes back dirty metadata (refcounts, L2, L1), then syncs the file.
   [[nodiscard]] Result<void> flush();
   [[nodiscard]] Result<void> resize(uint64_t new_size);
+  // flush(), then gives back the space preallocated past the last cluster.
+  [[nodiscard]] Result<void> close();
 
   // Deferred extents in flight; freed clusters are reused only at zero.
   std::atomic<uint64_t>& deferred_in_flight() { return deferred_in_flight_; }
@@ -98,6 +100,7 @@ class Engine {
                              std::vector<HostExtent>* deferred);
   Result<void> zero_cluster(uint64_t guest_offset, bool may_unmap, bool discard);
   Result<void> flush_metadata();
+  Result<void> preallocate_for(uint64_t host_end);
   uint64_t l1_entry(uint64_t index) const;
   void set_l1_entry(uint64_t index, uint64_t value);
   bool v3() const { return header_.get().version >= 3; }
@@ -112,6 +115,7 @@ class Engine {
   std::unique_ptr<Refcounts> refcounts_;
   TableCache l2_cache_;
   std::unique_ptr<Backing> backing_;
+  uint64_t preallocated_end_ = 0;  // the file is at least this long
   std::atomic<uint64_t> deferred_in_flight_{0};
 };
 

@@ -64,6 +64,16 @@ Result<void> FdHostFile::truncate(uint64_t size) {
   return {};
 }
 
+Result<void> FdHostFile::preallocate(uint64_t offset, uint64_t length) {
+  while (::fallocate(fd_.get(), 0, static_cast<off_t>(offset), static_cast<off_t>(length)) != 0) {
+    if (errno == EINTR) continue;
+    // Not every file system can; extending writes still work, only slower.
+    if (errno == EOPNOTSUPP) return {};
+    return fail(Errc::NoSpace, errno, "fallocate");
+  }
+  return {};
+}
+
 Result<std::unique_ptr<FdHostFile>> open_host_file(const std::string& path, bool read_only) {
   int fd = ::open(path.c_str(), (read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
   if (fd < 0) return fail(Errc::OpenFailed, errno, path);

@@ -23,6 +23,10 @@ class HostFile {
   [[nodiscard]] virtual Result<void> sync() = 0;
   [[nodiscard]] virtual Result<uint64_t> size() = 0;
   [[nodiscard]] virtual Result<void> truncate(uint64_t size) = 0;
+  // Extends the file over [offset, offset + length) with space that reads
+  // as zeros, so later data writes there do not extend the file (which
+  // serializes O_DIRECT writes). A layer may do nothing.
+  [[nodiscard]] virtual Result<void> preallocate(uint64_t offset, uint64_t length) = 0;
   // The descriptor for asynchronous data I/O beside this layer, or -1 when
   // every transfer must go through the virtual calls above.
   virtual int fd() const = 0;
@@ -37,6 +41,7 @@ class FdHostFile final : public HostFile {
   Result<void> sync() override;
   Result<uint64_t> size() override;
   Result<void> truncate(uint64_t size) override;
+  Result<void> preallocate(uint64_t offset, uint64_t length) override;
   int fd() const override { return fd_.get(); }
 
  private:

@@ -1,9 +1,18 @@
 // tern-img: image tool following qemu-img's verbs and output.
 #include <CLI/CLI.hpp>
 
+#include "tools/tern_img/verbs.h"
+
 int main(int argc, char** argv) {
   CLI::App app{"tern-img: create, inspect, check and benchmark disk images"};
   app.require_subcommand(1);
+  int status = 0;
+  tern::img::add_create(app, status);
+  tern::img::add_info(app, status);
+  tern::img::add_convert(app, status);
+  tern::img::add_resize(app, status);
+  tern::img::add_bench(app, status);
+  tern::img::add_io(app, status);
   CLI11_PARSE(app, argc, argv);
-  return 0;
+  return status;
 }

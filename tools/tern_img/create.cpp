@@ -1,0 +1,121 @@
+// tern-img create [-f raw|qcow2] [-o key=value,...] [-b BACKING] [-F FMT] FILE [SIZE]
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <sstream>
+
+#include "base/unique_fd.h"
+#include "block/qcow2/create.h"
+#include "tools/tern_img/verbs.h"
+
+namespace tern::img {
+namespace {
+
+struct CreateArgs {
+  std::string format = "raw";
+  std::string options;
+  std::string backing;
+  std::string backing_format;
+  std::string file;
+  std::string size;
+};
+
+int create_raw(const std::string& path, uint64_t size) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    std::fprintf(stderr, "tern-img: %s: %s\n", path.c_str(), std::strerror(errno));
+    return 1;
+  }
+  UniqueFd owned(fd);
+  if (::ftruncate(fd, static_cast<off_t>(size)) != 0 || ::fsync(fd) != 0) {
+    std::fprintf(stderr, "tern-img: %s: %s\n", path.c_str(), std::strerror(errno));
+    return 1;
+  }
+  return 0;
+}
+
+int run_create(const CreateArgs& a) {
+  uint64_t size = 0;
+  if (!a.size.empty()) {
+    auto parsed = parse_size(a.size);
+    if (!parsed) {
+      std::fprintf(stderr, "tern-img: invalid image size '%s'\n", a.size.c_str());
+      return 1;
+    }
+    size = *parsed;
+  }
+  if (a.format == "raw") {
+    if (!a.options.empty() || !a.backing.empty()) {
+      std::fprintf(stderr, "tern-img: raw images take no -o options or backing file\n");
+      return 1;
+    }
+    return create_raw(a.file, size);
+  }
+  if (a.format != "qcow2") {
+    std::fprintf(stderr, "tern-img: unknown format '%s' (raw or qcow2)\n", a.format.c_str());
+    return 1;
+  }
+  block::qcow2::CreateOptions c;
+  c.path = a.file;
+  c.size = size;
+  c.backing_file = a.backing;
+  c.backing_format = a.backing_format;
+  std::stringstream list(a.options);
+  std::string item;
+  while (std::getline(list, item, ',')) {
+    if (item.empty()) continue;
+    auto eq = item.find('=');
+    std::string key = item.substr(0, eq);
+    std::string value = eq == std::string::npos ? "" : item.substr(eq + 1);
+    auto number = parse_size(value);
+    if (key == "cluster_size" && number) {
+      c.cluster_size = static_cast<uint32_t>(*number);
+    } else if (key == "refcount_bits" && number) {
+      c.refcount_bits = static_cast<uint32_t>(*number);
+    } else if (key == "compat" && (value == "0.10" || value == "v2")) {
+      c.version = 2;
+    } else if (key == "compat" && (value == "1.1" || value == "v3")) {
+      c.version = 3;
+    } else if (key == "compression_type" && (value == "zlib" || value == "zstd")) {
+      c.compression_type = value == "zstd" ? block::qcow2::CompressionType::Zstd
+                                           : block::qcow2::CompressionType::Zlib;
+    } else if (key == "backing_file") {
+      c.backing_file = value;
+    } else if (key == "backing_fmt") {
+      c.backing_format = value;
+    } else {
+      std::fprintf(stderr, "tern-img: invalid option '%s'\n", item.c_str());
+      return 1;
+    }
+  }
+  if (size == 0 && c.backing_file.empty()) {
+    std::fprintf(stderr, "tern-img: image size required\n");
+    return 1;
+  }
+  if (auto r = block::qcow2::create_image(c); !r) {
+    std::fprintf(stderr, "tern-img: %s: %s\n", a.file.c_str(), r.error().message().c_str());
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace
+
+void add_create(CLI::App& app, int& status) {
+  auto args = std::make_shared<CreateArgs>();
+  auto* cmd = app.add_subcommand("create", "create a new image");
+  cmd->add_option("-f", args->format, "format: raw or qcow2");
+  cmd->add_option("-o", args->options,
+                  "qcow2: cluster_size=,refcount_bits=,compat=0.10|1.1,compression_type=zlib|zstd,"
+                  "backing_file=,backing_fmt=");
+  cmd->add_option("-b", args->backing, "backing file");
+  cmd->add_option("-F", args->backing_format, "backing file format");
+  cmd->add_option("file", args->file)->required();
+  cmd->add_option("size", args->size, "e.g. 10G");
+  cmd->callback([args, &status] { status = run_create(*args); });
+}
+
+}  // namespace tern::img
