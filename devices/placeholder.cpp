@@ -1,1 +1,0 @@
-// Devices (serial, PCI, virtio) land here.
