@@ -174,8 +174,14 @@ Result<uint64_t> Refcounts::get(uint64_t host_offset) {
 
 Result<uint64_t> Refcounts::adjust(uint64_t host_offset, int delta) {
   uint64_t cluster = host_offset >> cluster_bits_;
-  auto block = block_for(cluster >> block_bits_, true);
+  auto block = block_for(cluster >> block_bits_, delta > 0);
   if (!block) return std::unexpected(block.error());
+  if (*block == 0) {
+    // Releasing a cluster no refcount block describes (SPEC 5: a refcount
+    // index outside the refcount table).
+    return std::unexpected(header_.mark_corrupt("refcount of cluster at " + std::to_string(host_offset) +
+                                                " is outside the refcount table"));
+  }
   auto data = blocks_.get(*block);
   if (!data) return std::unexpected(data.error());
   uint64_t index = cluster & ((uint64_t{1} << block_bits_) - 1);
