@@ -26,8 +26,15 @@ namespace tern::block::qcow2::test {
 
 class TempDir {
  public:
+  // Under the build directory when known: a real disk, where O_DIRECT
+  // (direct=on tests) works, unlike a tmpfs /tmp.
   TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "tern-qcow2-XXXXXX").string();
+    std::filesystem::path base = std::filesystem::temp_directory_path();
+    if (const char* build = std::getenv("TERN_BUILD_DIR")) {
+      base = std::filesystem::path(build) / "tmp";
+      std::filesystem::create_directories(base);
+    }
+    std::string tmpl = (base / "tern-qcow2-XXXXXX").string();
     if (::mkdtemp(tmpl.data()) == nullptr) std::abort();
     path_ = tmpl;
   }
