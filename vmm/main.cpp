@@ -1,8 +1,21 @@
 // tern: boots one guest, serves the API, exits when the guest powers off.
-#include <CLI/CLI.hpp>
+// Exit status (CONTRACTS.md): 0 guest power-off, 1 VMM failure (bad
+// options, host or KVM errors), 2 guest reset, 3 guest crash seen by KVM.
+#include <cstdio>
+
+#include "vmm/config.h"
+#include "vmm/machine.h"
 
 int main(int argc, char** argv) {
-  CLI::App app{"tern: a minimal KVM virtual machine monitor"};
-  CLI11_PARSE(app, argc, argv);
-  return 0;
+  auto config = tern::vmm::parse_command_line(argc, argv);
+  if (!config) {
+    std::fputs(config.error().message.c_str(), config.error().exit_code == 0 ? stdout : stderr);
+    return config.error().exit_code;
+  }
+  auto machine = tern::vmm::Machine::create(*config);
+  if (!machine) {
+    std::fprintf(stderr, "tern: %s\n", machine.error().c_str());
+    return tern::vmm::kExitVmmFailure;
+  }
+  return (*machine)->run();
 }

@@ -1,0 +1,167 @@
+#include "arch/x86_64/cpu_setup.h"
+
+#include <bit>
+#include <cstring>
+
+#include "arch/x86_64/boot_setup.h"
+#include "arch/x86_64/layout.h"
+
+namespace tern::arch::x86_64 {
+
+namespace {
+
+constexpr uint32_t kLeaf1EcxHypervisor = 1u << 31;
+constexpr uint32_t kLeaf1EdxHtt = 1u << 28;
+constexpr uint32_t kKvmSignatureLeaf = 0x40000000;
+constexpr uint32_t kKvmFeaturesLeaf = 0x40000001;
+
+// Bits needed to number `count` items (x2APIC ID shift for the core level).
+uint32_t id_bits(uint32_t count) { return count <= 1 ? 0 : std::bit_width(count - 1); }
+
+// Leaf 0xB / 0x1F subleaf `sub` (SDM vol. 2A, CPUID "Extended Topology"):
+// level 0 = SMT (one thread per core), level 1 = core (count cores),
+// then the invalid level that ends the enumeration.
+void topology_subleaf(kvm_cpuid_entry2& e, uint32_t index, uint32_t count) {
+  uint32_t sub = e.index;
+  e.edx = index;
+  if (sub == 0) {
+    e.eax = 0;
+    e.ebx = 1;
+    e.ecx = (1u << 8) | sub;  // type 1: SMT
+  } else if (sub == 1) {
+    e.eax = id_bits(count);
+    e.ebx = count;
+    e.ecx = (2u << 8) | sub;  // type 2: core
+  } else {
+    e.eax = e.ebx = 0;
+    e.ecx = sub;  // type 0: invalid
+  }
+}
+
+}  // namespace
+
+void filter_cpuid(std::vector<kvm_cpuid_entry2>& entries, uint32_t index, uint32_t count) {
+  bool have_signature = false;
+  for (auto& e : entries) {
+    switch (e.function) {
+      case 1:
+        e.ebx = (e.ebx & 0x0000ffffu) | (index << 24) | ((count > 255 ? 255 : count) << 16);
+        e.ecx |= kLeaf1EcxHypervisor;
+        if (count > 1) e.edx |= kLeaf1EdxHtt;
+        break;
+      case 4: {
+        // EAX[31:26] = cores per package - 1; EAX[25:14] = threads sharing
+        // this cache - 1 (the last level is shared by all cores).
+        uint32_t level = (e.eax >> 5) & 7;
+        uint32_t sharing = level >= 3 ? count - 1 : 0;
+        e.eax = (e.eax & 0x3fffu) | ((sharing & 0xfffu) << 14) | (((count - 1) & 0x3fu) << 26);
+        break;
+      }
+      case 0xb:
+      case 0x1f:
+        topology_subleaf(e, index, count);
+        break;
+      case kKvmSignatureLeaf:
+        have_signature = true;
+        e.eax = kKvmFeaturesLeaf;
+        std::memcpy(&e.ebx, "KVMK", 4);
+        std::memcpy(&e.ecx, "VMKV", 4);
+        std::memcpy(&e.edx, "M\0\0\0", 4);
+        break;
+      default:
+        break;
+    }
+  }
+  if (!have_signature) {
+    kvm_cpuid_entry2 sig{};
+    sig.function = kKvmSignatureLeaf;
+    sig.eax = kKvmSignatureLeaf;  // no feature leaf offered
+    std::memcpy(&sig.ebx, "KVMK", 4);
+    std::memcpy(&sig.ecx, "VMKV", 4);
+    std::memcpy(&sig.edx, "M\0\0\0", 4);
+    entries.push_back(sig);
+  }
+}
+
+void setup_long_mode_sregs(kvm_sregs& sregs) {
+  kvm_segment code{};
+  code.base = 0;
+  code.limit = 0xffffffff;
+  code.selector = kBootCsSelector;
+  code.type = 11;  // execute/read, accessed
+  code.present = 1;
+  code.dpl = 0;
+  code.s = 1;
+  code.l = 1;
+  code.g = 1;
+  kvm_segment data = code;
+  data.selector = kBootDsSelector;
+  data.type = 3;  // read/write, accessed
+  data.l = 0;
+  data.db = 1;
+  kvm_segment tss{};
+  tss.base = 0;
+  tss.limit = 0xfffff;
+  tss.selector = kBootTssSelector;
+  tss.type = 11;  // 64-bit busy TSS
+  tss.present = 1;
+  tss.g = 1;
+  sregs.cs = code;
+  sregs.ds = sregs.es = sregs.fs = sregs.gs = sregs.ss = data;
+  sregs.tr = tss;
+  sregs.gdt.base = kGdtAddr;
+  sregs.gdt.limit = kGdtEntries * 8 - 1;
+  sregs.idt.base = 0;
+  sregs.idt.limit = 0;
+  sregs.cr3 = kPml4Addr;
+  sregs.cr4 = 0x20;        // PAE
+  sregs.cr0 = 0x80000033;  // PG, NE, ET, MP, PE
+  sregs.efer = 0x500;      // LMA, LME
+}
+
+kvm_regs boot_regs(uint64_t entry) {
+  kvm_regs r{};
+  r.rip = entry;
+  r.rsi = kBootParamsAddr;
+  r.rsp = kInitialStackTop;
+  r.rbp = kInitialStackTop;
+  r.rflags = 2;  // reserved bit 1; IF clear
+  return r;
+}
+
+kvm_fpu boot_fpu() {
+  kvm_fpu f{};
+  f.fcw = 0x37f;
+  f.mxcsr = 0x1f80;
+  return f;
+}
+
+std::vector<MsrValue> boot_msrs() {
+  return {
+      {0x174, 0},  // IA32_SYSENTER_CS
+      {0x175, 0},  // IA32_SYSENTER_ESP
+      {0x176, 0},  // IA32_SYSENTER_EIP
+      {0xc0000081, 0},  // STAR
+      {0xc0000082, 0},  // LSTAR
+      {0xc0000083, 0},  // CSTAR
+      {0xc0000084, 0},  // SFMASK
+      {0xc0000102, 0},  // KERNEL_GS_BASE
+      {0x1a0, 1},       // IA32_MISC_ENABLE: fast strings
+      {0x2ff, (1u << 11) | 6},  // MTRRdefType: enabled, write-back
+  };
+}
+
+void setup_lapic_lvt(kvm_lapic_state& lapic) {
+  constexpr size_t kLvtLint0 = 0x350, kLvtLint1 = 0x360;
+  constexpr uint32_t kDeliveryModeMask = 0x700, kExtInt = 0x700, kNmi = 0x400;
+  auto update = [&](size_t off, uint32_t mode) {
+    uint32_t v;
+    std::memcpy(&v, lapic.regs + off, 4);
+    v = (v & ~kDeliveryModeMask) | mode;
+    std::memcpy(lapic.regs + off, &v, 4);
+  };
+  update(kLvtLint0, kExtInt);
+  update(kLvtLint1, kNmi);
+}
+
+}  // namespace tern::arch::x86_64

@@ -1,0 +1,44 @@
+// Per-vCPU state for 64-bit entry, as KVM structures: CPUID filtered from
+// KVM_GET_SUPPORTED_CPUID with this vCPU's APIC ID and the topology, the
+// boot segment/control registers, FPU, MSRs and LAPIC LVTs. Pure functions
+// over the structures, so they are unit-tested without /dev/kvm; vmm/
+// performs the ioctls.
+#pragma once
+
+#include <linux/kvm.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace tern::arch::x86_64 {
+
+// Adjusts the supported CPUID entries for vCPU `index` of `count`:
+//   leaf 1: initial APIC ID, logical processor count, HTT, hypervisor bit;
+//   leaf 4: cores per package; leaves 0xB/0x1F: x2APIC ID and a flat
+//   topology of `count` single-thread cores in one package;
+//   0x40000000: the KVM signature ("KVMKVMKVM") and its max leaf.
+// APIC IDs equal vCPU indices (the MADT lists the same).
+void filter_cpuid(std::vector<kvm_cpuid_entry2>& entries, uint32_t index, uint32_t count);
+
+// Segment and control registers for 64-bit entry (boot.rst "64-bit BOOT
+// PROTOCOL": long mode, paging with an identity map, __BOOT_CS/__BOOT_DS),
+// applied on top of `sregs` as read from KVM_GET_SREGS.
+void setup_long_mode_sregs(kvm_sregs& sregs);
+// RIP = entry, RSI = boot_params, RSP (ELF kernels), RFLAGS with IF clear.
+kvm_regs boot_regs(uint64_t entry);
+// x87 control word and MXCSR at their reset values.
+kvm_fpu boot_fpu();
+
+struct MsrValue {
+  uint32_t index;
+  uint64_t value;
+};
+// MSRs given defined values at boot (SYSENTER/SYSCALL cleared, fast strings
+// on, MTRRs enabled with write-back default).
+std::vector<MsrValue> boot_msrs();
+
+// LINT0 as ExtINT (the PIC's line, as a BIOS sets it) and LINT1 as NMI in
+// the LAPIC register page from KVM_GET_LAPIC.
+void setup_lapic_lvt(kvm_lapic_state& lapic);
+
+}  // namespace tern::arch::x86_64

@@ -1,0 +1,54 @@
+// The guest's ways to power off and reset (CONTRACTS.md "I/O ports and
+// power"):
+//   AcpiPowerDevice: the hardware-reduced ACPI registers the FADT points at
+//     (ACPI 6.x, 4.8.3.7 sleep control/status, 4.8.3.6 reset register):
+//     port +0 SLEEP_CONTROL_REG (SLP_TYPx in bits 2..4, SLP_EN bit 5),
+//     +1 SLEEP_STATUS_REG, +2 RESET_REG (value 1 resets). Sleep type 5 is
+//     S5 (the DSDT's _S5_ package), which powers off.
+//   I8042: the keyboard controller's reset line (command 0xFE on port
+//     0x64); data port 0x60 reads 0 and the status port reads "empty".
+//
+// Threads: vCPU threads; both are stateless apart from the sink.
+#pragma once
+
+#include <cstdint>
+
+#include "devices/io_handler.h"
+#include "devices/power.h"
+
+namespace tern::devices {
+
+class AcpiPowerDevice final : public IoHandler {
+ public:
+  explicit AcpiPowerDevice(PowerSink& sink) : sink_(sink) {}
+  std::string_view name() const override { return "acpi-power"; }
+  void read(uint64_t offset, std::span<uint8_t> data) override;
+  void write(uint64_t offset, std::span<const uint8_t> data) override;
+
+  static constexpr uint64_t kSize = 3;
+  static constexpr uint8_t kS5SleepType = 5;
+  static constexpr uint8_t kResetValue = 1;
+
+ private:
+  PowerSink& sink_;
+};
+
+class I8042 final : public IoHandler {
+ public:
+  explicit I8042(PowerSink& sink) : sink_(sink) {}
+  std::string_view name() const override { return "i8042"; }
+  // Mapped at [0x60, 0x65): offset 0 is the data port, offset 4 the
+  // command/status port. Port 0x61 (the PIT's speaker gate) is served by
+  // KVM's in-kernel PIT and never reaches user space; 0x62/0x63 read ones.
+  void read(uint64_t offset, std::span<uint8_t> data) override;
+  void write(uint64_t offset, std::span<const uint8_t> data) override;
+
+  static constexpr uint64_t kSize = 5;
+  static constexpr uint64_t kDataOffset = 0, kCommandOffset = 4;
+  static constexpr uint8_t kResetCommand = 0xfe;
+
+ private:
+  PowerSink& sink_;
+};
+
+}  // namespace tern::devices

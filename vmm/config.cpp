@@ -1,0 +1,221 @@
+#include "vmm/config.h"
+
+#include <CLI/CLI.hpp>
+
+#include <charconv>
+#include <sstream>
+#include <set>
+
+namespace tern::vmm {
+
+namespace {
+
+using Unexpected = std::unexpected<std::string>;
+
+// "k=v,k=v" -> pairs, in order. A part without '=' is an error.
+std::expected<std::vector<std::pair<std::string, std::string>>, std::string> split_pairs(
+    std::string_view option, std::string_view text) {
+  std::vector<std::pair<std::string, std::string>> out;
+  if (text.empty()) return Unexpected("--" + std::string(option) + ": empty value");
+  size_t start = 0;
+  while (start <= text.size()) {
+    size_t comma = text.find(',', start);
+    std::string_view part = text.substr(start, comma == std::string_view::npos ? text.npos : comma - start);
+    size_t eq = part.find('=');
+    if (eq == std::string_view::npos || eq == 0) {
+      return Unexpected("--" + std::string(option) + ": expected key=value, got \"" + std::string(part) + "\"");
+    }
+    out.emplace_back(std::string(part.substr(0, eq)), std::string(part.substr(eq + 1)));
+    if (comma == std::string_view::npos) break;
+    start = comma + 1;
+  }
+  return out;
+}
+
+std::expected<uint64_t, std::string> parse_number(std::string_view what, std::string_view text, uint64_t min,
+                                                  uint64_t max) {
+  uint64_t v = 0;
+  auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  if (ec != std::errc{} || p != text.data() + text.size() || text.empty()) {
+    return Unexpected(std::string(what) + ": \"" + std::string(text) + "\" is not a number");
+  }
+  if (v < min || v > max) {
+    return Unexpected(std::string(what) + ": " + std::string(text) + " is outside " + std::to_string(min) +
+                      ".." + std::to_string(max));
+  }
+  return v;
+}
+
+std::expected<bool, std::string> parse_on_off(std::string_view what, std::string_view text) {
+  if (text == "on" || text == "true") return true;
+  if (text == "off" || text == "false") return false;
+  return Unexpected(std::string(what) + ": expected on or off, got \"" + std::string(text) + "\"");
+}
+
+}  // namespace
+
+std::expected<uint64_t, std::string> parse_size(std::string_view text) {
+  if (text.empty()) return Unexpected("empty size");
+  uint64_t shift = 0;
+  switch (text.back()) {
+    case 'K': case 'k': shift = 10; break;
+    case 'M': case 'm': shift = 20; break;
+    case 'G': case 'g': shift = 30; break;
+    case 'T': case 't': shift = 40; break;
+    default: break;
+  }
+  std::string_view digits = shift ? text.substr(0, text.size() - 1) : text;
+  uint64_t v = 0;
+  auto [p, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), v);
+  if (digits.empty() || ec != std::errc{} || p != digits.data() + digits.size()) {
+    return Unexpected("\"" + std::string(text) + "\" is not a size (examples: 512M, 2G, 1048576)");
+  }
+  if (shift && v > (UINT64_MAX >> shift)) return Unexpected("size \"" + std::string(text) + "\" is too large");
+  return v << shift;
+}
+
+std::expected<uint32_t, std::string> parse_cpus(std::string_view text) {
+  auto pairs = split_pairs("cpus", text);
+  if (!pairs) return Unexpected(pairs.error());
+  uint32_t boot = 1;
+  for (auto& [k, v] : *pairs) {
+    if (k != "boot") return Unexpected("--cpus: unknown key \"" + k + "\" (known: boot)");
+    auto n = parse_number("--cpus boot", v, 1, kMaxCpus);
+    if (!n) return Unexpected(n.error());
+    boot = static_cast<uint32_t>(*n);
+  }
+  return boot;
+}
+
+std::expected<uint64_t, std::string> parse_memory(std::string_view text) {
+  auto pairs = split_pairs("memory", text);
+  if (!pairs) return Unexpected(pairs.error());
+  uint64_t size = 512ull << 20;
+  for (auto& [k, v] : *pairs) {
+    if (k != "size") return Unexpected("--memory: unknown key \"" + k + "\" (known: size)");
+    auto s = parse_size(v);
+    if (!s) return Unexpected("--memory size: " + s.error());
+    size = *s;
+  }
+  if (size < kMinMemory || size > kMaxMemory) {
+    return Unexpected("--memory size: " + std::to_string(size) + " bytes is outside 16M..1T");
+  }
+  if (size % 4096) return Unexpected("--memory size: must be a multiple of 4 KiB");
+  return size;
+}
+
+std::expected<SerialConfig, std::string> parse_serial(std::string_view text) {
+  if (text == "tty") return SerialConfig{SerialMode::Tty, {}};
+  if (text == "off" || text == "null") return SerialConfig{SerialMode::Off, {}};
+  if (text.starts_with("file=") && text.size() > 5) return SerialConfig{SerialMode::File, std::string(text.substr(5))};
+  return Unexpected("--serial: expected tty, off or file=PATH, got \"" + std::string(text) + "\"");
+}
+
+std::expected<DiskConfig, std::string> parse_disk(std::string_view text, size_t index) {
+  auto pairs = split_pairs("disk", text);
+  if (!pairs) return Unexpected(pairs.error());
+  DiskConfig d;
+  d.id = "disk" + std::to_string(index);
+  std::set<std::string> seen;
+  for (auto& [k, v] : *pairs) {
+    if (!seen.insert(k).second) return Unexpected("--disk: key \"" + k + "\" given twice");
+    std::string what = "--disk " + k;
+    auto flag = [&](bool& out) -> std::expected<void, std::string> {
+      auto b = parse_on_off(what, v);
+      if (!b) return Unexpected(b.error());
+      out = *b;
+      return {};
+    };
+    std::expected<void, std::string> r;
+    if (k == "path") {
+      if (v.empty()) return Unexpected("--disk path: empty");
+      d.path = v;
+    } else if (k == "id") {
+      if (v.empty()) return Unexpected("--disk id: empty");
+      d.id = v;
+    } else if (k == "readonly") {
+      r = flag(d.readonly);
+    } else if (k == "backing_files") {
+      r = flag(d.backing_files);
+    } else if (k == "direct") {
+      r = flag(d.direct);
+    } else if (k == "lock") {
+      r = flag(d.lock);
+    } else if (k == "num_queues") {
+      auto n = parse_number(what, v, 1, kMaxQueues);
+      if (!n) return Unexpected(n.error());
+      d.num_queues = static_cast<uint16_t>(*n);
+    } else if (k == "queue_size") {
+      auto n = parse_number(what, v, 2, kMaxQueueSize);
+      if (!n) return Unexpected(n.error());
+      if (*n & (*n - 1)) return Unexpected(what + ": " + v + " is not a power of two");
+      d.queue_size = static_cast<uint16_t>(*n);
+    } else if (k == "image_type") {
+      if (v == "raw") d.image_type = block::ImageType::Raw;
+      else if (v == "qcow2") d.image_type = block::ImageType::Qcow2;
+      else if (v == "auto") d.image_type = block::ImageType::Auto;
+      else return Unexpected(what + ": expected raw or qcow2, got \"" + v + "\"");
+    } else if (k == "serial") {
+      d.serial = v;
+    } else if (k == "aio") {
+      if (v == "sync") d.aio = block::AioMode::Sync;
+      else if (v == "native") d.aio = block::AioMode::Native;
+      else if (v == "threads") d.aio = block::AioMode::Threads;
+      else return Unexpected(what + ": expected sync, native or threads, got \"" + v + "\"");
+    } else {
+      return Unexpected("--disk: unknown key \"" + k +
+                        "\" (known: path, readonly, id, num_queues, queue_size, image_type, "
+                        "backing_files, direct, serial, lock, aio)");
+    }
+    if (!r) return Unexpected(r.error());
+  }
+  if (d.path.empty()) return Unexpected("--disk: path= is required");
+  return d;
+}
+
+std::expected<VmConfig, ParseExit> parse_command_line(int argc, const char* const* argv) {
+  CLI::App app{"tern: a minimal KVM virtual machine monitor"};
+  VmConfig c;
+  std::string initramfs, cpus = "boot=1", memory = "size=512M", serial = "tty", api_socket;
+  std::vector<std::string> disks;
+  app.add_option("--kernel", c.kernel, "Linux bzImage or ELF64 kernel")->required()->check(CLI::ExistingFile);
+  app.add_option("--initramfs", initramfs, "initramfs image")->check(CLI::ExistingFile);
+  app.add_option("--cmdline", c.cmdline, "kernel command line");
+  app.add_option("--cpus", cpus, "boot=N (vCPUs)");
+  app.add_option("--memory", memory, "size=SIZE (e.g. 512M)");
+  app.add_option("--serial", serial, "tty | file=PATH | off");
+  app.add_option("--disk", disks,
+                 "path=P[,readonly=on][,id=NAME][,num_queues=N][,queue_size=N][,image_type=raw|qcow2]"
+                 "[,backing_files=on][,direct=on][,serial=STR][,lock=on|off][,aio=sync|native|threads]")
+      ->take_all();
+  app.add_option("--api-socket", api_socket, "path of the API's Unix socket");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    std::ostringstream out, err;
+    int code = app.exit(e, out, err);
+    return std::unexpected(ParseExit{code == 0 ? 0 : 1, out.str() + err.str()});
+  }
+  auto bad = [](std::string m) { return std::unexpected(ParseExit{1, "tern: " + m + "\n"}); };
+  if (!initramfs.empty()) c.initramfs = initramfs;
+  if (!api_socket.empty()) c.api_socket = api_socket;
+  auto n = parse_cpus(cpus);
+  if (!n) return bad(n.error());
+  c.cpus = *n;
+  auto m = parse_memory(memory);
+  if (!m) return bad(m.error());
+  c.memory = *m;
+  auto s = parse_serial(serial);
+  if (!s) return bad(s.error());
+  c.serial = *s;
+  std::set<std::string> ids;
+  for (size_t i = 0; i < disks.size(); ++i) {
+    auto d = parse_disk(disks[i], i);
+    if (!d) return bad(d.error());
+    if (!ids.insert(d->id).second) return bad("--disk: id \"" + d->id + "\" used twice");
+    c.disks.push_back(std::move(*d));
+  }
+  return c;
+}
+
+}  // namespace tern::vmm

@@ -1,0 +1,76 @@
+// The VMM's configuration, parsed from the cloud-hypervisor style command
+// line (SPEC.md section 1):
+//   --kernel PATH --initramfs PATH --cmdline STR --cpus boot=N
+//   --memory size=SIZE --serial tty|file=PATH|off --api-socket PATH
+//   --disk path=P[,readonly=on][,id=NAME][,num_queues=N][,queue_size=N]
+//          [,image_type=raw|qcow2][,backing_files=on][,direct=on][,serial=STR]
+//          [,lock=on|off][,aio=sync|native|threads]      (repeatable)
+// Every value is validated here; a bad option is a message naming it.
+#pragma once
+
+#include <cstdint>
+#include <expected>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "block/open.h"
+
+namespace tern::vmm {
+
+struct DiskConfig {
+  std::string path;
+  std::string id;  // "disk0", "disk1"... unless id= is given
+  bool readonly = false;
+  uint16_t num_queues = 1;
+  uint16_t queue_size = 256;
+  block::ImageType image_type = block::ImageType::Auto;
+  bool backing_files = false;
+  bool direct = false;
+  std::string serial;
+  bool lock = true;
+  block::AioMode aio = block::AioMode::Native;
+};
+
+enum class SerialMode { Tty, File, Off };
+
+struct SerialConfig {
+  SerialMode mode = SerialMode::Tty;
+  std::string path;  // SerialMode::File
+};
+
+struct VmConfig {
+  std::string kernel;
+  std::optional<std::string> initramfs;
+  std::string cmdline;
+  uint32_t cpus = 1;
+  uint64_t memory = 512ull << 20;
+  SerialConfig serial;
+  std::vector<DiskConfig> disks;
+  std::optional<std::string> api_socket;
+};
+
+inline constexpr uint32_t kMaxCpus = 254;  // xAPIC IDs 0..253 (0xff is broadcast)
+inline constexpr uint64_t kMinMemory = 16ull << 20;
+inline constexpr uint64_t kMaxMemory = 1ull << 40;
+inline constexpr uint16_t kMaxQueues = 16;
+inline constexpr uint16_t kMaxQueueSize = 32768;  // virtio 1.x 2.6: split ring limit
+
+// Result of parsing argv: a config to run, or the process should exit with
+// `exit_code` after printing `message` (help text, or an error).
+struct ParseExit {
+  int exit_code = 1;
+  std::string message;
+};
+
+std::expected<VmConfig, ParseExit> parse_command_line(int argc, const char* const* argv);
+
+// Pieces, exposed for the unit tests.
+std::expected<uint64_t, std::string> parse_size(std::string_view text);
+std::expected<DiskConfig, std::string> parse_disk(std::string_view text, size_t index);
+std::expected<uint32_t, std::string> parse_cpus(std::string_view text);
+std::expected<uint64_t, std::string> parse_memory(std::string_view text);
+std::expected<SerialConfig, std::string> parse_serial(std::string_view text);
+
+}  // namespace tern::vmm

@@ -1,0 +1,240 @@
+#include "vmm/machine.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <iterator>
+
+#include "arch/x86_64/acpi.h"
+#include "arch/x86_64/boot_setup.h"
+#include "arch/x86_64/cpu_setup.h"
+#include "arch/x86_64/kernel_loader.h"
+#include "arch/x86_64/layout.h"
+#include "block/open.h"
+#include "devices/virtio/virtio_pci.h"
+
+namespace tern::vmm {
+
+namespace ax = tern::arch::x86_64;
+
+namespace {
+
+using Unexpected = std::unexpected<std::string>;
+
+std::expected<std::vector<uint8_t>, std::string> read_file(const std::string& what, const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Unexpected(what + " " + path + ": " + errno_text(errno));
+  std::vector<uint8_t> data((std::istreambuf_iterator<char>(in)), {});
+  if (in.bad()) return Unexpected(what + " " + path + ": read failed");
+  return data;
+}
+
+std::expected<UniqueFd, std::string> serial_output(const SerialConfig& c) {
+  switch (c.mode) {
+    case SerialMode::Tty: {
+      int fd = ::fcntl(STDOUT_FILENO, F_DUPFD_CLOEXEC, 3);
+      if (fd < 0) return Unexpected("--serial tty: dup stdout: " + errno_text(errno));
+      return UniqueFd(fd);
+    }
+    case SerialMode::File: {
+      int fd = ::open(c.path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+      if (fd < 0) return Unexpected("--serial file=" + c.path + ": " + errno_text(errno));
+      return UniqueFd(fd);
+    }
+    case SerialMode::Off:
+      break;
+  }
+  return UniqueFd();
+}
+
+}  // namespace
+
+Machine::Machine(VmConfig config, Kvm kvm, VmFd vm, GuestRam ram)
+    : config_(std::move(config)),
+      kvm_(std::move(kvm)),
+      vm_(std::move(vm)),
+      ram_(std::move(ram)),
+      services_(vm_.fd()) {}
+
+Machine::~Machine() {
+  vcpus_.clear();  // stop and join every vCPU thread before the devices go
+}
+
+std::expected<std::unique_ptr<Machine>, std::string> Machine::create(const VmConfig& config) {
+  auto kvm = Kvm::open();
+  if (!kvm) return Unexpected(kvm.error().message());
+  auto vm = VmFd::create(*kvm);
+  if (!vm) return Unexpected(vm.error().message());
+  auto ram = GuestRam::create(vm->fd(), config.memory);
+  if (!ram) return Unexpected(ram.error().message());
+  std::unique_ptr<Machine> m(new Machine(config, std::move(*kvm), std::move(*vm), std::move(*ram)));
+  if (auto r = m->load_guest(); !r) return Unexpected(r.error());
+  if (auto r = m->build_devices(); !r) return Unexpected(r.error());
+  if (auto r = m->build_vcpus(); !r) return Unexpected(r.error());
+  return m;
+}
+
+std::expected<void, std::string> Machine::load_guest() {
+  std::span<uint8_t> low = ram_.low();
+  auto image = read_file("--kernel", config_.kernel);
+  if (!image) return Unexpected(image.error());
+  auto kernel = ax::load_kernel(*image, low);
+  if (!kernel) return Unexpected("--kernel " + config_.kernel + ": " + kernel.error().message());
+  kernel_entry_ = kernel->entry;
+
+  ax::BootParamsConfig bp;
+  bp.cmdline = config_.cmdline;
+  bp.e820 = ax::make_e820(config_.memory);
+  if (config_.initramfs) {
+    auto initrd = read_file("--initramfs", *config_.initramfs);
+    if (!initrd) return Unexpected(initrd.error());
+    auto gpa = ax::load_initramfs(*initrd, *kernel, low);
+    if (!gpa) return Unexpected("--initramfs " + *config_.initramfs + ": " + gpa.error().message());
+    bp.initrd_gpa = *gpa;
+    bp.initrd_size = initrd->size();
+  }
+
+  ax::AcpiConfig acpi;
+  acpi.num_cpus = config_.cpus;
+  acpi.lapic_address = ax::kLapicAddr;
+  acpi.ioapic_address = ax::kIoapicAddr;
+  acpi.ecam_base = ax::kPciEcamStart;
+  acpi.mmio_window_base = static_cast<uint32_t>(ax::kPciMmioStart);
+  acpi.mmio_window_size = static_cast<uint32_t>(ax::kPciMmioEnd - ax::kPciMmioStart);
+  acpi.com1_port = ax::kCom1Port;
+  acpi.com1_irq = ax::kCom1Irq;
+  auto rsdp = ax::write_acpi_tables(low.subspan(ax::kAcpiStart, ax::kAcpiEnd - ax::kAcpiStart), ax::kAcpiStart,
+                                    acpi);
+  if (!rsdp) return Unexpected(std::string("ACPI tables: ") + ax::acpi_error_text(rsdp.error()));
+  bp.rsdp_gpa = *rsdp;
+
+  if (auto r = ax::write_boot_params(low, *kernel, bp); !r) return Unexpected("boot_params: " + r.error().message());
+  ax::write_gdt(low);
+  ax::write_identity_page_tables(low);
+  return {};
+}
+
+std::expected<void, std::string> Machine::build_devices() {
+  auto out = serial_output(config_.serial);
+  if (!out) return Unexpected(out.error());
+  serial_ = std::make_unique<devices::Serial16550>(
+      std::move(*out), [this](bool level) { services_.set_irq_line(ax::kCom1Irq, level); });
+  acpi_power_ = std::make_unique<devices::AcpiPowerDevice>(*this);
+  i8042_ = std::make_unique<devices::I8042>(*this);
+  pci_ = std::make_unique<devices::PciRoot>(ax::kPciMmioStart, ax::kPciMmioEnd - ax::kPciMmioStart);
+
+  bool ok = pio_.add(ax::kCom1Port, devices::Serial16550::kSize, *serial_) &&
+            pio_.add(ax::kI8042DataPort, devices::I8042::kSize, *i8042_) &&
+            pio_.add(ax::kAcpiSleepControlPort, devices::AcpiPowerDevice::kSize, *acpi_power_) &&
+            pio_.add(devices::PciRoot::kType1Base, devices::PciRoot::kType1Size, pci_->type1_handler()) &&
+            mmio_.add(ax::kPciEcamStart, ax::kPciEcamSize, pci_->ecam_handler()) &&
+            mmio_.add(ax::kPciMmioStart, ax::kPciMmioEnd - ax::kPciMmioStart, pci_->mmio_handler());
+  if (!ok) std::abort();  // fixed, disjoint ranges: a broken invariant
+
+  devices::GuestMemory memory = ram_.memory();
+  for (const DiskConfig& d : config_.disks) {
+    block::OpenOptions o;
+    o.path = d.path;
+    o.type = d.image_type;
+    o.read_only = d.readonly;
+    o.direct = d.direct;
+    o.lock = d.lock;
+    o.allow_backing = d.backing_files;
+    o.aio = d.aio;
+    auto file = block::open_disk(o);
+    if (!file) return Unexpected("--disk " + d.id + ": " + file.error().message());
+    devices::VirtioBlkOptions bo;
+    bo.read_only = d.readonly;
+    bo.num_queues = d.num_queues;
+    bo.queue_size = d.queue_size;
+    bo.serial = d.serial;
+    bo.id = d.id;
+    auto blk = std::make_unique<devices::VirtioBlk>(std::move(*file), bo);
+    devices::VirtioBlk* raw = blk.get();
+    auto fn = devices::VirtioPciDevice::create(std::move(blk), services_, memory, "virtio-blk " + d.id);
+    if (!fn) return Unexpected("--disk " + d.id + ": virtio-pci: " + fn.error().message());
+    auto slot = pci_->add_device(std::move(*fn));
+    if (!slot) return Unexpected("--disk " + d.id + ": PCI: " + devices::pci_error_text(slot.error()));
+    disks_.push_back(Disk{d, raw, *slot});
+  }
+  pio_.seal();
+  mmio_.seal();
+  return {};
+}
+
+std::expected<void, std::string> Machine::build_vcpus() {
+  auto supported = kvm_.supported_cpuid();
+  if (!supported) return Unexpected(supported.error().message());
+  for (uint32_t i = 0; i < config_.cpus; ++i) {
+    auto v = Vcpu::create(kvm_, vm_.fd(), i);
+    if (!v) return Unexpected("vCPU " + std::to_string(i) + ": " + v.error().message());
+    auto cpuid = *supported;
+    ax::filter_cpuid(cpuid, i, config_.cpus);
+    if (auto r = (*v)->setup_common(std::move(cpuid)); !r) {
+      return Unexpected("vCPU " + std::to_string(i) + ": " + r.error().message());
+    }
+    // The BSP enters the kernel; APs stay in wait-for-SIPI (KVM's initial
+    // state for them with an in-kernel LAPIC) until the kernel wakes them.
+    if (i == 0) {
+      if (auto r = (*v)->setup_boot(kernel_entry_); !r) return Unexpected("vCPU 0: " + r.error().message());
+    }
+    vcpus_.push_back(std::move(*v));
+  }
+  return {};
+}
+
+void Machine::finish(int status, std::string why) {
+  {
+    std::lock_guard lock(mutex_);
+    if (status_) return;
+    status_ = status;
+    why_ = std::move(why);
+  }
+  done_cv_.notify_all();
+}
+
+bool Machine::finished() const {
+  std::lock_guard lock(mutex_);
+  return status_.has_value();
+}
+
+void Machine::request(devices::GuestPowerEvent event) {
+  if (event == devices::GuestPowerEvent::PowerOff) finish(kExitPowerOff, "guest powered off");
+  else finish(kExitReset, "guest reset");
+}
+
+int Machine::run() {
+  Vcpu::install_kick_handler();
+  for (auto& v : vcpus_) v->start(pio_, mmio_, *this);
+  int status;
+  std::string why;
+  {
+    std::unique_lock lock(mutex_);
+    done_cv_.wait(lock, [&] { return status_.has_value(); });
+    status = *status_;
+    why = why_;
+  }
+  for (auto& v : vcpus_) v->stop();
+  vcpus_.clear();  // joins
+
+  if (status == kExitGuestCrash || status == kExitVmmFailure) {
+    std::fprintf(stderr, "tern: %s\n", why.c_str());
+  } else if (status == kExitReset) {
+    std::fprintf(stderr, "tern: %s (exit status %d)\n", why.c_str(), kExitReset);
+  }
+  for (const Disk& d : disks_) {
+    if (auto r = d.device->close(); !r) {
+      std::fprintf(stderr, "tern: --disk %s: closing: %s\n", d.config.id.c_str(), r.error().message().c_str());
+      status = kExitVmmFailure;
+    }
+  }
+  if (uint64_t lost = serial_->output_errors()) {
+    std::fprintf(stderr, "tern: serial console: %llu bytes could not be written\n",
+                 static_cast<unsigned long long>(lost));
+  }
+  return status;
+}
+
+}  // namespace tern::vmm

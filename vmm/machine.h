@@ -1,0 +1,93 @@
+// Machine: one guest, built from a VmConfig and run to its end.
+//
+// It owns, in construction order (destroyed in reverse, vCPU threads first):
+// the KVM fds, guest RAM, the VmServices over KVM, the devices (COM1, the
+// ACPI power registers, i8042, the PCI root with one virtio-blk function per
+// --disk), the port-I/O and MMIO buses, and the vCPUs. run() starts one
+// thread per vCPU, waits until the guest powers off or resets, a vCPU
+// reports a crash, or shutdown() is called (the API's control path), then
+// stops and joins every vCPU thread, closes the disks and returns the exit
+// status of CONTRACTS.md.
+//
+// Threads: create() and run() on the main thread; finish()/request() from
+// vCPU threads; shutdown(), disks() and the VirtioBlk methods from any thread.
+#pragma once
+
+#include <condition_variable>
+#include <expected>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "devices/io_bus.h"
+#include "devices/pci/pci_root.h"
+#include "devices/power.h"
+#include "devices/power_devices.h"
+#include "devices/serial.h"
+#include "devices/virtio/virtio_blk.h"
+#include "vmm/config.h"
+#include "vmm/guest_ram.h"
+#include "vmm/kvm.h"
+#include "vmm/kvm_services.h"
+#include "vmm/vcpu.h"
+
+namespace tern::vmm {
+
+// A disk as the VMM and the API see it.
+struct Disk {
+  DiskConfig config;
+  devices::VirtioBlk* device = nullptr;  // owned by its virtio-pci function in the PCI root
+  uint8_t pci_slot = 0;
+};
+
+class Machine final : public VmControl, public devices::PowerSink {
+ public:
+  // Builds the whole machine; the message says which step failed.
+  [[nodiscard]] static std::expected<std::unique_ptr<Machine>, std::string> create(const VmConfig& config);
+  ~Machine() override;
+
+  // Runs the guest to its end; returns the process exit status.
+  int run();
+  // Ends the VM as a guest power-off would (exit status 0).
+  void shutdown() { finish(kExitPowerOff, "shutdown requested"); }
+
+  const std::vector<Disk>& disks() const { return disks_; }
+  const VmConfig& config() const { return config_; }
+
+  // VmControl (vCPU threads).
+  void finish(int status, std::string why) override;
+  bool finished() const override;
+  // PowerSink (devices on vCPU threads).
+  void request(devices::GuestPowerEvent event) override;
+
+ private:
+  Machine(VmConfig config, Kvm kvm, VmFd vm, GuestRam ram);
+  std::expected<void, std::string> load_guest();
+  std::expected<void, std::string> build_devices();
+  std::expected<void, std::string> build_vcpus();
+
+  const VmConfig config_;
+  Kvm kvm_;
+  VmFd vm_;
+  GuestRam ram_;
+  KvmVmServices services_;
+  std::unique_ptr<devices::Serial16550> serial_;
+  std::unique_ptr<devices::AcpiPowerDevice> acpi_power_;
+  std::unique_ptr<devices::I8042> i8042_;
+  std::unique_ptr<devices::PciRoot> pci_;
+  devices::IoBus pio_;
+  devices::IoBus mmio_;
+  std::vector<Disk> disks_;
+  uint64_t kernel_entry_ = 0;
+
+  mutable std::mutex mutex_;
+  std::condition_variable done_cv_;
+  std::optional<int> status_;  // guarded by mutex_; set once
+  std::string why_;            // guarded by mutex_
+
+  std::vector<std::unique_ptr<Vcpu>> vcpus_;  // last: their threads stop first
+};
+
+}  // namespace tern::vmm

@@ -1,1 +1,0 @@
-// VM lifecycle, vCPUs, guest RAM and config land here.
