@@ -59,5 +59,16 @@ TEST_F(VirtioBlkGuest, HostileChainsOnQcow2) {
   EXPECT_EQ(c.status, 0) << c.out;
 }
 
+// A failed check resets the machine, so tern exits 2 (CONTRACTS.md): here
+// the guest is told to expect a read-only disk and gets a writable one.
+TEST_F(VirtioBlkGuest, FailedCheckMakesTernExitNonZero) {
+  std::string img = qcow2_image();
+  Shell r = sh("timeout 300 " + build_dir() + "/tern --kernel " + build_dir() +
+               "/tests/guest/tern-test-guest --memory size=128M --disk path=" + img +
+               " --cmdline 'prepared expect_ro reqs=8'");
+  EXPECT_EQ(r.status, 2) << r.out;
+  EXPECT_NE(r.out.find("not ok 4 device is writable"), std::string::npos) << r.out;
+}
+
 }  // namespace
 }  // namespace tern::it
