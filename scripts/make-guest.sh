@@ -2,6 +2,7 @@
 # Builds the demo/test Linux guest from Debian packages, without installing
 # a kernel on the host:
 #   build/guest/bzImage            Debian's cloud kernel (linux-image-cloud-amd64)
+#   build/guest/vmlinux            the same kernel decompressed (ELF64)
 #   build/guest/initramfs.cpio.gz  busybox-static + the virtio modules
 # The kernel package is fetched with `apt-get download` and unpacked with
 # `dpkg -x` into ${XDG_CACHE_HOME:-~/.cache}/tern-guest/<package>_<version>;
@@ -55,6 +56,34 @@ fi
 vmlinuz=$(ls "$kdir"/root/boot/vmlinuz-* | head -n1)
 kver=${vmlinuz##*/vmlinuz-}
 if ! cmp -s "$vmlinuz" "$out/bzImage"; then cp "$vmlinuz" "$out/bzImage"; fi
+
+# build/guest/vmlinux: the same kernel, already decompressed (an ELF64 that
+# tern enters at its 64-bit entry). Under an emulated KVM the bzImage's own
+# decompressor costs minutes; this skips it. The compressed payload sits at
+# payload_offset/payload_length (setup header 0x248/0x24c, boot protocol
+# 2.08+) after the (setup_sects + 1) * 512 bytes of real-mode code.
+if [ ! -f "$kdir/vmlinux" ]; then
+  read -r setup_sects payload_off payload_len < <(od -An -tu1 -j $((0x1f1)) -N1 "$vmlinuz" | tr -d ' \n'; echo -n ' ';
+    od -An -tu4 -j $((0x248)) -N8 "$vmlinuz")
+  [ "$setup_sects" -eq 0 ] && setup_sects=4
+  start=$(( (setup_sects + 1) * 512 + payload_off ))
+  payload="$kdir/payload"
+  dd if="$vmlinuz" of="$payload" iflag=skip_bytes,count_bytes bs=1M skip="$start" count="$payload_len" status=none
+  magic=$(od -An -tx1 -N4 "$payload" | tr -d ' ')
+  # The kernel appends the decompressed size after the stream, which the
+  # tools report as trailing garbage; the ELF is checked below instead.
+  case "$magic" in
+    02214c18) lz4 -dc "$payload" > "$kdir/vmlinux.tmp" 2>/dev/null || true ;;
+    28b52ffd) zstd -qdc "$payload" > "$kdir/vmlinux.tmp" 2>/dev/null || true ;;
+    fd377a58) xz -qdc "$payload" > "$kdir/vmlinux.tmp" 2>/dev/null || true ;;
+    1f8b*) gzip -qdc "$payload" > "$kdir/vmlinux.tmp" 2>/dev/null || true ;;
+    *) say "unknown kernel payload compression (magic $magic)"; exit 1 ;;
+  esac
+  rm -f "$payload"
+  readelf -h "$kdir/vmlinux.tmp" 2>/dev/null | grep -q 'ELF64' || { say "could not extract vmlinux"; exit 1; }
+  mv "$kdir/vmlinux.tmp" "$kdir/vmlinux"
+fi
+if ! cmp -s "$kdir/vmlinux" "$out/vmlinux"; then cp "$kdir/vmlinux" "$out/vmlinux"; fi
 
 # The initramfs, rebuilt when the kernel, busybox or this script changes.
 # busybox-static's binary has no program interpreter (readelf -l shows none).

@@ -11,7 +11,7 @@ packages=(
   libgtest-dev libgmock-dev
   qemu-utils qemu-system-x86
   curl acpica-tools
-  busybox-static cpio kmod zstd xz-utils
+  busybox-static cpio kmod zstd xz-utils lz4
   clang lld libclang-rt-14-dev
 )
 
