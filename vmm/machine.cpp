@@ -59,6 +59,7 @@ Machine::Machine(VmConfig config, Kvm kvm, VmFd vm, GuestRam ram)
       services_(vm_.fd()) {}
 
 Machine::~Machine() {
+  console_input_.reset();
   vcpus_.clear();  // stop and join every vCPU thread before the devices go
 }
 
@@ -207,6 +208,14 @@ void Machine::request(devices::GuestPowerEvent event) {
 
 int Machine::run() {
   Vcpu::install_kick_handler();
+  if (config_.serial.mode == SerialMode::Tty) {
+    auto input = ConsoleInput::start(STDIN_FILENO, *serial_);
+    if (!input) {
+      std::fprintf(stderr, "tern: console input: %s\n", input.error().message().c_str());
+      return kExitVmmFailure;
+    }
+    console_input_ = std::move(*input);
+  }
   for (auto& v : vcpus_) v->start(pio_, mmio_, *this);
   int status;
   std::string why;
@@ -216,6 +225,7 @@ int Machine::run() {
     status = *status_;
     why = why_;
   }
+  console_input_.reset();
   for (auto& v : vcpus_) v->stop();
   vcpus_.clear();  // joins
 
