@@ -1,6 +1,7 @@
 #include "block/qcow2/engine.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 
 #include "block/qcow2/big_endian.h"
@@ -33,14 +34,9 @@ Result<std::unique_ptr<Engine>> Engine::open(std::unique_ptr<HostFile> file,
   }
   if (!options.read_only) {
     // qcow2.txt: a corrupt image "must not be opened for writing".
-    if (header->incompatible_features & kIncompatCorrupt) {
+    if ((header->incompatible_features & kIncompatCorrupt) && !options.repair) {
       return fail(Errc::CorruptImage, 0,
                   path + ": corrupt bit set; open it read-only or repair it (tern-img check -r all)");
-    }
-    if (header->incompatible_features & kIncompatDirty) {
-      return fail(Errc::UnsupportedFeature, 0,
-                  path + ": dirty bit set (refcounts need a rebuild); open it read-only or run "
-                         "qemu-img check -r all");
     }
     if (header->nb_snapshots > 0) {
       return fail(Errc::UnsupportedFeature, 0, path + ": writing images with internal snapshots");
@@ -67,11 +63,18 @@ Result<std::unique_ptr<Engine>> Engine::open(std::unique_ptr<HostFile> file,
   // An L2 table reaches the disk only after the refcounts that count the
   // clusters it names.
   engine->l2_cache_.set_before_write([rc] { return rc->flush(); });
-  if (!options.read_only && h.version >= 3 && h.autoclear_features != 0) {
-    // qcow2.txt: a writer that does not understand an autoclear bit clears it.
-    h.autoclear_features = 0;
-    if (auto r = engine->header_.commit(); !r) return std::unexpected(r.error());
+  engine->header_.set_writable(!options.read_only);
+  if (options.read_only || h.version < 3) return engine;  // header untouched
+  if (h.incompatible_features & kIncompatDirty) {
+    // Not closed cleanly: refcounts may be stale (qcow2.txt, dirty bit).
+    engine->warn(path + ": image was not closed cleanly; rebuilding refcounts");
+    if (auto r = engine->rebuild_refcounts(); !r) return std::unexpected(r.error());
   }
+  // qcow2.txt: a writer that does not understand an autoclear bit clears it.
+  h.autoclear_features = 0;
+  // Dirty until a clean close, set and synced before the first write.
+  h.incompatible_features |= kIncompatDirty;
+  if (auto r = engine->header_.commit(); !r) return std::unexpected(r.error());
   return engine;
 }
 
@@ -91,7 +94,7 @@ Result<Engine::Mapping> Engine::classify(uint64_t entry) {
   }
   m.host_offset = entry & kOffsetMask;
   if (m.host_offset & (cluster_size_ - 1)) {
-    return fail(Errc::CorruptImage, 0, "unaligned data cluster offset " + std::to_string(m.host_offset));
+    return std::unexpected(header_.mark_corrupt("unaligned data cluster offset " + std::to_string(m.host_offset)));
   }
   // The zero flag exists from version 3 on (qcow2.txt, "Standard Cluster
   // Descriptor", bit 0).
@@ -110,7 +113,11 @@ Result<Engine::Mapping> Engine::lookup(uint64_t guest_offset) {
   uint64_t l2_table = l1_entry(l1_index) & kOffsetMask;
   if (l2_table == 0) return Mapping{};
   if (l2_table & (cluster_size_ - 1)) {
-    return fail(Errc::CorruptImage, 0, "unaligned L2 table offset " + std::to_string(l2_table));
+    return std::unexpected(header_.mark_corrupt("unaligned L2 table offset " + std::to_string(l2_table)));
+  }
+  if (l2_table >= refcounts_->end()) {
+    return std::unexpected(header_.mark_corrupt("L2 table offset " + std::to_string(l2_table) +
+                                                " past the end of the image"));
   }
   auto table = l2_cache_.get(l2_table);
   if (!table) return std::unexpected(table.error());
@@ -129,7 +136,12 @@ Result<void> Engine::read_compressed(uint64_t entry, std::span<uint8_t> out) {
   if (auto r = file_->read_at(offset, compressed); !r) {
     return fail(Errc::ReadFailed, r.error().sys_errno, "compressed cluster");
   }
-  return decompress_cluster(header_.get().compression_type, compressed, out);
+  if (auto r = decompress_cluster(header_.get().compression_type, compressed, out); !r) {
+    // Data that does not decode to one cluster is corruption (SPEC 5).
+    (void)header_.mark_corrupt("compressed cluster at " + std::to_string(offset));
+    return r;
+  }
+  return {};
 }
 
 Result<void> Engine::read(uint64_t offset, std::span<const iovec> iov,
@@ -182,6 +194,21 @@ Result<void> Engine::read(uint64_t offset, std::span<const iovec> iov,
   return {};
 }
 
+// A hostile L2 entry may point a guest cluster at metadata; writing guest
+// data there would destroy the image. Checked before every in-place write:
+// the L1 and refcount tables by range, L2 tables and refcount blocks as far
+// as the caches hold them (QEMU's overlap check, cheap form).
+bool Engine::overlaps_metadata(uint64_t host) const {
+  const Header& h = header_.get();
+  auto inside = [&](uint64_t start, uint64_t bytes) {
+    uint64_t end = (start + bytes + cluster_size_ - 1) & ~(cluster_size_ - 1);
+    return bytes > 0 && host >= start && host < end;
+  };
+  return host == 0 || inside(h.l1_table_offset, uint64_t{h.l1_size} * 8) ||
+         inside(h.refcount_table_offset, uint64_t{h.refcount_table_clusters} << cluster_bits_) ||
+         l2_cache_.contains(host) || refcounts_->is_cached_block(host);
+}
+
 Result<Engine::L2Slot> Engine::l2_slot_for_write(uint64_t guest_offset) {
   const uint32_t l2_bits = cluster_bits_ - 3;
   uint64_t l1_index = guest_offset >> (cluster_bits_ + l2_bits);
@@ -193,11 +220,16 @@ Result<Engine::L2Slot> Engine::l2_slot_for_write(uint64_t guest_offset) {
     auto at = refcounts_->allocate(1, fresh);
     if (!at) return std::unexpected(at.error());
     table = *at;
+    if (table == 0) return std::unexpected(header_.mark_corrupt("allocation at offset 0"));
     if (auto r = l2_cache_.create(table); !r) return std::unexpected(r.error());
     set_l1_entry(l1_index, table | kOflagCopied);
   } else {
     if (table & (cluster_size_ - 1)) {
-      return fail(Errc::CorruptImage, 0, "unaligned L2 table offset " + std::to_string(table));
+      return std::unexpected(header_.mark_corrupt("unaligned L2 table offset " + std::to_string(table)));
+    }
+    if (table >= refcounts_->end()) {
+      return std::unexpected(header_.mark_corrupt("L2 table offset " + std::to_string(table) +
+                                                  " past the end of the image"));
     }
     if (!(l1e & kOflagCopied)) {
       // qcow2.txt: COPIED is set exactly when the refcount is 1.
@@ -285,6 +317,10 @@ Result<void> Engine::write_cluster(uint64_t guest, std::span<const iovec> iov, u
         if (auto r = set_l2_entry(*slot, old->host_offset | kOflagCopied); !r) return r;
       }
     }
+    if (owned && overlaps_metadata(old->host_offset)) {
+      return std::unexpected(header_.mark_corrupt("data cluster at " + std::to_string(old->host_offset) +
+                                                  " overlaps metadata"));
+    }
     if (owned) {
       uint64_t host = old->host_offset + in_cluster;
       if (deferred) {
@@ -306,6 +342,10 @@ Result<void> Engine::write_cluster(uint64_t guest, std::span<const iovec> iov, u
     auto rc = refcounts_->get(old->host_offset);
     if (!rc) return std::unexpected(rc.error());
     if (*rc == 1) {
+      if (overlaps_metadata(old->host_offset)) {
+        return std::unexpected(header_.mark_corrupt("data cluster at " + std::to_string(old->host_offset) +
+                                                    " overlaps metadata"));
+      }
       host = old->host_offset;
       reuse = true;
     }
@@ -314,7 +354,7 @@ Result<void> Engine::write_cluster(uint64_t guest, std::span<const iovec> iov, u
     auto at = refcounts_->allocate(1, fresh);
     if (!at) return std::unexpected(at.error());
     host = *at;
-    if (host == 0) return fail(Errc::CorruptImage, 0, "allocation at offset 0");
+    if (host == 0) return std::unexpected(header_.mark_corrupt("allocation at offset 0"));
   }
   // A fresh cluster past the old end of the file reads as zeros, so when the
   // old contents are zeros only the new data needs writing.
@@ -469,7 +509,20 @@ Result<void> Engine::close() {
     if (auto r = file_->sync(); !r) return r;
   }
   preallocated_end_ = refcounts_->end();
+  Header& h = header_.get();
+  if (h.incompatible_features & kIncompatDirty) {
+    h.incompatible_features &= ~kIncompatDirty;
+    if (auto r = header_.commit(); !r) return r;
+  }
   return {};
+}
+
+void Engine::warn(const std::string& message) const {
+  if (options_.warn) {
+    options_.warn(message);
+  } else {
+    std::fprintf(stderr, "tern: warning: %s\n", message.c_str());
+  }
 }
 
 Result<void> Engine::flush() {

@@ -9,6 +9,7 @@
 #include <sys/uio.h>
 
 #include <atomic>
+#include <functional>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -30,6 +31,27 @@ struct EngineOptions {
   bool allow_backing = false;
   size_t l2_cache_bytes = 32ull << 20;
   size_t refcount_cache_bytes = 4ull << 20;
+  // Open a corrupt image writable, to repair it (tern-img check -r).
+  bool repair = false;
+  // Where warnings go (stderr when empty).
+  std::function<void(const std::string&)> warn;
+};
+
+enum class Repair { None, Leaks, All };
+
+// What check() found, in qemu-img check's terms.
+struct CheckResult {
+  uint64_t corruptions = 0;
+  uint64_t leaks = 0;
+  uint64_t corruptions_fixed = 0;
+  uint64_t leaks_fixed = 0;
+  uint64_t allocated_clusters = 0;
+  uint64_t total_clusters = 0;
+  uint64_t compressed_clusters = 0;
+  uint64_t fragmented_clusters = 0;
+  uint64_t image_end_offset = 0;
+  bool incomplete = false;            // could not check everything
+  std::vector<std::string> messages;  // one line per finding
 };
 
 // A piece of a request whose data lives at `host_offset` in the image file.
@@ -70,6 +92,9 @@ class Engine {
   [[nodiscard]] Result<void> resize(uint64_t new_size);
   // flush(), then gives back the space preallocated past the last cluster.
   [[nodiscard]] Result<void> close();
+  // Recomputes every refcount from the L1/L2 tables and compares (and with
+  // `repair`, fixes leaks, or leaks, refcounts and OFLAG_COPIED flags).
+  [[nodiscard]] Result<CheckResult> check(Repair repair);
 
   // Deferred extents in flight; freed clusters are reused only at zero.
   std::atomic<uint64_t>& deferred_in_flight() { return deferred_in_flight_; }
@@ -100,7 +125,10 @@ class Engine {
                              std::vector<HostExtent>* deferred);
   Result<void> zero_cluster(uint64_t guest_offset, bool may_unmap, bool discard);
   Result<void> flush_metadata();
+  bool overlaps_metadata(uint64_t host_cluster) const;
   Result<void> preallocate_for(uint64_t host_end);
+  Result<void> rebuild_refcounts();
+  void warn(const std::string& message) const;
   uint64_t l1_entry(uint64_t index) const;
   void set_l1_entry(uint64_t index, uint64_t value);
   bool v3() const { return header_.get().version >= 3; }

@@ -16,6 +16,20 @@ class HeaderStore {
   Header& get() { return header_; }
   const Header& get() const { return header_; }
 
+  // Writable images get the corrupt bit when the engine finds corruption.
+  void set_writable(bool writable) { writable_ = writable; }
+
+  // Sets the corrupt bit (qcow2.txt: incompatible bit 1) on a writable v3
+  // image, best effort, and returns the CorruptImage error to fail the
+  // request with.
+  Error mark_corrupt(std::string detail) {
+    if (writable_ && header_.version >= 3 && !(header_.incompatible_features & kIncompatCorrupt)) {
+      header_.incompatible_features |= kIncompatCorrupt;
+      (void)commit();  // the request fails either way; the error says why
+    }
+    return Error{Errc::CorruptImage, 0, std::move(detail)};
+  }
+
   [[nodiscard]] Result<void> commit() {
     auto bytes = encode_fixed_fields(header_);
     if (auto r = file_.write_at(0, bytes); !r) return fail(Errc::WritingHeader, r.error().sys_errno);
@@ -26,6 +40,7 @@ class HeaderStore {
  private:
   HostFile& file_;
   Header header_;
+  bool writable_ = false;
 };
 
 }  // namespace tern::block::qcow2

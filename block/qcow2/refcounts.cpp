@@ -92,7 +92,11 @@ Result<uint64_t> Refcounts::block_for(uint64_t table_index, bool create) {
   uint64_t block = raw & kTableOffsetMask;
   if (block != 0) {
     if ((block & ((uint64_t{1} << cluster_bits_) - 1)) != 0) {
-      return fail(Errc::CorruptImage, 0, "unaligned refcount block offset " + std::to_string(block));
+      return std::unexpected(header_.mark_corrupt("unaligned refcount block offset " + std::to_string(block)));
+    }
+    if (block >= end()) {
+      return std::unexpected(header_.mark_corrupt("refcount block offset " + std::to_string(block) +
+                                                  " past the end of the image"));
     }
     return block;
   }
@@ -181,8 +185,8 @@ Result<uint64_t> Refcounts::adjust(uint64_t host_offset, int delta) {
     next = value + 1;
   } else {
     if (value == 0) {
-      return fail(Errc::CorruptImage, 0, "refcount of cluster at " + std::to_string(host_offset) +
-                                             " would drop below zero");
+      return std::unexpected(header_.mark_corrupt("refcount of cluster at " + std::to_string(host_offset) +
+                                                  " would drop below zero"));
     }
     next = value - 1;
   }
@@ -190,6 +194,25 @@ Result<uint64_t> Refcounts::adjust(uint64_t host_offset, int delta) {
   blocks_.mark_dirty(*block);
   if (next == 0) free_hint_ = std::min(free_hint_, cluster);
   return next;
+}
+
+Result<void> Refcounts::set(uint64_t host_offset, uint64_t value) {
+  if (value > max_) {
+    return fail(Errc::RefcountOverflow, 0,
+                "cluster at " + std::to_string(host_offset) + ": value " + std::to_string(value) +
+                    " exceeds maximum " + std::to_string(max_) + " of " + std::to_string(1u << order_) +
+                    "-bit refcounts");
+  }
+  uint64_t cluster = host_offset >> cluster_bits_;
+  auto block = block_for(cluster >> block_bits_, value != 0);
+  if (!block) return std::unexpected(block.error());
+  if (*block == 0) return {};  // no block: already 0
+  auto data = blocks_.get(*block);
+  if (!data) return std::unexpected(data.error());
+  write_entry(*data, cluster & ((uint64_t{1} << block_bits_) - 1), value);
+  blocks_.mark_dirty(*block);
+  if (value == 0) free_hint_ = std::min(free_hint_, cluster);
+  return {};
 }
 
 Result<uint64_t> Refcounts::allocate(uint64_t count, bool& fresh) {

@@ -32,6 +32,9 @@ class Refcounts {
   // +1 or -1 on the cluster containing host_offset. Going above the width's
   // maximum is RefcountOverflow; going below zero is CorruptImage.
   [[nodiscard]] Result<uint64_t> adjust(uint64_t host_offset, int delta);
+  // Sets a refcount outright (check and repair); above the maximum is
+  // RefcountOverflow.
+  [[nodiscard]] Result<void> set(uint64_t host_offset, uint64_t value);
   // `count` contiguous clusters with refcount 1. `fresh` tells whether they
   // come from past the old end of the file, so read as zeros until written.
   [[nodiscard]] Result<uint64_t> allocate(uint64_t count, bool& fresh);
@@ -40,6 +43,8 @@ class Refcounts {
   // First byte past every cluster handed out so far.
   uint64_t end() const { return append_cluster_ << cluster_bits_; }
   uint64_t max_refcount() const { return max_; }
+  // Whether `host_offset` is a refcount block we hold in the cache.
+  bool is_cached_block(uint64_t host_offset) const { return blocks_.contains(host_offset); }
 
   // Entry `index` of a refcount block in on-disk form, for a given order.
   static uint64_t read_entry(const uint8_t* block, uint32_t order, uint64_t index);

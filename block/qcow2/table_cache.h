@@ -35,6 +35,7 @@ class TableCache {
   [[nodiscard]] Result<void> flush();
   // Drops a table whose cluster was freed, without writing it.
   void forget(uint64_t offset);
+  bool contains(uint64_t offset) const { return index_.contains(offset); }
   bool has_dirty() const { return dirty_count_ > 0; }
 
  private:

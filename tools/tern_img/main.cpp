@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
   tern::img::add_resize(app, status);
   tern::img::add_bench(app, status);
   tern::img::add_io(app, status);
+  tern::img::add_check(app, status);
   CLI11_PARSE(app, argc, argv);
   return status;
 }

@@ -15,6 +15,7 @@ void add_convert(CLI::App& app, int& status);
 void add_resize(CLI::App& app, int& status);
 void add_bench(CLI::App& app, int& status);
 void add_io(CLI::App& app, int& status);
+void add_check(CLI::App& app, int& status);
 
 // "10G", "512k", "1048576": qemu-img's size syntax (binary suffixes, bytes
 // without one). nullopt when malformed.

@@ -50,9 +50,14 @@ class KvmGuest : public ::testing::Test {
     disk_ = disk.get();
     auto blk = std::make_unique<VirtioBlk>(std::move(disk), opts);
     blk_ = blk.get();
+    std::string full = cmdline;
+    // For measurements only: TERN_GUEST_REQS=N sets the throughput run's size.
+    if (const char* n = std::getenv("TERN_GUEST_REQS"); n && full.find("reqs=") == std::string::npos) {
+      full += std::string(" reqs=") + n;
+    }
     auto t0 = std::chrono::steady_clock::now();
     auto r = testing::run_mini_vm(
-        {.kernel = guest_path(), .cmdline = cmdline, .on_line = std::move(on_line)}, std::move(blk));
+        {.kernel = guest_path(), .cmdline = full, .on_line = std::move(on_line)}, std::move(blk));
     double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::printf("%s[guest wall time %.2f s]\n", r.serial.c_str(), s);
     EXPECT_EQ(r.error, "");

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "devices/virtio/virtio_blk.h"
+#include "devices/virtio/virtio_blk_pci.h"
 #include "tests/devices/virtio/fakes.h"
 
 namespace tern::devices {
@@ -264,6 +265,26 @@ TEST_F(PciFixture, PciCfgWindowReachesTheBar) {
   cfg_wr<uint32_t>(cap + 8, 0x12);  // num_queues
   cfg_wr<uint32_t>(cap + 12, 2);
   EXPECT_EQ(cfg<uint32_t>(cap + 16) & 0xffff, 2u);
+}
+
+TEST(MakeVirtioBlkPci, RefusesBadOptionsAndNamesTheDisk) {
+  TestRam ram(1 << 20);
+  FakeVmServices vm;
+  VirtioBlkOptions o{.read_only = false, .num_queues = 0, .queue_size = 128, .serial = "", .id = "d0"};
+  auto r = make_virtio_blk_pci({.path = "/nonexistent/x.img"}, o, vm, ram.memory());
+  ASSERT_FALSE(r.has_value());
+  EXPECT_EQ(r.error().step, VirtioBlkSetupError::Step::BadOptions);
+  o.num_queues = 1;
+  o.queue_size = 100;
+  r = make_virtio_blk_pci({.path = "/nonexistent/x.img"}, o, vm, ram.memory());
+  ASSERT_FALSE(r.has_value());
+  EXPECT_EQ(r.error().step, VirtioBlkSetupError::Step::BadOptions);
+  o.queue_size = 128;
+  r = make_virtio_blk_pci({.path = "/nonexistent/x.img"}, o, vm, ram.memory());
+  ASSERT_FALSE(r.has_value());
+  EXPECT_EQ(r.error().step, VirtioBlkSetupError::Step::OpenDisk);
+  EXPECT_NE(r.error().message.find("d0"), std::string::npos);
+  EXPECT_NE(r.error().message.find("/nonexistent/x.img"), std::string::npos);
 }
 
 }  // namespace

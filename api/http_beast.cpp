@@ -1,0 +1,282 @@
+// The one translation unit that compiles Boost.Beast and Asio: the API
+// server (api/http_server.h) and the client (api/client.h).
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <utility>  // std::exchange, which Asio 1.18's awaitable.hpp uses without including
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <cstring>
+#include <thread>
+
+#include "api/client.h"
+#include "api/http_server.h"
+#include "api/routes.h"
+#include "base/error.h"
+#include "base/unique_fd.h"
+
+namespace tern::api {
+namespace {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using Local = asio::local::stream_protocol;
+using Stream = beast::basic_stream<Local>;
+
+constexpr std::chrono::seconds kWriteTimeout{10};
+
+std::expected<sockaddr_un, ServerErrc> unix_address(const std::string& path) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof addr.sun_path) return std::unexpected(ServerErrc::PathTooLong);
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  return addr;
+}
+
+// A socket file at `path` that nobody accepts on is stale; one that answers
+// belongs to a live server.
+std::expected<void, ServerError> clear_stale_socket(const std::string& path) {
+  struct stat st{};
+  if (::lstat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return {};
+    return std::unexpected(ServerError{ServerErrc::Bind, errno, path});
+  }
+  if (!S_ISSOCK(st.st_mode)) return std::unexpected(ServerError{ServerErrc::NotASocket, 0, path});
+  auto addr = unix_address(path);
+  if (!addr) return std::unexpected(ServerError{addr.error(), 0, path});
+  UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!probe) return std::unexpected(ServerError{ServerErrc::Socket, errno, path});
+  if (::connect(probe.get(), reinterpret_cast<const sockaddr*>(&*addr), sizeof *addr) == 0) {
+    return std::unexpected(ServerError{ServerErrc::InUse, 0, path});
+  }
+  if (errno != ECONNREFUSED) return std::unexpected(ServerError{ServerErrc::InUse, errno, path});
+  if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+    return std::unexpected(ServerError{ServerErrc::Bind, errno, path});
+  }
+  return {};
+}
+
+}  // namespace
+
+std::string ServerError::message() const {
+  std::string what;
+  switch (code) {
+    case ServerErrc::InUse: what = "another server is already listening on the API socket"; break;
+    case ServerErrc::NotASocket: what = "API socket path exists and is not a socket"; break;
+    case ServerErrc::PathTooLong: what = "API socket path is empty or too long"; break;
+    case ServerErrc::Socket: what = "cannot create the API socket"; break;
+    case ServerErrc::Bind: what = "cannot bind the API socket"; break;
+    case ServerErrc::Chmod: what = "cannot restrict the API socket to mode 0600"; break;
+    case ServerErrc::Listen: what = "cannot listen on the API socket"; break;
+    case ServerErrc::Start: what = "cannot start the API server"; break;
+  }
+  std::string text = what + ": " + path;
+  if (sys_errno != 0) text += ": " + errno_text(sys_errno);
+  return text;
+}
+
+struct HttpServer::Impl {
+  Impl(std::string p, VmmControl& c, HttpServerOptions o, dev_t dev, ino_t ino)
+      : path(std::move(p)), control(c), options(o), socket_dev(dev), socket_ino(ino) {}
+
+  const std::string path;
+  VmmControl& control;
+  const HttpServerOptions options;
+  const dev_t socket_dev;
+  const ino_t socket_ino;
+  asio::io_context ioc{1};
+  Local::acceptor acceptor{ioc};
+  std::atomic<size_t> connections{0};  // touched only by the server thread; atomic for tests
+  std::jthread thread;
+};
+
+namespace {
+
+void write_error_and_close(Stream& stream, int status, const std::string& message) {
+  ApiResponse r = error_response(status, message);
+  http::response<http::string_body> res{static_cast<http::status>(status), 11};
+  res.set(http::field::server, "tern");
+  res.set(http::field::content_type, "application/json");
+  res.body() = r.body;
+  res.keep_alive(false);
+  res.prepare_payload();
+  // Best effort: the client sent something we cannot parse, so it may not read.
+  stream.expires_after(kWriteTimeout);
+  beast::error_code ec;
+  http::write(stream.socket(), res, ec);
+}
+
+// One client connection: requests are read with a deadline (slow or partial
+// senders are dropped), answered in order, kept alive when asked.
+asio::awaitable<void> serve_connection(HttpServer::Impl& impl, Local::socket socket) {
+  Stream stream(std::move(socket));
+  beast::flat_buffer buffer;
+  for (;;) {
+    http::request_parser<http::string_body> parser;
+    parser.header_limit(static_cast<uint32_t>(impl.options.header_limit));
+    parser.body_limit(impl.options.body_limit);
+    stream.expires_after(impl.options.read_timeout);
+    beast::error_code ec;
+    co_await http::async_read(stream, buffer, parser, asio::redirect_error(asio::use_awaitable, ec));
+    if (ec == http::error::end_of_stream || ec == beast::error::timeout ||
+        ec == asio::error::operation_aborted || ec == asio::error::connection_reset) {
+      break;
+    }
+    if (ec == http::error::body_limit) {
+      write_error_and_close(stream, 413, "request body larger than " +
+                                             std::to_string(impl.options.body_limit) + " bytes");
+      break;
+    }
+    if (ec == http::error::header_limit) {
+      write_error_and_close(stream, 431, "request headers too large");
+      break;
+    }
+    if (ec) {
+      write_error_and_close(stream, 400, "malformed HTTP request: " + ec.message());
+      break;
+    }
+    const auto& req = parser.get();
+    // The control call may block this thread briefly while the VMM's
+    // control thread runs the command; it is bounded by the channel timeout.
+    ApiResponse r = handle_request(
+        ApiRequest{std::string(req.method_string()), std::string(req.target()), req.body()},
+        impl.control);
+    http::response<http::string_body> res{static_cast<http::status>(r.status), req.version()};
+    res.set(http::field::server, "tern");
+    if (!r.body.empty()) {
+      res.set(http::field::content_type, "application/json");
+      res.body() = std::move(r.body);
+    }
+    if (!r.allow.empty()) res.set(http::field::allow, r.allow);
+    res.keep_alive(req.keep_alive());
+    res.prepare_payload();
+    stream.expires_after(kWriteTimeout);
+    co_await http::async_write(stream, res, asio::redirect_error(asio::use_awaitable, ec));
+    if (ec || !res.keep_alive()) break;
+  }
+  beast::error_code ignored;
+  stream.socket().shutdown(Local::socket::shutdown_both, ignored);
+  impl.connections.fetch_sub(1);
+}
+
+asio::awaitable<void> accept_loop(HttpServer::Impl& impl) {
+  for (;;) {
+    beast::error_code ec;
+    Local::socket socket = co_await impl.acceptor.async_accept(asio::redirect_error(asio::use_awaitable, ec));
+    if (ec == asio::error::operation_aborted || !impl.acceptor.is_open()) co_return;
+    if (ec) continue;  // e.g. EMFILE: keep serving the clients we have
+    if (impl.connections.load() >= impl.options.max_connections) continue;  // closed on scope exit
+    impl.connections.fetch_add(1);
+    asio::co_spawn(impl.ioc, serve_connection(impl, std::move(socket)), asio::detached);
+  }
+}
+
+}  // namespace
+
+HttpServer::HttpServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+HttpServer::~HttpServer() {
+  asio::post(impl_->ioc, [impl = impl_.get()] {
+    beast::error_code ignored;
+    impl->acceptor.close(ignored);
+    impl->ioc.stop();
+  });
+  if (impl_->thread.joinable()) impl_->thread.join();
+  // Remove the socket file only if it is still ours.
+  struct stat st{};
+  if (::lstat(impl_->path.c_str(), &st) == 0 && st.st_dev == impl_->socket_dev &&
+      st.st_ino == impl_->socket_ino) {
+    ::unlink(impl_->path.c_str());
+  }
+}
+
+std::expected<std::unique_ptr<HttpServer>, ServerError> HttpServer::start(
+    const std::string& socket_path, VmmControl& control, HttpServerOptions options) {
+  auto addr = unix_address(socket_path);
+  if (!addr) return std::unexpected(ServerError{addr.error(), 0, socket_path});
+  if (auto cleared = clear_stale_socket(socket_path); !cleared) return std::unexpected(cleared.error());
+
+  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!fd) return std::unexpected(ServerError{ServerErrc::Socket, errno, socket_path});
+  if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&*addr), sizeof *addr) != 0) {
+    return std::unexpected(ServerError{ServerErrc::Bind, errno, socket_path});
+  }
+  // Nobody can connect before listen(), so tightening the mode here leaves
+  // no window in which another user could reach the API.
+  if (::chmod(socket_path.c_str(), 0600) != 0) {
+    int err = errno;
+    ::unlink(socket_path.c_str());
+    return std::unexpected(ServerError{ServerErrc::Chmod, err, socket_path});
+  }
+  struct stat st{};
+  if (::lstat(socket_path.c_str(), &st) != 0 || ::listen(fd.get(), 64) != 0) {
+    int err = errno;
+    ::unlink(socket_path.c_str());
+    return std::unexpected(ServerError{ServerErrc::Listen, err, socket_path});
+  }
+
+  auto impl = std::make_unique<Impl>(socket_path, control, options, st.st_dev, st.st_ino);
+  beast::error_code ec;
+  impl->acceptor.assign(Local(), fd.get(), ec);
+  if (ec) {
+    ::unlink(socket_path.c_str());
+    return std::unexpected(ServerError{ServerErrc::Start, ec.value(), socket_path});
+  }
+  fd.release();  // the acceptor owns it now
+  asio::co_spawn(impl->ioc, accept_loop(*impl), asio::detached);
+  // The API thread: runs the accept loop and every client connection; it
+  // owns no VM state (commands go through VmmControl). Stopped by the
+  // destructor, which closes the acceptor and stops the io_context.
+  impl->thread = std::jthread([impl = impl.get()] { impl->ioc.run(); });
+  return std::unique_ptr<HttpServer>(new HttpServer(std::move(impl)));
+}
+
+std::expected<HttpReply, std::string> http_request(const std::string& socket_path,
+                                                    const std::string& method,
+                                                    const std::string& target,
+                                                    const std::string& body,
+                                                    std::chrono::milliseconds timeout) {
+  asio::io_context ioc;
+  Local::socket socket(ioc);
+  beast::error_code ec;
+  socket.connect(Local::endpoint(socket_path), ec);
+  if (ec) return std::unexpected("cannot connect to " + socket_path + ": " + ec.message());
+  timeval tv{};
+  tv.tv_sec = static_cast<time_t>(timeout.count() / 1000);
+  tv.tv_usec = static_cast<suseconds_t>((timeout.count() % 1000) * 1000);
+  ::setsockopt(socket.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  ::setsockopt(socket.native_handle(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+
+  http::request<http::string_body> req{http::string_to_verb(method), target, 11};
+  req.set(http::field::host, "localhost");
+  req.set(http::field::user_agent, "tern-remote");
+  if (!body.empty()) {
+    req.set(http::field::content_type, "application/json");
+    req.body() = body;
+  }
+  req.keep_alive(false);
+  req.prepare_payload();
+  http::write(socket, req, ec);
+  if (ec) return std::unexpected("cannot send the request to " + socket_path + ": " + ec.message());
+  beast::flat_buffer buffer;
+  http::response<http::string_body> res;
+  http::read(socket, buffer, res, ec);
+  if (ec && ec != http::error::end_of_stream) {
+    return std::unexpected("cannot read the answer from " + socket_path + ": " + ec.message());
+  }
+  return HttpReply{static_cast<int>(res.result_int()), res.body()};
+}
+
+}  // namespace tern::api

@@ -1,1 +1,0 @@
-// The HTTP API (server, routes, client) lands here.
