@@ -72,6 +72,22 @@ TEST_F(TernKvm, SerialToFile) {
   ::unlink(tmpl);
 }
 
+TEST_F(TernKvm, SigtermShutsDownInOrder) {
+  // The guest hangs after its banner; SIGTERM then ends the VM like a
+  // power-off (status 0). The banner shows the signal mask is in place.
+  char tmpl[] = "/tmp/tern-sigterm-XXXXXX";
+  int fd = ::mkstemp(tmpl);
+  ASSERT_GE(fd, 0);
+  ::close(fd);
+  std::string out = tmpl;
+  Shell r = sh("(" + build_dir() + "/tern --kernel " + build_dir() +
+               "/tests/guest/tern-power-guest --memory size=64M --cpus boot=2 --cmdline hang > " + out +
+               " 2>&1 & p=$!; for i in $(seq 600); do grep -q power-guest " + out +
+               " && break; sleep 0.1; done; kill -TERM $p; wait $p; echo status=$?)");
+  EXPECT_NE(r.out.find("status=0"), std::string::npos) << r.out;
+  ::unlink(tmpl);
+}
+
 TEST_F(TernKvm, BadOptionsExitOne) {
   const std::string guest = " --kernel " + build_dir() + "/tests/guest/tern-power-guest";
   Shell r = sh(build_dir() + "/tern --memory size=12X" + guest);
