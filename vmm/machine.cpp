@@ -71,6 +71,7 @@ std::expected<std::unique_ptr<Machine>, std::string> Machine::create(const VmCon
   auto ram = GuestRam::create(vm->fd(), config.memory);
   if (!ram) return Unexpected(ram.error().message());
   std::unique_ptr<Machine> m(new Machine(config, std::move(*kvm), std::move(*vm), std::move(*ram)));
+  if (auto r = m->services_.install_legacy_routes(); !r) return Unexpected(r.error().message());
   if (auto r = m->load_guest(); !r) return Unexpected(r.error());
   if (auto r = m->build_devices(); !r) return Unexpected(r.error());
   if (auto r = m->build_vcpus(); !r) return Unexpected(r.error());
