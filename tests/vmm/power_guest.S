@@ -6,7 +6,9 @@
  *   "acpi"  ACPI reset register: 1 to port 0x602 (exit 2)
  *   "kbd"   i8042 reset: 0xfe to port 0x64 (exit 2)
  *   "fault" a triple fault: ud2 with no IDT (exit 2)
- *   "hang"  hlt with interrupts off, until the VMM is killed */
+ *   "hang"  hlt with interrupts off, until the VMM is killed
+ *   "mmio"  jumps into unbacked MMIO space: KVM cannot fetch or emulate
+ *           code there, an internal error (exit 3, registers on stderr) */
   .section .text.start, "ax"
   .globl _start
 _start:
@@ -36,6 +38,8 @@ _start:
   je fault
   cmp $'h', %al
   je hang
+  cmp $'m', %al
+  je mmio
 power_off:
   mov $0x600, %dx
   mov $0x34, %al
@@ -54,6 +58,9 @@ kbd_reset:
 fault:
   lidt null_idt(%rip)
   ud2
+mmio:
+  mov $0xd0000000, %rax
+  jmp *%rax
 hang:
   hlt
   jmp hang

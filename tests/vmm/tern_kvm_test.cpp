@@ -51,6 +51,14 @@ TEST_F(TernKvm, TripleFaultExitsTwo) {
   EXPECT_NE(r.out.find("triple fault"), std::string::npos) << r.out;
 }
 
+TEST_F(TernKvm, InternalErrorExitsThreeWithRegisters) {
+  Shell r = boot("mmio");
+  EXPECT_EQ(r.status, 3) << r.out;
+  EXPECT_NE(r.out.find("KVM internal error"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("rip=00000000d0000000"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("cr3=0000000000009000"), std::string::npos) << r.out;
+}
+
 TEST_F(TernKvm, SeveralVcpusStopCleanlyAtPowerOff) {
   // The APs wait for INIT/SIPI inside KVM_RUN; power-off must still end
   // every vCPU thread.
