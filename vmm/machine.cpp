@@ -1,6 +1,7 @@
 #include "vmm/machine.h"
 
 #include <fcntl.h>
+#include <malloc.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -73,6 +74,9 @@ std::expected<std::unique_ptr<Machine>, std::string> Machine::create(const VmCon
   std::unique_ptr<Machine> m(new Machine(config, std::move(*kvm), std::move(*vm), std::move(*ram)));
   if (auto r = m->services_.install_legacy_routes(); !r) return Unexpected(r.error().message());
   if (auto r = m->load_guest(); !r) return Unexpected(r.error());
+  // The kernel and initramfs images were read into (now freed) buffers;
+  // give that memory back rather than keep it resident for the VM's life.
+  ::malloc_trim(0);
   if (auto r = m->build_devices(); !r) return Unexpected(r.error());
   if (auto r = m->build_vcpus(); !r) return Unexpected(r.error());
   return m;
