@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   build-essential g++ cmake ninja-build pkg-config git
   linux-libc-dev
-  zlib1g-dev libzstd-dev
+  zlib1g-dev libzstd-dev lz4
   libboost-dev nlohmann-json3-dev libcli11-dev
   libgtest-dev libgmock-dev
   qemu-utils qemu-system-x86

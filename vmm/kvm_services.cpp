@@ -109,20 +109,28 @@ SysResult<void> KvmVmServices::set_msi_route(uint32_t gsi, std::optional<devices
   return commit_routes();
 }
 
+SysResult<void> KvmVmServices::install_legacy_routes() {
+  std::lock_guard lock(mutex_);
+  return commit_routes();
+}
+
 SysResult<void> KvmVmServices::commit_routes() {
   std::vector<kvm_irq_routing_entry> entries;
-  for (uint32_t gsi = 0; gsi < kLegacyGsis; ++gsi) {
+  auto route = [&](uint32_t gsi, uint32_t chip, uint32_t pin) {
     kvm_irq_routing_entry e{};
     e.gsi = gsi;
     e.type = KVM_IRQ_ROUTING_IRQCHIP;
-    e.u.irqchip.irqchip = KVM_IRQCHIP_IOAPIC;
-    e.u.irqchip.pin = gsi;
+    e.u.irqchip.irqchip = chip;
+    e.u.irqchip.pin = pin;
     entries.push_back(e);
-    if (gsi < 16) {
-      e.u.irqchip.irqchip = gsi < 8 ? KVM_IRQCHIP_PIC_MASTER : KVM_IRQCHIP_PIC_SLAVE;
-      e.u.irqchip.pin = gsi % 8;
-      entries.push_back(e);
-    }
+  };
+  for (uint32_t irq = 0; irq < 16; ++irq) {
+    if (irq == 2) continue;  // the cascade
+    route(irq, irq < 8 ? KVM_IRQCHIP_PIC_MASTER : KVM_IRQCHIP_PIC_SLAVE, irq % 8);
+  }
+  for (uint32_t gsi = 0; gsi < kLegacyGsis; ++gsi) {
+    if (gsi == 2) continue;
+    route(gsi, KVM_IRQCHIP_IOAPIC, gsi == 0 ? 2 : gsi);
   }
   for (auto& [gsi, m] : msi_routes_) {
     kvm_irq_routing_entry e{};

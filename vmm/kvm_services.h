@@ -3,9 +3,12 @@
 //   - MSI interrupts: each KvmMsiIrq owns an eventfd bound by KVM_IRQFD to
 //     its own GSI; the GSI's route (KVM_SET_GSI_ROUTING, type MSI) carries
 //     the address/data the guest programmed. The routing table is replaced
-//     as a whole by that ioctl, so it is rebuilt from the default legacy
-//     routes (GSIs 0..23 to the IOAPIC, 0..15 also to the PICs, as KVM sets
-//     them up with the irqchip) plus every programmed MSI.
+//     as a whole by that ioctl, so it is rebuilt from the legacy routes plus
+//     every programmed MSI.
+//   - legacy routes (install_legacy_routes(), at set-up): ISA IRQs 0..15 to
+//     the PICs and GSIs 1..23 to the same IOAPIC pins, except that the PIT's
+//     IRQ 0 goes to IOAPIC pin 2, as the MADT's interrupt source override
+//     (ISA IRQ 0 -> GSI 2) tells the guest, and as PC firmware wires it.
 //   - legacy lines: KVM_IRQ_LINE.
 //
 // Threads: any; the routing table is guarded by mutex_.
@@ -32,6 +35,9 @@ class KvmVmServices final : public devices::VmServices {
                                    std::optional<uint64_t> datamatch) override;
   SysResult<std::unique_ptr<devices::MsiIrq>> create_msi_irq() override;
   void set_irq_line(uint32_t irq, bool level) override;
+
+  // Replaces KVM's identity default routes with the PC wiring above.
+  [[nodiscard]] SysResult<void> install_legacy_routes();
 
   // Used by KvmMsiIrq.
   [[nodiscard]] SysResult<void> set_msi_route(uint32_t gsi, std::optional<devices::MsiMessage> message);

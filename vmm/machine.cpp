@@ -1,6 +1,7 @@
 #include "vmm/machine.h"
 
 #include <fcntl.h>
+#include <malloc.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -59,6 +60,7 @@ Machine::Machine(VmConfig config, Kvm kvm, VmFd vm, GuestRam ram)
       services_(vm_.fd()) {}
 
 Machine::~Machine() {
+  console_input_.reset();
   vcpus_.clear();  // stop and join every vCPU thread before the devices go
 }
 
@@ -70,7 +72,11 @@ std::expected<std::unique_ptr<Machine>, std::string> Machine::create(const VmCon
   auto ram = GuestRam::create(vm->fd(), config.memory);
   if (!ram) return Unexpected(ram.error().message());
   std::unique_ptr<Machine> m(new Machine(config, std::move(*kvm), std::move(*vm), std::move(*ram)));
+  if (auto r = m->services_.install_legacy_routes(); !r) return Unexpected(r.error().message());
   if (auto r = m->load_guest(); !r) return Unexpected(r.error());
+  // The kernel and initramfs images were read into (now freed) buffers;
+  // give that memory back rather than keep it resident for the VM's life.
+  ::malloc_trim(0);
   if (auto r = m->build_devices(); !r) return Unexpected(r.error());
   if (auto r = m->build_vcpus(); !r) return Unexpected(r.error());
   return m;
@@ -207,6 +213,14 @@ void Machine::request(devices::GuestPowerEvent event) {
 
 int Machine::run() {
   Vcpu::install_kick_handler();
+  if (config_.serial.mode == SerialMode::Tty) {
+    auto input = ConsoleInput::start(STDIN_FILENO, *serial_);
+    if (!input) {
+      std::fprintf(stderr, "tern: console input: %s\n", input.error().message().c_str());
+      return kExitVmmFailure;
+    }
+    console_input_ = std::move(*input);
+  }
   for (auto& v : vcpus_) v->start(pio_, mmio_, *this);
   int status;
   std::string why;
@@ -216,6 +230,7 @@ int Machine::run() {
     status = *status_;
     why = why_;
   }
+  console_input_.reset();
   for (auto& v : vcpus_) v->stop();
   vcpus_.clear();  // joins
 

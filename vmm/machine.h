@@ -28,6 +28,7 @@
 #include "devices/serial.h"
 #include "devices/virtio/virtio_blk.h"
 #include "vmm/config.h"
+#include "vmm/console_input.h"
 #include "vmm/guest_ram.h"
 #include "vmm/kvm.h"
 #include "vmm/kvm_services.h"
@@ -87,7 +88,8 @@ class Machine final : public VmControl, public devices::PowerSink {
   std::optional<int> status_;  // guarded by mutex_; set once
   std::string why_;            // guarded by mutex_
 
-  std::vector<std::unique_ptr<Vcpu>> vcpus_;  // last: their threads stop first
+  std::vector<std::unique_ptr<Vcpu>> vcpus_;  // their threads stop before the devices go
+  std::unique_ptr<ConsoleInput> console_input_;  // last: stopped first
 };
 
 }  // namespace tern::vmm

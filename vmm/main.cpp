@@ -5,6 +5,7 @@
 
 #include "vmm/config.h"
 #include "vmm/machine.h"
+#include "vmm/signal_watcher.h"
 
 int main(int argc, char** argv) {
   auto config = tern::vmm::parse_command_line(argc, argv);
@@ -12,10 +13,24 @@ int main(int argc, char** argv) {
     std::fputs(config.error().message.c_str(), config.error().exit_code == 0 ? stdout : stderr);
     return config.error().exit_code;
   }
+  // Before any thread exists, so that every thread inherits the mask.
+  if (auto r = tern::vmm::block_termination_signals(); !r) {
+    std::fprintf(stderr, "tern: %s\n", r.error().message().c_str());
+    return tern::vmm::kExitVmmFailure;
+  }
   auto machine = tern::vmm::Machine::create(*config);
   if (!machine) {
     std::fprintf(stderr, "tern: %s\n", machine.error().c_str());
     return tern::vmm::kExitVmmFailure;
   }
-  return (*machine)->run();
+  tern::vmm::Machine& m = **machine;
+  // SIGINT/SIGTERM: an orderly shutdown (disks closed), exit status 0.
+  auto watcher = tern::vmm::SignalWatcher::start([&m](int) { m.shutdown(); });
+  if (!watcher) {
+    std::fprintf(stderr, "tern: %s\n", watcher.error().message().c_str());
+    return tern::vmm::kExitVmmFailure;
+  }
+  int status = m.run();
+  watcher->reset();
+  return status;
 }

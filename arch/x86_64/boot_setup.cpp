@@ -54,6 +54,16 @@ Result<void> write_boot_params(std::span<uint8_t> ram, const LoadedKernel& kerne
     set(kTypeOfLoaderOff, uint8_t{0xff});
     bp[kLoadflagsOff] |= kCanUseHeap;
     set(kHeapEndPtrOff, uint16_t{0xfe00 - 0x200});
+  } else {
+    // An ELF kernel has no setup header; a Linux vmlinux entered at its
+    // 64-bit entry still reads one (the initrd is only used when
+    // type_of_loader is non-zero), so write what a boot loader would.
+    set(kBootFlagOff, uint16_t{0xaa55});
+    std::memcpy(bp.data() + kHeaderMagicOff, "HdrS", 4);
+    set(kVersionOff, uint16_t{0x020f});
+    set(kTypeOfLoaderOff, uint8_t{0xff});
+    set(kKernelAlignmentOff, uint32_t{0x1000000});
+    set(kCmdlineSizeOff, static_cast<uint32_t>(kCmdlineMax - 1));
   }
   set(kCmdLinePtrOff, static_cast<uint32_t>(kCmdlineAddr));
   set(kBpExtCmdLinePtrOff, uint32_t{0});

@@ -1,0 +1,143 @@
+// The command line: cloud-hypervisor style options, every value validated.
+#include "vmm/config.h"
+
+#include <gtest/gtest.h>
+
+#include <vector>
+
+namespace tern::vmm {
+namespace {
+
+std::expected<VmConfig, ParseExit> parse(std::vector<const char*> args) {
+  args.insert(args.begin(), "tern");
+  return parse_command_line(static_cast<int>(args.size()), args.data());
+}
+
+TEST(Config, Sizes) {
+  EXPECT_EQ(parse_size("512M"), 512ull << 20);
+  EXPECT_EQ(parse_size("2G"), 2ull << 30);
+  EXPECT_EQ(parse_size("4k"), 4096u);
+  EXPECT_EQ(parse_size("1048576"), 1048576u);
+  EXPECT_FALSE(parse_size("").has_value());
+  EXPECT_FALSE(parse_size("M").has_value());
+  EXPECT_FALSE(parse_size("12X").has_value());
+  EXPECT_FALSE(parse_size("-1M").has_value());
+  EXPECT_FALSE(parse_size("99999999999999999999").has_value());
+  EXPECT_FALSE(parse_size("17179869184T").has_value());  // overflows 64 bits
+}
+
+TEST(Config, Memory) {
+  EXPECT_EQ(parse_memory("size=128M"), 128ull << 20);
+  EXPECT_FALSE(parse_memory("size=1M").has_value());     // below the minimum
+  EXPECT_FALSE(parse_memory("size=100001").has_value());  // not page-sized
+  auto r = parse_memory("sise=1G");
+  ASSERT_FALSE(r.has_value());
+  EXPECT_NE(r.error().find("unknown key \"sise\""), std::string::npos) << r.error();
+}
+
+TEST(Config, Cpus) {
+  EXPECT_EQ(parse_cpus("boot=4"), 4u);
+  EXPECT_FALSE(parse_cpus("boot=0").has_value());
+  EXPECT_FALSE(parse_cpus("boot=255").has_value());
+  EXPECT_FALSE(parse_cpus("boot=two").has_value());
+  EXPECT_FALSE(parse_cpus("max=2").has_value());
+  EXPECT_FALSE(parse_cpus("4").has_value());
+}
+
+TEST(Config, Serial) {
+  EXPECT_EQ(parse_serial("tty")->mode, SerialMode::Tty);
+  EXPECT_EQ(parse_serial("off")->mode, SerialMode::Off);
+  auto f = parse_serial("file=/tmp/x");
+  ASSERT_TRUE(f.has_value());
+  EXPECT_EQ(f->mode, SerialMode::File);
+  EXPECT_EQ(f->path, "/tmp/x");
+  EXPECT_FALSE(parse_serial("pty").has_value());
+  EXPECT_FALSE(parse_serial("file=").has_value());
+}
+
+TEST(Config, DiskEveryKey) {
+  auto d = parse_disk(
+      "path=/x.qcow2,readonly=on,id=root,num_queues=2,queue_size=128,image_type=qcow2,"
+      "backing_files=on,direct=on,serial=SN1,lock=off,aio=threads",
+      0);
+  ASSERT_TRUE(d.has_value()) << d.error();
+  EXPECT_EQ(d->path, "/x.qcow2");
+  EXPECT_TRUE(d->readonly);
+  EXPECT_EQ(d->id, "root");
+  EXPECT_EQ(d->num_queues, 2);
+  EXPECT_EQ(d->queue_size, 128);
+  EXPECT_EQ(d->image_type, block::ImageType::Qcow2);
+  EXPECT_TRUE(d->backing_files);
+  EXPECT_TRUE(d->direct);
+  EXPECT_EQ(d->serial, "SN1");
+  EXPECT_FALSE(d->lock);
+  EXPECT_EQ(d->aio, block::AioMode::Threads);
+}
+
+TEST(Config, DiskDefaults) {
+  auto d = parse_disk("path=/x.img", 3);
+  ASSERT_TRUE(d.has_value());
+  EXPECT_EQ(d->id, "disk3");
+  EXPECT_FALSE(d->readonly);
+  EXPECT_EQ(d->num_queues, 1);
+  EXPECT_EQ(d->image_type, block::ImageType::Auto);
+  EXPECT_TRUE(d->lock);
+  EXPECT_FALSE(d->backing_files);
+}
+
+TEST(Config, DiskErrorsNameTheProblem) {
+  auto err = [](const char* text) {
+    auto d = parse_disk(text, 0);
+    EXPECT_FALSE(d.has_value()) << text;
+    return d ? std::string() : d.error();
+  };
+  EXPECT_NE(err("readonly=on").find("path= is required"), std::string::npos);
+  EXPECT_NE(err("path=/x,colour=blue").find("unknown key \"colour\""), std::string::npos);
+  EXPECT_NE(err("path=/x,readonly=maybe").find("on or off"), std::string::npos);
+  EXPECT_NE(err("path=/x,num_queues=0").find("outside"), std::string::npos);
+  EXPECT_NE(err("path=/x,num_queues=x").find("not a number"), std::string::npos);
+  EXPECT_NE(err("path=/x,queue_size=100").find("power of two"), std::string::npos);
+  EXPECT_NE(err("path=/x,image_type=vmdk").find("raw or qcow2"), std::string::npos);
+  EXPECT_NE(err("path=/x,aio=uring").find("sync, native or threads"), std::string::npos);
+  EXPECT_NE(err("path=/x,path=/y").find("given twice"), std::string::npos);
+  EXPECT_NE(err("path=/x,,id=a").find("key=value"), std::string::npos);
+}
+
+TEST(Config, WholeCommandLine) {
+  auto c = parse({"--kernel", "/etc/hostname", "--cmdline", "console=ttyS0 x=1", "--cpus", "boot=2",
+                  "--memory", "size=256M", "--serial", "off", "--disk", "path=/a.img", "--disk",
+                  "path=/b.img,id=b", "--api-socket", "/tmp/api.sock"});
+  ASSERT_TRUE(c.has_value()) << c.error().message;
+  EXPECT_EQ(c->kernel, "/etc/hostname");
+  EXPECT_EQ(c->cmdline, "console=ttyS0 x=1");
+  EXPECT_EQ(c->cpus, 2u);
+  EXPECT_EQ(c->memory, 256ull << 20);
+  EXPECT_EQ(c->serial.mode, SerialMode::Off);
+  ASSERT_EQ(c->disks.size(), 2u);
+  EXPECT_EQ(c->disks[0].id, "disk0");
+  EXPECT_EQ(c->disks[1].id, "b");
+  EXPECT_EQ(c->api_socket, "/tmp/api.sock");
+}
+
+TEST(Config, CommandLineErrors) {
+  auto missing = parse({});
+  ASSERT_FALSE(missing.has_value());
+  EXPECT_EQ(missing.error().exit_code, 1);
+  EXPECT_NE(missing.error().message.find("--kernel"), std::string::npos) << missing.error().message;
+
+  auto unknown = parse({"--kernel", "/etc/hostname", "--frobnicate"});
+  ASSERT_FALSE(unknown.has_value());
+  EXPECT_EQ(unknown.error().exit_code, 1);
+
+  auto dup = parse({"--kernel", "/etc/hostname", "--disk", "path=/a,id=x", "--disk", "path=/b,id=x"});
+  ASSERT_FALSE(dup.has_value());
+  EXPECT_NE(dup.error().message.find("used twice"), std::string::npos);
+
+  auto help = parse({"--help"});
+  ASSERT_FALSE(help.has_value());
+  EXPECT_EQ(help.error().exit_code, 0);
+  EXPECT_NE(help.error().message.find("--disk"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace tern::vmm
