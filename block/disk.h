@@ -35,7 +35,7 @@ struct Request {
   // Read/Write: the data buffers. The iovec array itself need only live
   // during submit(); the memory it points to must stay valid until the
   // request completes.
-  std::span<const iovec> iov;
+  std::span<const iovec> iov{};
   uint64_t length = 0;  // Discard/WriteZeroes: bytes affected
   bool may_unmap = false;  // WriteZeroes: deallocating is allowed
   uint64_t cookie = 0;  // caller's tag, returned in the Completion

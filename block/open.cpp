@@ -1,6 +1,7 @@
 #include "block/open.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <array>
@@ -8,15 +9,19 @@
 
 #include "base/unique_fd.h"
 #include "block/qcow2/qcow2_disk.h"
+#include "block/raw/raw_disk.h"
 
 namespace tern::block {
 namespace {
 
 // The first bytes of the image tell its format; QCOW2 starts "QFI\xfb".
 Result<ImageType> probe(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);  // a FIFO must not block
   if (fd < 0) return fail(Errc::OpenFailed, errno, path);
   UniqueFd owned(fd);
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return fail(Errc::OpenFailed, errno, path);
+  if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) return fail(Errc::NotAFile, 0, path);
   std::array<unsigned char, 4> magic{};
   ssize_t n;
   do {
@@ -41,8 +46,9 @@ Result<std::unique_ptr<DiskFile>> open_disk(const OpenOptions& options) {
     if (!disk) return std::unexpected(disk.error());
     return std::unique_ptr<DiskFile>(std::move(*disk));
   }
-  // raw: the block-raw backend lands here.
-  return fail(Errc::UnknownFormat, 0, options.path);
+  auto raw = RawDisk::open(options);
+  if (!raw) return std::unexpected(raw.error());
+  return std::unique_ptr<DiskFile>(std::move(*raw));
 }
 
 }  // namespace tern::block

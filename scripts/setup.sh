@@ -12,7 +12,7 @@ packages=(
   qemu-utils qemu-system-x86
   curl acpica-tools
   busybox-static cpio kmod zstd xz-utils
-  clang lld libclang-rt-14-dev
+  clang lld libclang-rt-14-dev clang-16 libclang-rt-16-dev
 )
 
 sudo_cmd=()

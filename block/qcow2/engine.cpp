@@ -204,7 +204,9 @@ bool Engine::overlaps_metadata(uint64_t host) const {
     uint64_t end = (start + bytes + cluster_size_ - 1) & ~(cluster_size_ - 1);
     return bytes > 0 && host >= start && host < end;
   };
-  return host == 0 || inside(h.l1_table_offset, uint64_t{h.l1_size} * 8) ||
+  // Past every cluster the refcounts know: a write there would grow the
+  // file to wherever a hostile entry points.
+  return host == 0 || host >= refcounts_->end() || inside(h.l1_table_offset, uint64_t{h.l1_size} * 8) ||
          inside(h.refcount_table_offset, uint64_t{h.refcount_table_clusters} << cluster_bits_) ||
          l2_cache_.contains(host) || refcounts_->is_cached_block(host);
 }
@@ -319,7 +321,7 @@ Result<void> Engine::write_cluster(uint64_t guest, std::span<const iovec> iov, u
     }
     if (owned && overlaps_metadata(old->host_offset)) {
       return std::unexpected(header_.mark_corrupt("data cluster at " + std::to_string(old->host_offset) +
-                                                  " overlaps metadata"));
+                                                  " overlaps metadata or lies past the end"));
     }
     if (owned) {
       uint64_t host = old->host_offset + in_cluster;

@@ -211,7 +211,7 @@ Result<std::vector<uint8_t>> encode_new_header(Header& h) {
     out.resize(at + 8 + ((data.size() + 7) & ~size_t{7}), 0);
     store_be<uint32_t>(out.data() + at, type);
     store_be<uint32_t>(out.data() + at + 4, static_cast<uint32_t>(data.size()));
-    std::memcpy(out.data() + at + 8, data.data(), data.size());
+    if (!data.empty()) std::memcpy(out.data() + at + 8, data.data(), data.size());
   };
   if (!h.backing_format.empty()) {
     add_extension(kExtBackingFormat, {reinterpret_cast<const uint8_t*>(h.backing_format.data()),

@@ -1,15 +1,10 @@
-// The image lock call, behind one function so it can switch to the block
-// layer's shared helper (block/file_lock.h) when that lands: an OFD
-// byte-range lock over the whole file, shared for read-only opens and
-// exclusive for writable ones (SPEC section 4, "Locking").
+// QCOW2 images (and their backing files) take the block layer's image lock.
 #pragma once
 
-#include <string>
-
-#include "block/error.h"
+#include "block/image_lock.h"
 
 namespace tern::block::qcow2 {
 
-[[nodiscard]] Result<void> lock_image(int fd, bool exclusive, const std::string& path);
+using block::lock_image;
 
 }  // namespace tern::block::qcow2

@@ -31,18 +31,24 @@ Result<std::unique_ptr<Refcounts>> Refcounts::load(HostFile& file, HeaderStore& 
   }
   const uint64_t cs = h.cluster_size();
   rc->append_cluster_ = (file_size + cs - 1) >> h.cluster_bits;
-  // Clusters past the end of the file may still carry refcounts; start
-  // appending after the last one so nothing in use is handed out again.
+  // Clusters past the end of the file may still carry refcounts (allocated
+  // just before a crash); start appending after the last one so nothing in
+  // use is handed out again. Only near the end, though: refcounts far past
+  // it are garbage, and a hostile image must not make us grow the file
+  // (or the checker's tables) to a size it merely claims.
+  const uint64_t file_clusters = rc->append_cluster_;
+  const uint64_t plausible_end = 2 * file_clusters + 1024;
   uint64_t first_table_index = rc->append_cluster_ >> rc->block_bits_;
   for (uint64_t t = first_table_index; t < rc->table_entries(); ++t) {
+    if ((t << rc->block_bits_) >= plausible_end) break;
     uint64_t block = load_be<uint64_t>(rc->table_.data() + t * 8) & kTableOffsetMask;
-    if (block == 0) continue;
+    if (block == 0 || (block >> h.cluster_bits) >= file_clusters) continue;
     auto data = rc->blocks_.get(block);
     if (!data) return std::unexpected(data.error());
     uint64_t per_block = uint64_t{1} << rc->block_bits_;
     for (uint64_t i = 0; i < per_block; ++i) {
       uint64_t cluster = (t << rc->block_bits_) + i;
-      if (cluster >= rc->append_cluster_ && rc->read_entry(*data, i) != 0) {
+      if (cluster >= rc->append_cluster_ && cluster < plausible_end && rc->read_entry(*data, i) != 0) {
         rc->append_cluster_ = cluster + 1;
       }
     }
@@ -168,8 +174,14 @@ Result<uint64_t> Refcounts::get(uint64_t host_offset) {
 
 Result<uint64_t> Refcounts::adjust(uint64_t host_offset, int delta) {
   uint64_t cluster = host_offset >> cluster_bits_;
-  auto block = block_for(cluster >> block_bits_, true);
+  auto block = block_for(cluster >> block_bits_, delta > 0);
   if (!block) return std::unexpected(block.error());
+  if (*block == 0) {
+    // Releasing a cluster no refcount block describes (SPEC 5: a refcount
+    // index outside the refcount table).
+    return std::unexpected(header_.mark_corrupt("refcount of cluster at " + std::to_string(host_offset) +
+                                                " is outside the refcount table"));
+  }
   auto data = blocks_.get(*block);
   if (!data) return std::unexpected(data.error());
   uint64_t index = cluster & ((uint64_t{1} << block_bits_) - 1);

@@ -603,20 +603,25 @@ static void prepare_disk(void) {
   check(ok, "wrote the test pattern to sectors 0-511");
 }
 
-/* Reads batches of SLOTS 4 KiB requests; the host divides by wall time. */
+/* Reads batches of SLOTS 4 KiB requests per queue, on every queue at once;
+ * the host divides the request count by the wall time. */
 static void throughput(u64 total) {
   u64 before = completed;
-  struct queue* Q = &queues[0];
   int ok = 1;
-  for (u64 done = 0; done < total; done += SLOTS) {
-    for (int s = 0; s < SLOTS; ++s) {
-      u64 sector = 8 * ((done + (u64)s) % 64);
-      fill(Q, s, T_IN, sector, data_buf[s], 4096, 1, 0);
-      publish(Q, (u16)(3 * s));
+  for (u64 done = 0; done < total; done += (u64)SLOTS * (u64)dev.nqueues) {
+    for (int q = 0; q < dev.nqueues; ++q) {
+      struct queue* Q = &queues[q];
+      for (int s = 0; s < SLOTS; ++s) {
+        u64 sector = 8 * ((done + (u64)(q * SLOTS + s)) % 64);
+        fill(Q, s, T_IN, sector, data_buf[q * SLOTS + s], 4096, 1, 0);
+        publish(Q, (u16)(3 * s));
+      }
+      kick(Q, q);
     }
-    kick(Q, 0);
-    wait_slots(Q, (1u << SLOTS) - 1);
-    for (int s = 0; s < SLOTS; ++s) ok &= Q->status[s] == S_OK;
+    for (int q = 0; q < dev.nqueues; ++q) {
+      wait_slots(&queues[q], (1u << SLOTS) - 1);
+      for (int s = 0; s < SLOTS; ++s) ok &= queues[q].status[s] == S_OK;
+    }
   }
   check(ok, "throughput run");
   puts_("requests ");

@@ -38,6 +38,7 @@ int run_bench(BenchArgs a) {
                              : tern::block::ImageType::Auto;
   o.direct = cache == "none";
   o.read_only = !write;
+  o.allow_backing = true;  // tern-img follows backing files, as qemu-img does
   auto disk = tern::block::open_disk(o);
   if (!disk) {
     std::fprintf(stderr, "tern-img: bench: %s\n", disk.error().message().c_str());

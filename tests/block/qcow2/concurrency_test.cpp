@@ -21,7 +21,7 @@ constexpr uint64_t kOwnBlocks = 96;     // per thread, disjoint
 constexpr uint64_t kSharedBlocks = 64;  // written by every thread
 
 // Block contents: a header naming the writer and block, repeated.
-void fill(std::vector<uint8_t>& buf, uint64_t writer, uint64_t block, uint64_t round) {
+void fill(std::span<uint8_t> buf, uint64_t writer, uint64_t block, uint64_t round) {
   for (size_t i = 0; i < buf.size(); i += 8) {
     uint64_t word = (writer << 48) | (round << 32) | block;
     std::memcpy(buf.data() + i, &word, 8);
@@ -29,7 +29,7 @@ void fill(std::vector<uint8_t>& buf, uint64_t writer, uint64_t block, uint64_t r
 }
 
 // True when `buf` is entirely one fill() of `block` by some writer.
-bool whole_block(const std::vector<uint8_t>& buf, uint64_t block, uint64_t* writer) {
+bool whole_block(std::span<const uint8_t> buf, uint64_t block, uint64_t* writer) {
   uint64_t first;
   std::memcpy(&first, buf.data(), 8);
   if ((first & 0xffffffff) != block) return false;
@@ -60,7 +60,11 @@ void worker(DiskFile& disk, uint64_t id, uint32_t seed) {
   ASSERT_TRUE(ctx.has_value());
   std::mt19937 rng(seed);
   const uint64_t own_base = kSharedBlocks + id * kOwnBlocks;
-  std::vector<std::vector<uint8_t>> bufs(16, std::vector<uint8_t>(kBlock));
+  // Aligned, so direct=on runs the Linux AIO path.
+  std::vector<AlignedBuffer> aligned;
+  for (int i = 0; i < 16; ++i) aligned.emplace_back(kBlock);
+  std::vector<std::span<uint8_t>> bufs;
+  for (auto& a : aligned) bufs.push_back(a.span());
   std::vector<iovec> iovs(16);
   for (uint64_t round = 1; round <= 6; ++round) {
     if (round == 3) {

@@ -146,6 +146,26 @@ TEST(DirtyBit, OpenRebuildsRefcountsWithAWarning) {
   SH_OK("qemu-io -f qcow2 -c 'read -P 5 0 1M' '" + img + "'");
 }
 
+TEST(Locking, WritersExcludeEachOtherReadersShare) {
+  TempDir dir;
+  std::string img = dir.file("l.qcow2");
+  SH_OK("qemu-img create -q -f qcow2 '" + img + "' 1M");
+  {
+    auto first = open_image(img);
+    ASSERT_NE(first, nullptr);
+    OpenOptions o;
+    o.path = img;
+    auto second = open_disk(o);
+    ASSERT_FALSE(second.has_value());
+    EXPECT_EQ(second.error().code, Errc::LockConflict);
+    EXPECT_NE(second.error().message().find(img), std::string::npos);
+  }
+  auto r1 = open_image(img, true);
+  auto r2 = open_image(img, true);
+  EXPECT_NE(r1, nullptr);
+  EXPECT_NE(r2, nullptr);
+}
+
 TEST(CorruptBit, WritableOpenRefusedReadOnlyAllowed) {
   TempDir dir;
   std::string img = dir.file("c.qcow2");

@@ -10,6 +10,8 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -24,8 +26,15 @@ namespace tern::block::qcow2::test {
 
 class TempDir {
  public:
+  // Under the build directory when known: a real disk, where O_DIRECT
+  // (direct=on tests) works, unlike a tmpfs /tmp.
   TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "tern-qcow2-XXXXXX").string();
+    std::filesystem::path base = std::filesystem::temp_directory_path();
+    if (const char* build = std::getenv("TERN_BUILD_DIR")) {
+      base = std::filesystem::path(build) / "tmp";
+      std::filesystem::create_directories(base);
+    }
+    std::string tmpl = (base / "tern-qcow2-XXXXXX").string();
     if (::mkdtemp(tmpl.data()) == nullptr) std::abort();
     path_ = tmpl;
   }
@@ -59,6 +68,28 @@ inline int sh(const std::string& cmd, std::string* output = nullptr) {
     int rc_ = ::tern::block::qcow2::test::sh(cmd, &out_); \
     ASSERT_EQ(rc_, 0) << (cmd) << "\n" << out_;      \
   } while (0)
+
+// A zeroed buffer aligned for O_DIRECT, so direct=on tests take the
+// asynchronous (Linux AIO) data path rather than the unaligned fallback.
+class AlignedBuffer {
+ public:
+  explicit AlignedBuffer(size_t size) : size_(size) {
+    void* p = nullptr;
+    if (::posix_memalign(&p, 4096, std::max<size_t>(size, 1)) != 0) std::abort();
+    data_.reset(static_cast<uint8_t*>(p));
+    std::memset(p, 0, std::max<size_t>(size, 1));
+  }
+  uint8_t* data() { return data_.get(); }
+  size_t size() const { return size_; }
+  std::span<uint8_t> span() { return {data_.get(), size_}; }
+
+ private:
+  struct Free {
+    void operator()(uint8_t* p) const { ::free(p); }
+  };
+  std::unique_ptr<uint8_t, Free> data_;
+  size_t size_;
+};
 
 inline std::vector<uint8_t> slurp(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -127,10 +158,12 @@ inline std::vector<uint8_t> read_whole(DiskFile& disk) {
   EXPECT_TRUE(ctx.has_value());
   std::vector<uint8_t> data(disk.size());
   const uint64_t chunk = 1 << 20;
+  AlignedBuffer buf(chunk);
   for (uint64_t off = 0; off < data.size(); off += chunk) {
     uint64_t n = std::min<uint64_t>(chunk, data.size() - off);
-    auto r = pread_disk(**ctx, off, std::span<uint8_t>(data).subspan(off, n));
+    auto r = pread_disk(**ctx, off, buf.span().first(n));
     EXPECT_TRUE(r.has_value()) << "read at " << off << ": " << r.error().message();
+    std::copy_n(buf.data(), n, data.begin() + static_cast<ptrdiff_t>(off));
   }
   return data;
 }

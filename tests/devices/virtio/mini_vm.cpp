@@ -20,14 +20,13 @@
 
 #include "base/event_fd.h"
 #include "base/unique_fd.h"
+#include "devices/pci/pci_root.h"
 #include "devices/virtio/virtio_pci.h"
 
 namespace tern::devices::testing {
 
 namespace {
 
-constexpr uint64_t kBar = 0xc0000000;
-constexpr uint32_t kPciDev = 1;
 
 class KvmServices;
 
@@ -264,7 +263,11 @@ MiniVmResult run_mini_vm(const MiniVmOptions& opt, std::unique_ptr<VirtioBlk> bl
     res.error = "virtio-pci: " + dev.error().message();
     return res;
   }
-  (*dev)->bar_placed(0, kBar);
+  PciRoot root;
+  if (auto slot = root.add_device(std::move(*dev)); !slot) {
+    res.error = std::string("PciRoot: ") + pci_error_text(slot.error());
+    return res;
+  }
 
   // Watchdog: kicks the vCPU out of KVM_RUN when the time is up.
   struct sigaction sa{};
@@ -286,8 +289,7 @@ MiniVmResult run_mini_vm(const MiniVmOptions& opt, std::unique_ptr<VirtioBlk> bl
     }
   });
 
-  uint32_t cf8 = 0;
-  for (;;) {
+    for (;;) {
     if (::ioctl(vcpu.get(), KVM_RUN, 0) < 0) {
       if (errno == EINTR && timed_out) {
         res.exit_code = 124;
@@ -312,24 +314,10 @@ MiniVmResult run_mini_vm(const MiniVmOptions& opt, std::unique_ptr<VirtioBlk> bl
         }
         if (out && port == 0x600 && *p == 0x34) res.exit_code = 0;
         if (out && port == 0x602) res.exit_code = 2;
-        if (port == 0xcf8 && run->io.size == 4) {
-          if (out) std::memcpy(&cf8, p, 4);
-          else std::memcpy(p, &cf8, 4);
-        } else if (port >= 0xcfc && port <= 0xcff) {
-          uint32_t reg = (cf8 & 0xfc) + (port - 0xcfcu);
-          bool ours = (cf8 & 0x80000000u) && ((cf8 >> 16) & 0xff) == 0 && ((cf8 >> 11) & 31) == kPciDev &&
-                      ((cf8 >> 8) & 7) == 0;
-          std::span<uint8_t> d(p, run->io.size);
-          if (!ours) {
-            if (!out) std::memset(p, 0xff, run->io.size);
-          } else if (reg >= 0x10 && reg < 0x28) {  // BARs: the root's job
-            uint32_t bars[6] = {static_cast<uint32_t>(kBar) | 4u, 0, 0, 0, 0, 0};
-            if (!out) std::memcpy(p, reinterpret_cast<uint8_t*>(bars) + (reg - 0x10), run->io.size);
-          } else if (out) {
-            (*dev)->config_write(reg, d);
-          } else {
-            (*dev)->config_read(reg, d);
-          }
+        if (port >= PciRoot::kType1Base && port < PciRoot::kType1Base + PciRoot::kType1Size) {
+          uint64_t off = port - PciRoot::kType1Base;
+          if (out) root.type1_handler().write(off, std::span<const uint8_t>(p, run->io.size));
+          else root.type1_handler().read(off, std::span<uint8_t>(p, run->io.size));
         } else if (!out) {
           std::memset(p, port == 0x3fd ? 0x60 : 0xff, run->io.size);
         }
@@ -338,9 +326,10 @@ MiniVmResult run_mini_vm(const MiniVmOptions& opt, std::unique_ptr<VirtioBlk> bl
     } else if (run->exit_reason == KVM_EXIT_MMIO) {
       uint64_t a = run->mmio.phys_addr;
       std::span<uint8_t> d(run->mmio.data, run->mmio.len);
-      if (a >= kBar && a < kBar + kVirtioBarSize) {
-        if (run->mmio.is_write) (*dev)->bar_write(0, a - kBar, d);
-        else (*dev)->bar_read(0, a - kBar, d);
+      uint64_t base = PciRoot::kDefaultWindowBase;
+      if (a >= base && a < base + PciRoot::kDefaultWindowSize) {
+        if (run->mmio.is_write) root.mmio_handler().write(a - base, d);
+        else root.mmio_handler().read(a - base, d);
       } else if (!run->mmio.is_write) {
         std::memset(run->mmio.data, 0xff, run->mmio.len);
       }
@@ -363,7 +352,7 @@ MiniVmResult run_mini_vm(const MiniVmOptions& opt, std::unique_ptr<VirtioBlk> bl
   }
   wcv.notify_all();
   watchdog.join();
-  dev->reset();  // stops the queue threads before the VM goes away
+  // `root` (and with it the device and its queue threads) goes before the VM.
   return res;
 }
 

@@ -1,8 +1,9 @@
 // MiniVm: a deliberately small KVM machine for the device-level KVM tests.
 // It boots the freestanding test guest exactly as CONTRACTS.md says tern
 // does (64-bit mode, identity map, boot_params at 0x7000 with the command
-// line), with one virtio-pci function at 00:01.0 whose BAR 0 sits at
-// 0xc0000000, and real ioeventfds and MSI irqfds. It exists so that the
+// line), with the virtio-pci function behind the real PciRoot (type-1
+// config ports, BAR placement in the MMIO window), and real ioeventfds and
+// MSI irqfds. It exists so that the
 // virtio device and the test guest are exercised under KVM independently of
 // the full VMM in vmm/; the end-to-end tests in tests/integration/ use
 // build/tern itself.

@@ -1,0 +1,29 @@
+// Replays every input the fuzzer ever found (tests/fuzz/regressions/)
+// through the fuzz body in the normal (and sanitizer) builds.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+
+#include "tests/fuzz/qcow2_fuzz_body.h"
+
+namespace tern::block::qcow2::test {
+namespace {
+
+TEST(FuzzRegressions, ReplayWithoutCrashing) {
+  const char* src = std::getenv("TERN_SOURCE_DIR");
+  ASSERT_NE(src, nullptr);
+  int replayed = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(std::string(src) + "/tests/fuzz/regressions")) {
+    std::ifstream in(entry.path(), std::ios::binary);
+    std::vector<uint8_t> data(std::istreambuf_iterator<char>(in), {});
+    fuzz::exercise(data.data(), data.size(), false);
+    fuzz::exercise(data.data(), data.size(), true);
+    ++replayed;
+  }
+  EXPECT_GT(replayed, 0);
+}
+
+}  // namespace
+}  // namespace tern::block::qcow2::test
