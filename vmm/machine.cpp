@@ -185,6 +185,8 @@ std::expected<void, std::string> Machine::build_vcpus() {
     // state for them with an in-kernel LAPIC) until the kernel wakes them.
     if (i == 0) {
       if (auto r = (*v)->setup_boot(kernel_entry_); !r) return Unexpected("vCPU 0: " + r.error().message());
+    } else if (auto r = (*v)->setup_wait_for_sipi(); !r) {
+      return Unexpected("vCPU " + std::to_string(i) + ": " + r.error().message());
     }
     vcpus_.push_back(std::move(*v));
   }

@@ -94,6 +94,13 @@ SysResult<void> Vcpu::setup_boot(uint64_t entry) {
   return {};
 }
 
+SysResult<void> Vcpu::setup_wait_for_sipi() {
+  kvm_mp_state mp{};
+  mp.mp_state = KVM_MP_STATE_UNINITIALIZED;
+  if (auto r = kvm_ioctl(fd(), KVM_SET_MP_STATE, "KVM_SET_MP_STATE", &mp); !r) return std::unexpected(r.error());
+  return {};
+}
+
 void Vcpu::start(const devices::IoBus& pio, const devices::IoBus& mmio, VmControl& control) {
   // The vCPU thread: runs this vCPU's KVM_RUN loop until the VM ends or a
   // stop is requested, dispatching its I/O exits to the buses.

@@ -56,6 +56,9 @@ class Vcpu {
   [[nodiscard]] SysResult<void> setup_common(std::vector<kvm_cpuid_entry2> cpuid);
   // vCPU 0: 64-bit entry at `entry` with RSI = boot_params.
   [[nodiscard]] SysResult<void> setup_boot(uint64_t entry);
+  // Application processors: wait for INIT/SIPI (KVM_MP_STATE_UNINITIALIZED,
+  // KVM's default for them with an in-kernel LAPIC, stated explicitly).
+  [[nodiscard]] SysResult<void> setup_wait_for_sipi();
 
   // Starts the vCPU thread. APs stay in KVM's wait-for-SIPI state inside
   // KVM_RUN until the BSP wakes them.
