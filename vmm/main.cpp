@@ -3,6 +3,8 @@
 // options, host or KVM errors), 2 guest reset, 3 guest crash seen by KVM.
 #include <cstdio>
 
+#include "api/http_server.h"
+#include "vmm/api_control.h"
 #include "vmm/config.h"
 #include "vmm/machine.h"
 #include "vmm/signal_watcher.h"
@@ -30,7 +32,26 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "tern: %s\n", watcher.error().message().c_str());
     return tern::vmm::kExitVmmFailure;
   }
+  // The API: its HTTP thread and the control thread that runs its commands.
+  std::unique_ptr<tern::vmm::ApiControl> control;
+  std::unique_ptr<tern::api::HttpServer> server;
+  if (config->api_socket) {
+    auto started = tern::vmm::ApiControl::start(m);
+    if (!started) {
+      std::fprintf(stderr, "tern: API control thread: %s\n", started.error().message().c_str());
+      return tern::vmm::kExitVmmFailure;
+    }
+    control = std::move(*started);
+    auto listening = tern::api::HttpServer::start(*config->api_socket, *control);
+    if (!listening) {
+      std::fprintf(stderr, "tern: %s\n", listening.error().message().c_str());
+      return tern::vmm::kExitVmmFailure;
+    }
+    server = std::move(*listening);
+  }
   int status = m.run();
+  server.reset();  // no new commands, socket removed
+  control.reset();
   watcher->reset();
   return status;
 }

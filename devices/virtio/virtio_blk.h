@@ -88,6 +88,7 @@ class VirtioBlk final : public VirtioDevice {
   [[nodiscard]] block::Result<void> close();
   uint64_t capacity_sectors() const { return shared_.capacity.load(std::memory_order_acquire); }
   const std::string& id() const { return options_.id; }
+  std::string_view format_name() const { return disk_->format_name(); }
 
   // Shared with the queue workers.
   struct Shared {
