@@ -1,8 +1,24 @@
 #!/usr/bin/env bash
-# Sets up the machine, builds Tern, and runs every test (unit, block, KVM
-# integration, Linux boot). This is the command CI runs (.ci/run).
+# Sets up the machine, builds Tern, and runs every test: unit tests, block and
+# QCOW2 tests against qemu-img, KVM integration tests with the test guest,
+# the Linux boot test (label linux), and the concurrency tests (label tsan)
+# again in a ThreadSanitizer build. This is the command CI runs (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
 bash scripts/setup.sh
 bash scripts/build.sh
+bash scripts/make-guest.sh   # the Debian guest for the linux test (cached)
+
+if [ ! -e /dev/kvm ]; then
+  echo "test.sh: /dev/kvm is missing: the KVM and Linux tests will fail, not skip" >&2
+fi
+
 ctest --test-dir build --output-on-failure --timeout 1200
+
+# ThreadSanitizer: only the targets whose tests carry the tsan label.
+tsan_targets=(qcow2_concurrency_test virtio_test)
+cmake -S . -B build-tsan -G Ninja -DTERN_SANITIZE=thread
+cmake --build build-tsan --target "${tsan_targets[@]}"
+# Debian's TSan runtime needs ASLR entropy it can map (vm.mmap_rnd_bits <= 28).
+setarch "$(uname -m)" -R ctest --test-dir build-tsan -L tsan --output-on-failure --timeout 1200
