@@ -175,6 +175,20 @@ class WorkerPool {
   std::vector<std::jthread> threads_;
 };
 
+// Admission shared by the queued context kinds: a request past the depth is
+// refused; one that fails validation is accepted and completes with its
+// error. True when the caller goes on to start the request.
+Result<bool> admit(const RawDisk& disk, CompletionQueue& done, uint32_t& in_flight, uint32_t depth,
+                   const Request& request) {
+  if (in_flight >= depth) return fail(Errc::QueueFull);
+  ++in_flight;
+  if (auto valid = disk.validate(request); !valid) {
+    done.push(Completion{request.cookie, std::move(valid)});
+    return false;
+  }
+  return true;
+}
+
 // ---- the three context kinds ----
 
 class SyncContext final : public IoContext {
@@ -215,14 +229,9 @@ class ThreadContext final : public IoContext {
   int completion_fd() const override { return done_.event().fd(); }
   uint32_t depth() const override { return depth_; }
   Result<void> submit(const Request& request) override {
-    if (in_flight_ >= depth_) return fail(Errc::QueueFull);
-    if (auto v = disk_.validate(request); !v) {
-      ++in_flight_;
-      done_.push(Completion{request.cookie, std::move(v)});
-      return {};
-    }
-    ++in_flight_;
-    pool_.post(OwnedRequest::prepare(request, disk_));
+    auto admitted = admit(disk_, done_, in_flight_, depth_, request);
+    if (!admitted) return std::unexpected(admitted.error());
+    if (*admitted) pool_.post(OwnedRequest::prepare(request, disk_));
     return {};
   }
   void drain(std::vector<Completion>& out) override {
@@ -256,16 +265,12 @@ class AioContext final : public IoContext {
   uint32_t depth() const override { return depth_; }
 
   Result<void> submit(const Request& request) override {
-    if (in_flight_ >= depth_) return fail(Errc::QueueFull);
-    if (auto v = disk_.validate(request); !v) {
-      ++in_flight_;
-      done_.push(Completion{request.cookie, std::move(v)});
-      return {};
-    }
+    auto admitted = admit(disk_, done_, in_flight_, depth_, request);
+    if (!admitted) return std::unexpected(admitted.error());
+    if (!*admitted) return {};
     bool via_aio = request.op == Op::Read || request.op == Op::Write ||
                    (request.op == Op::Flush && aio_fsync_works_);
     if (!via_aio) {
-      ++in_flight_;
       pool_.post(OwnedRequest::prepare(request, disk_));
       return {};
     }
@@ -297,15 +302,14 @@ class AioContext final : public IoContext {
       if (request.op == Op::Flush && err == EINVAL) {
         // Filesystems without AIO fsync: flushes go to the worker instead.
         aio_fsync_works_ = false;
-        ++in_flight_;
         pool_.post(std::move(slot.owned));
         return {};
       }
+      --in_flight_;  // not accepted after all
       if (err == EAGAIN) return fail(Errc::QueueFull, err);
       return fail(Errc::SubmitFailed, err, disk_.path());
     }
     free_.pop_back();
-    ++in_flight_;
     return {};
   }
 

@@ -207,6 +207,21 @@ const PciRoot::Slot* PciRoot::route(uint64_t gpa, uint64_t len, uint8_t& bar_ind
 
 // ---- type-1 configuration mechanism ----
 
+// The function and register a data-port access at `offset` (4..7) selects
+// through CONFIG_ADDRESS, or nullopt when disabled, on another bus, or out
+// of the data port.
+std::optional<PciRoot::Type1Target> PciRoot::Type1Handler::target(uint64_t offset, size_t len) const {
+  if (offset < 4 || offset + len > 8) return std::nullopt;
+  uint32_t address;
+  {
+    std::shared_lock lock(root_.mutex_);
+    address = root_.type1_address_;
+  }
+  if (!(address & kType1Enable) || ((address >> 16) & 0xff) != 0) return std::nullopt;
+  return Type1Target{static_cast<uint8_t>((address >> 11) & 0x1f), static_cast<uint8_t>((address >> 8) & 0x7),
+                     (address & 0xfc) + static_cast<uint32_t>(offset - 4)};
+}
+
 void PciRoot::Type1Handler::read(uint64_t offset, std::span<uint8_t> data) {
   std::fill(data.begin(), data.end(), 0xff);
   if (offset == 0 && data.size() == 4) {
@@ -214,16 +229,7 @@ void PciRoot::Type1Handler::read(uint64_t offset, std::span<uint8_t> data) {
     store_le(root_.type1_address_, data);
     return;
   }
-  if (offset < 4 || offset + data.size() > 8) return;
-  uint32_t address;
-  {
-    std::shared_lock lock(root_.mutex_);
-    address = root_.type1_address_;
-  }
-  if (!(address & kType1Enable) || ((address >> 16) & 0xff) != 0) return;
-  uint32_t reg = (address & 0xfc) + static_cast<uint32_t>(offset - 4);
-  root_.config_read(static_cast<uint8_t>((address >> 11) & 0x1f),
-                    static_cast<uint8_t>((address >> 8) & 0x7), reg, data);
+  if (auto t = target(offset, data.size())) root_.config_read(t->slot, t->function, t->reg, data);
 }
 
 void PciRoot::Type1Handler::write(uint64_t offset, std::span<const uint8_t> data) {
@@ -232,16 +238,7 @@ void PciRoot::Type1Handler::write(uint64_t offset, std::span<const uint8_t> data
     root_.type1_address_ = load_le(data) & 0x80ff'fffcu;
     return;
   }
-  if (offset < 4 || offset + data.size() > 8) return;
-  uint32_t address;
-  {
-    std::shared_lock lock(root_.mutex_);
-    address = root_.type1_address_;
-  }
-  if (!(address & kType1Enable) || ((address >> 16) & 0xff) != 0) return;
-  uint32_t reg = (address & 0xfc) + static_cast<uint32_t>(offset - 4);
-  root_.config_write(static_cast<uint8_t>((address >> 11) & 0x1f),
-                     static_cast<uint8_t>((address >> 8) & 0x7), reg, data);
+  if (auto t = target(offset, data.size())) root_.config_write(t->slot, t->function, t->reg, data);
 }
 
 // ---- ECAM (PCI Express 3.0, 7.2.2): 4 KiB per function, bus 0 only ----

@@ -16,6 +16,7 @@
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <shared_mutex>
 #include <vector>
 
@@ -70,6 +71,11 @@ class PciRoot {
     bool memory_enabled = false;
   };
 
+  struct Type1Target {
+    uint8_t slot;
+    uint8_t function;
+    uint32_t reg;
+  };
   class Type1Handler final : public IoHandler {
    public:
     explicit Type1Handler(PciRoot& root) : root_(root) {}
@@ -78,6 +84,7 @@ class PciRoot {
     void write(uint64_t offset, std::span<const uint8_t> data) override;
 
    private:
+    std::optional<Type1Target> target(uint64_t offset, size_t len) const;
     PciRoot& root_;
   };
   class EcamHandler final : public IoHandler {
