@@ -3,6 +3,9 @@
 // write [-P pattern] [-z [-u]] OFF LEN, discard OFF LEN, flush, resize SIZE.
 #include <poll.h>
 
+#include <chrono>
+#include <string>
+
 #include <cstdio>
 #include <sstream>
 #include <vector>
@@ -29,6 +32,30 @@ block::Result<void> run_request(block::IoContext& ctx, const block::Request& req
     pollfd pfd{ctx.completion_fd(), POLLIN, 0};
     ::poll(&pfd, 1, -1);
   }
+}
+
+// qemu-io's cvtstr(): three decimals unless whole, binary units.
+std::string qemu_size(double value) {
+  static const char* const kUnits[] = {" bytes", " KiB", " MiB", " GiB", " TiB", " PiB", " EiB"};
+  int unit = 0;
+  while (unit < 6 && value >= 1024.0) {
+    value /= 1024.0;
+    ++unit;
+  }
+  char text[64];
+  std::snprintf(text, sizeof text, "%.3f", value);
+  std::string s = text;
+  if (auto dot = s.find(".000"); dot != std::string::npos) s.erase(dot);
+  return s + kUnits[unit];
+}
+
+// qemu-io's statistics line: "4 KiB, 1 ops; 00.00 sec (60.542 MiB/sec and 15498.8298 ops/sec)".
+void print_stats(uint64_t bytes, double secs) {
+  double safe = secs > 0 ? secs : 1e-9;
+  auto whole = static_cast<unsigned>(secs);
+  auto hundredths = static_cast<unsigned>((secs - whole) * 100);
+  std::printf("%s, 1 ops; %02u.%02u sec (%s/sec and %.4f ops/sec)\n", qemu_size(static_cast<double>(bytes)).c_str(),
+              whole, hundredths, qemu_size(static_cast<double>(bytes) / safe).c_str(), 1.0 / safe);
 }
 
 int run_command(block::DiskFile& disk, block::IoContext& ctx, const std::string& line) {
@@ -90,13 +117,19 @@ int run_command(block::DiskFile& disk, block::IoContext& ctx, const std::string&
     std::fprintf(stderr, "tern-img io: unknown command '%s'\n", verb.c_str());
     return 1;
   }
+  auto started = std::chrono::steady_clock::now();
   if (auto r = run_request(ctx, req); !r) return failed(r.error());
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  int status = 0;
   if (verb == "read" && pattern >= 0) {
     for (size_t i = 0; i < buf.size(); ++i) {
       if (buf[i] != static_cast<uint8_t>(pattern)) {
-        std::printf("Pattern verification failed at offset %llu\n",
-                    static_cast<unsigned long long>(req.offset + i));
-        return 1;
+        // qemu-io's line, with the first byte that differs.
+        std::printf("Pattern verification failed at offset %llu, %llu bytes\n",
+                    static_cast<unsigned long long>(req.offset + i),
+                    static_cast<unsigned long long>(buf.size() - i));
+        status = 1;
+        break;
       }
     }
   }
@@ -104,7 +137,8 @@ int run_command(block::DiskFile& disk, block::IoContext& ctx, const std::string&
   std::printf("%s %llu/%llu bytes at offset %llu\n", done,
               static_cast<unsigned long long>(req.length), static_cast<unsigned long long>(req.length),
               static_cast<unsigned long long>(req.offset));
-  return 0;
+  print_stats(req.length, secs);
+  return status;
 }
 
 int run_io(const IoArgs& a) {
