@@ -538,7 +538,7 @@ Result<void> Engine::resize(uint64_t new_size) {
   Header& h = header_.get();
   if (options_.read_only) return fail(Errc::ReadOnly);
   if (backing_ || !h.backing_file.empty()) {
-    return fail(Errc::ResizeFailed, 0, "resizing an image with a backing file is not supported");
+    return fail(Errc::Unsupported, 0, "an image with a backing file cannot be resized");
   }
   if (new_size < h.size) return fail(Errc::ShrinkRefused);
   if (new_size % 512 != 0) return fail(Errc::InvalidArgument, 0, "size must be a multiple of 512");
