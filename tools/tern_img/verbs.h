@@ -7,6 +7,8 @@
 #include <optional>
 #include <string>
 
+#include "tools/sizes.h"
+
 namespace tern::img {
 
 void add_create(CLI::App& app, int& status);
@@ -17,10 +19,7 @@ void add_bench(CLI::App& app, int& status);
 void add_io(CLI::App& app, int& status);
 void add_check(CLI::App& app, int& status);
 
-// "10G", "512k", "1048576": qemu-img's size syntax (binary suffixes, bytes
-// without one). nullopt when malformed.
-std::optional<uint64_t> parse_size(const std::string& text);
-// qemu's size_to_str: three significant digits and a binary unit ("196 KiB").
-std::string human_size(uint64_t bytes);
+using tools::human_size;
+using tools::parse_size;
 
 }  // namespace tern::img

@@ -8,7 +8,7 @@
 #include <string>
 
 #include "api/client.h"
-#include "tools/tern_img/verbs.h"  // parse_size: qemu-img's size syntax
+#include "tools/sizes.h"
 
 namespace {
 
@@ -76,7 +76,7 @@ int main(int argc, char** argv) {
   if (verb == "counters") call = {"GET", "/api/v1/vm.counters", {}};
   if (verb == "shutdown") call = {"PUT", "/api/v1/vmm.shutdown", {}};
   if (verb == "resize-disk") {
-    auto parsed = tern::img::parse_size(size_text);
+    auto parsed = tern::tools::parse_size(size_text);
     if (!parsed) {
       std::fprintf(stderr, "tern-remote: invalid size '%s'\n", size_text.c_str());
       return 1;

@@ -3,9 +3,9 @@
 #include <cmath>
 #include <cstdio>
 
-#include "tools/tern_img/verbs.h"
+#include "tools/sizes.h"
 
-namespace tern::img {
+namespace tern::tools {
 
 std::optional<uint64_t> parse_size(const std::string& text) {
   if (text.empty() || !std::isdigit(static_cast<unsigned char>(text[0]))) return std::nullopt;
@@ -46,4 +46,4 @@ std::string human_size(uint64_t bytes) {
   return buf;
 }
 
-}  // namespace tern::img
+}  // namespace tern::tools
