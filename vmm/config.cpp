@@ -74,17 +74,25 @@ std::expected<uint64_t, std::string> parse_size(std::string_view text) {
   return v << shift;
 }
 
-std::expected<uint32_t, std::string> parse_cpus(std::string_view text) {
+std::expected<CpusConfig, std::string> parse_cpus(std::string_view text) {
   auto pairs = split_pairs("cpus", text);
   if (!pairs) return Unexpected(pairs.error());
-  uint32_t boot = 1;
+  CpusConfig c;
   for (auto& [k, v] : *pairs) {
-    if (k != "boot") return Unexpected("--cpus: unknown key \"" + k + "\" (known: boot)");
-    auto n = parse_number("--cpus boot", v, 1, kMaxCpus);
-    if (!n) return Unexpected(n.error());
-    boot = static_cast<uint32_t>(*n);
+    if (k == "boot") {
+      auto n = parse_number("--cpus boot", v, 1, kMaxCpus);
+      if (!n) return Unexpected(n.error());
+      c.boot = static_cast<uint32_t>(*n);
+    } else if (k == "profile") {
+      if (v == "auto") c.profile = CpuProfile::Auto;
+      else if (v == "host") c.profile = CpuProfile::Host;
+      else if (v == "emulated") c.profile = CpuProfile::Emulated;
+      else return Unexpected("--cpus profile: \"" + v + "\" is not auto, host or emulated");
+    } else {
+      return Unexpected("--cpus: unknown key \"" + k + "\" (known: boot, profile)");
+    }
   }
-  return boot;
+  return c;
 }
 
 std::expected<uint64_t, std::string> parse_memory(std::string_view text) {
@@ -181,7 +189,9 @@ std::expected<VmConfig, ParseExit> parse_command_line(int argc, const char* cons
   app.add_option("--kernel", c.kernel, "Linux bzImage or ELF64 kernel")->required()->check(CLI::ExistingFile);
   app.add_option("--initramfs", initramfs, "initramfs image")->check(CLI::ExistingFile);
   app.add_option("--cmdline", c.cmdline, "kernel command line");
-  app.add_option("--cpus", cpus, "boot=N (vCPUs)");
+  app.add_option("--cpus", cpus,
+                 "boot=N[,profile=auto|host|emulated] (vCPUs; profile: which CPU features the guest sees; "
+                 "auto hides those a software-emulated KVM cannot run, on such hosts only)");
   app.add_option("--memory", memory, "size=SIZE (e.g. 512M)");
   app.add_option("--serial", serial, "tty | file=PATH | off");
   app.add_option("--disk", disks,
@@ -201,7 +211,8 @@ std::expected<VmConfig, ParseExit> parse_command_line(int argc, const char* cons
   if (!api_socket.empty()) c.api_socket = api_socket;
   auto n = parse_cpus(cpus);
   if (!n) return bad(n.error());
-  c.cpus = *n;
+  c.cpus = n->boot;
+  c.cpu_profile = n->profile;
   auto m = parse_memory(memory);
   if (!m) return bad(m.error());
   c.memory = *m;

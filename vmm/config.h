@@ -1,6 +1,6 @@
 // The VMM's configuration, parsed from the cloud-hypervisor style command
 // line (SPEC.md section 1):
-//   --kernel PATH --initramfs PATH --cmdline STR --cpus boot=N
+//   --kernel PATH --initramfs PATH --cmdline STR --cpus boot=N[,profile=auto|host|emulated]
 //   --memory size=SIZE --serial tty|file=PATH|off --api-socket PATH
 //   --disk path=P[,readonly=on][,id=NAME][,num_queues=N][,queue_size=N]
 //          [,image_type=raw|qcow2][,backing_files=on][,direct=on][,serial=STR]
@@ -33,6 +33,17 @@ struct DiskConfig {
   block::AioMode aio = block::AioMode::Native;
 };
 
+// Which CPU the guest is shown (vmm/host_kvm.h): `host` passes KVM's
+// supported features through; `emulated` hides the ones a software-emulated
+// KVM cannot run and adds the kernel parameters documented there; `auto`
+// picks `emulated` on such a host and `host` everywhere else.
+enum class CpuProfile { Auto, Host, Emulated };
+
+struct CpusConfig {
+  uint32_t boot = 1;
+  CpuProfile profile = CpuProfile::Auto;
+};
+
 enum class SerialMode { Tty, File, Off };
 
 struct SerialConfig {
@@ -45,6 +56,7 @@ struct VmConfig {
   std::optional<std::string> initramfs;
   std::string cmdline;
   uint32_t cpus = 1;
+  CpuProfile cpu_profile = CpuProfile::Auto;
   uint64_t memory = 512ull << 20;
   SerialConfig serial;
   std::vector<DiskConfig> disks;
@@ -69,7 +81,7 @@ std::expected<VmConfig, ParseExit> parse_command_line(int argc, const char* cons
 // Pieces, exposed for the unit tests.
 std::expected<uint64_t, std::string> parse_size(std::string_view text);
 std::expected<DiskConfig, std::string> parse_disk(std::string_view text, size_t index);
-std::expected<uint32_t, std::string> parse_cpus(std::string_view text);
+std::expected<CpusConfig, std::string> parse_cpus(std::string_view text);
 std::expected<uint64_t, std::string> parse_memory(std::string_view text);
 std::expected<SerialConfig, std::string> parse_serial(std::string_view text);
 

@@ -15,6 +15,7 @@
 #include "arch/x86_64/layout.h"
 #include "block/open.h"
 #include "devices/virtio/virtio_pci.h"
+#include "vmm/host_kvm.h"
 
 namespace tern::vmm {
 
@@ -72,6 +73,7 @@ std::expected<std::unique_ptr<Machine>, std::string> Machine::create(const VmCon
   auto ram = GuestRam::create(vm->fd(), config.memory);
   if (!ram) return Unexpected(ram.error().message());
   std::unique_ptr<Machine> m(new Machine(config, std::move(*kvm), std::move(*vm), std::move(*ram)));
+  m->cpu_profile_ = resolve_cpu_profile(config.cpu_profile, detect_host_kvm());
   if (auto r = m->services_.install_legacy_routes(); !r) return Unexpected(r.error().message());
   if (auto r = m->load_guest(); !r) return Unexpected(r.error());
   // The kernel and initramfs images were read into (now freed) buffers;
@@ -91,7 +93,15 @@ std::expected<void, std::string> Machine::load_guest() {
   kernel_entry_ = kernel->entry;
 
   ax::BootParamsConfig bp;
-  bp.cmdline = config_.cmdline;
+  const std::string cmdline =  // bp.cmdline views it
+      kernel->linux_kernel ? guest_cmdline(config_.cmdline, cpu_profile_) : config_.cmdline;
+  bp.cmdline = cmdline;
+  if (cpu_profile_ == CpuProfile::Emulated) {
+    std::fprintf(stderr,
+                 "tern: KVM here runs the guest kernel in its instruction emulator (kvm_pvm): hiding the CPU "
+                 "features it cannot execute; kernel command line: \"%s\" (--cpus profile=host to change neither)\n",
+                 cmdline.c_str());
+  }
   bp.e820 = ax::make_e820(config_.memory);
   if (config_.initramfs) {
     auto initrd = read_file("--initramfs", *config_.initramfs);
@@ -178,6 +188,7 @@ std::expected<void, std::string> Machine::build_vcpus() {
     if (!v) return Unexpected("vCPU " + std::to_string(i) + ": " + v.error().message());
     auto cpuid = *supported;
     ax::filter_cpuid(cpuid, i, config_.cpus);
+    if (cpu_profile_ == CpuProfile::Emulated) ax::hide_unemulated_features(cpuid);
     if (auto r = (*v)->setup_common(std::move(cpuid)); !r) {
       return Unexpected("vCPU " + std::to_string(i) + ": " + r.error().message());
     }
@@ -223,7 +234,7 @@ int Machine::run() {
     }
     console_input_ = std::move(*input);
   }
-  for (auto& v : vcpus_) v->start(pio_, mmio_, *this);
+  for (auto& v : vcpus_) v->start(VcpuEnv{pio_, mmio_, ram_.memory(), fallbacks_}, *this);
   int status;
   std::string why;
   {
@@ -246,6 +257,9 @@ int Machine::run() {
       std::fprintf(stderr, "tern: --disk %s: closing: %s\n", d.config.id.c_str(), r.error().message().c_str());
       status = kExitVmmFailure;
     }
+  }
+  if (fallbacks_.total() != 0) {
+    std::fprintf(stderr, "tern: instructions completed for KVM's emulator: %s\n", fallbacks_.summary().c_str());
   }
   if (uint64_t lost = serial_->output_errors()) {
     std::fprintf(stderr, "tern: serial console: %llu bytes could not be written\n",

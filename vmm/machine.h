@@ -82,6 +82,8 @@ class Machine final : public VmControl, public devices::PowerSink {
   devices::IoBus mmio_;
   std::vector<Disk> disks_;
   uint64_t kernel_entry_ = 0;
+  CpuProfile cpu_profile_ = CpuProfile::Host;  // resolved from the config at create()
+  FallbackCounters fallbacks_;  // counted by vCPU threads, reported at exit
 
   mutable std::mutex mutex_;
   std::condition_variable done_cv_;

@@ -76,6 +76,9 @@ SysResult<void> Vcpu::setup_common(std::vector<kvm_cpuid_entry2> cpuid) {
 
   kvm_fpu fpu = ax::boot_fpu();
   if (auto r = kvm_ioctl(fd(), KVM_SET_FPU, "KVM_SET_FPU", &fpu); !r) return std::unexpected(r.error());
+  auto reachable = probe_mxcsr_reachable(fd());
+  if (!reachable) return std::unexpected(reachable.error());
+  mxcsr_reachable_ = *reachable;
 
   kvm_lapic_state lapic{};
   if (auto r = kvm_ioctl(fd(), KVM_GET_LAPIC, "KVM_GET_LAPIC", &lapic); !r) return std::unexpected(r.error());
@@ -101,11 +104,12 @@ SysResult<void> Vcpu::setup_wait_for_sipi() {
   return {};
 }
 
-void Vcpu::start(const devices::IoBus& pio, const devices::IoBus& mmio, VmControl& control) {
+void Vcpu::start(VcpuEnv env, VmControl& control) {
   // The vCPU thread: runs this vCPU's KVM_RUN loop until the VM ends or a
-  // stop is requested, dispatching its I/O exits to the buses.
-  thread_ = std::jthread([this, &pio, &mmio, &control](std::stop_token stop) {
-    run_loop(stop, pio, mmio, control);
+  // stop is requested, dispatching its I/O exits to the buses and
+  // completing the instructions KVM's emulator gives up on.
+  thread_ = std::jthread([this, env = std::move(env), &control](std::stop_token stop) {
+    run_loop(stop, env, control);
   });
 }
 
@@ -118,8 +122,7 @@ void Vcpu::kick() {
   pthread_kill(thread_id_, kick_signal());
 }
 
-void Vcpu::run_loop(std::stop_token stop, const devices::IoBus& pio, const devices::IoBus& mmio,
-                    VmControl& control) {
+void Vcpu::run_loop(std::stop_token stop, const VcpuEnv& env, VmControl& control) {
   thread_id_ = pthread_self();
   // Runs in the thread that requests the stop (or here, if already requested).
   std::stop_callback on_stop(stop, [this] { kick(); });
@@ -129,11 +132,13 @@ void Vcpu::run_loop(std::stop_token stop, const devices::IoBus& pio, const devic
       control.finish(kExitVmmFailure, "vCPU " + std::to_string(index_) + ": KVM_RUN: " + errno_text(errno));
       return;
     }
-    if (!handle_exit(pio, mmio, control)) return;
+    if (!handle_exit(env, control)) return;
   }
 }
 
-bool Vcpu::handle_exit(const devices::IoBus& pio, const devices::IoBus& mmio, VmControl& control) {
+bool Vcpu::handle_exit(const VcpuEnv& env, VmControl& control) {
+  const devices::IoBus& pio = env.pio;
+  const devices::IoBus& mmio = env.mmio;
   auto crash = [&](std::string what) {
     control.finish(kExitGuestCrash, "vCPU " + std::to_string(index_) + ": " + what + "\n" + dump_state());
     return false;
@@ -174,6 +179,7 @@ bool Vcpu::handle_exit(const devices::IoBus& pio, const devices::IoBus& mmio, Vm
         default: return crash("system event " + std::to_string(run_->system_event.type));
       }
     case KVM_EXIT_INTERNAL_ERROR: {
+      if (run_->internal.suberror == KVM_INTERNAL_ERROR_EMULATION) return handle_emulation_failure(env, control);
       std::string what = "KVM internal error, suberror " + std::to_string(run_->internal.suberror);
       if (run_->internal.suberror == KVM_INTERNAL_ERROR_EMULATION) what += " (instruction emulation failed)";
       for (uint32_t i = 0; i < run_->internal.ndata && i < 16; ++i) what += " " + hex(run_->internal.data[i]);
@@ -184,6 +190,29 @@ bool Vcpu::handle_exit(const devices::IoBus& pio, const devices::IoBus& mmio, Vm
     default:
       return crash("unhandled KVM exit reason " + std::to_string(run_->exit_reason));
   }
+}
+
+bool Vcpu::handle_emulation_failure(const VcpuEnv& env, VmControl& control) {
+  std::span<const uint8_t> bytes = emulation_failure_bytes(*run_);
+  KvmVcpuFallbackCpu cpu(fd(), mxcsr_reachable_);
+  auto done = complete_failed_instruction(bytes, cpu, env.memory);
+  if (done) {
+    env.fallbacks.count(*done);
+    return true;
+  }
+  std::string what = "KVM internal error, suberror " + std::to_string(run_->internal.suberror) +
+                     " (instruction emulation failed";
+  if (!bytes.empty()) {
+    what += "; bytes";
+    char b[4];
+    for (uint8_t x : bytes) {
+      std::snprintf(b, sizeof b, " %02x", x);
+      what += b;
+    }
+  }
+  what += "; not completed: " + done.error().message() + ")";
+  control.finish(kExitGuestCrash, "vCPU " + std::to_string(index_) + ": " + what + "\n" + dump_state());
+  return false;
 }
 
 std::string Vcpu::dump_state() const {

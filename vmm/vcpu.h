@@ -22,12 +22,25 @@
 
 #include "base/error.h"
 #include "base/unique_fd.h"
+#include "devices/guest_memory.h"
 #include "devices/io_bus.h"
+#include "vmm/emulation_fallback.h"
 #include "vmm/kvm.h"
 
 namespace tern::vmm {
 
-// The VM's exit statuses (CONTRACTS.md).
+// What a running vCPU dispatches to: the buses for I/O exits, guest RAM and
+// the shared counters for emulation fallbacks, the VmControl for the end.
+// All outlive the vCPU threads (the Machine owns them and joins the threads
+// first).
+struct VcpuEnv {
+  const devices::IoBus& pio;
+  const devices::IoBus& mmio;
+  devices::GuestMemory memory;
+  FallbackCounters& fallbacks;
+};
+
+// The VM's exit statuses (docs/vmm.md).
 inline constexpr int kExitPowerOff = 0;
 inline constexpr int kExitVmmFailure = 1;
 inline constexpr int kExitReset = 2;
@@ -62,7 +75,7 @@ class Vcpu {
 
   // Starts the vCPU thread. APs stay in KVM's wait-for-SIPI state inside
   // KVM_RUN until the BSP wakes them.
-  void start(const devices::IoBus& pio, const devices::IoBus& mmio, VmControl& control);
+  void start(VcpuEnv env, VmControl& control);
   // Asks the thread to leave KVM_RUN and end; join happens in the destructor.
   void stop();
 
@@ -75,16 +88,18 @@ class Vcpu {
  private:
   Vcpu(uint32_t index, UniqueFd fd, kvm_run* run, size_t run_size)
       : index_(index), fd_(std::move(fd)), run_(run), run_size_(run_size) {}
-  void run_loop(std::stop_token stop, const devices::IoBus& pio, const devices::IoBus& mmio,
-                VmControl& control);
+  void run_loop(std::stop_token stop, const VcpuEnv& env, VmControl& control);
   // Handles one exit; false when the VM is over.
-  bool handle_exit(const devices::IoBus& pio, const devices::IoBus& mmio, VmControl& control);
+  bool handle_exit(const VcpuEnv& env, VmControl& control);
+  // An emulation failure: completed by the fallback table, or the VM ends.
+  bool handle_emulation_failure(const VcpuEnv& env, VmControl& control);
   void kick();
 
   const uint32_t index_;
   UniqueFd fd_;
   kvm_run* const run_;  // mmapped; fields read by this vCPU's thread only, except immediate_exit
   const size_t run_size_;
+  bool mxcsr_reachable_ = true;  // set up before the thread starts (probe_mxcsr_reachable)
   pthread_t thread_id_{};  // set by the thread before it can be kicked
   std::jthread thread_;    // last member: stopped and joined first
 };

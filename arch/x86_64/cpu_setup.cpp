@@ -1,7 +1,9 @@
 #include "arch/x86_64/cpu_setup.h"
 
 #include <bit>
+#include <algorithm>
 #include <cstring>
+#include <initializer_list>
 
 #include "arch/x86_64/boot_setup.h"
 #include "arch/x86_64/layout.h"
@@ -81,6 +83,44 @@ void filter_cpuid(std::vector<kvm_cpuid_entry2>& entries, uint32_t index, uint32
     std::memcpy(&sig.edx, "M\0\0\0", 4);
     entries.push_back(sig);
   }
+}
+
+size_t hide_unemulated_features(std::vector<kvm_cpuid_entry2>& entries) {
+  auto bit = [](std::initializer_list<unsigned> bits) {
+    uint32_t m = 0;
+    for (unsigned b : bits) m |= 1u << b;
+    return m;
+  };
+  // Bit numbers from the SDM vol. 2A CPUID tables (AMD APM vol. 3 for 0x80000001).
+  const uint32_t leaf1_ecx = bit({1, 9, 12, 13, 19, 20, 22, 23, 25, 26, 27, 28, 29, 30});
+  const uint32_t leaf7_ebx = bit({3, 4, 5, 8, 11, 14, 16, 17, 18, 19, 21, 26, 27, 28, 29, 30, 31});
+  const uint32_t leaf7_ecx = bit({1, 3, 4, 5, 6, 8, 9, 10, 11, 12, 14, 27, 28});
+  const uint32_t leaf7_edx = bit({2, 3, 8, 14, 22, 23, 24});
+  const uint32_t leaf7_1_eax = bit({4, 5});
+  const uint32_t ext1_ecx = bit({5, 6, 7, 11, 16, 21});
+  size_t cleared = 0;
+  auto clear = [&](uint32_t& reg, uint32_t mask) {
+    cleared += static_cast<size_t>(std::popcount(reg & mask));
+    reg &= ~mask;
+  };
+  for (auto& e : entries) {
+    switch (e.function) {
+      case 1: clear(e.ecx, leaf1_ecx); break;
+      case 7:
+        if (e.index == 0) {
+          clear(e.ebx, leaf7_ebx);
+          clear(e.ecx, leaf7_ecx);
+          clear(e.edx, leaf7_edx);
+        } else if (e.index == 1) {
+          clear(e.eax, leaf7_1_eax);
+        }
+        break;
+      case 0x80000001: clear(e.ecx, ext1_ecx); break;
+      default: break;
+    }
+  }
+  std::erase_if(entries, [](const kvm_cpuid_entry2& e) { return e.function == 0xd; });
+  return cleared;
 }
 
 void setup_long_mode_sregs(kvm_sregs& sregs) {

@@ -7,6 +7,7 @@
 
 #include <linux/kvm.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
@@ -19,6 +20,21 @@ namespace tern::arch::x86_64 {
 //   0x40000000: the KVM signature ("KVMKVMKVM") and its max leaf.
 // APIC IDs equal vCPU indices (the MADT lists the same).
 void filter_cpuid(std::vector<kvm_cpuid_entry2>& entries, uint32_t index, uint32_t count);
+
+// For a host whose KVM runs guest supervisor code in its instruction
+// emulator (kvm_pvm; see vmm/host_kvm.h): removes from CPUID every feature
+// whose instructions that emulator cannot execute and that tern does not
+// complete itself (vmm/emulation_fallback.h), so that the guest kernel
+// stays on code paths made of instructions the emulator has:
+//   leaf 1 ECX: PCLMULQDQ SSSE3 FMA CX16 SSE4.1 SSE4.2 MOVBE POPCNT AES XSAVE
+//               OSXSAVE AVX F16C RDRAND;
+//   leaf 7: BMI1 HLE AVX2 BMI2 RTM MPX RDSEED ADX SHA, every AVX-512 and AMX
+//           bit, PKU, GFNI, VAES, VPCLMULQDQ, MOVDIRI, MOVDIR64B, WAITPKG,
+//           SERIALIZE, AVX-VNNI;
+//   leaf 0xD (XSAVE state) removed;
+//   leaf 0x80000001 ECX: ABM(LZCNT) SSE4A MISALIGNSSE XOP FMA4 TBM.
+// Returns the number of feature bits it cleared.
+size_t hide_unemulated_features(std::vector<kvm_cpuid_entry2>& entries);
 
 // Segment and control registers for 64-bit entry (boot.rst "64-bit BOOT
 // PROTOCOL": long mode, paging with an identity map, __BOOT_CS/__BOOT_DS),

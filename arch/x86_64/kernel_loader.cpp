@@ -75,12 +75,34 @@ Result<LoadedKernel> load_bzimage(std::span<const uint8_t> image, std::span<uint
 
   LoadedKernel k;
   k.kind = KernelKind::BzImage;
+  k.linux_kernel = true;
   k.entry = load + 0x200;  // boot.rst, "64-bit BOOT PROTOCOL": startup_64
   k.end = load + need;
   k.setup_header.assign(image.begin() + kSetupHeaderStart, image.begin() + header_end);
   k.initrd_addr_max = get<uint32_t>(image, kInitrdAddrMaxOff);
   k.protocol = version;
   return k;
+}
+
+// Whether a PT_NOTE segment holds a note owned by "Linux" (a vmlinux carries
+// LINUX_ELFNOTE entries; include/linux/elfnote.h). Malformed notes end the
+// scan: this only decides whether Linux-only boot parameters apply.
+bool has_linux_note(std::span<const uint8_t> image, const Elf64_Phdr& ph) {
+  if (ph.p_offset > image.size() || ph.p_filesz > image.size() - ph.p_offset) return false;
+  std::span<const uint8_t> notes = image.subspan(ph.p_offset, ph.p_filesz);
+  auto align4 = [](uint64_t v) { return (v + 3) & ~uint64_t{3}; };
+  size_t at = 0;
+  while (notes.size() - at >= sizeof(Elf64_Nhdr)) {
+    auto nh = get<Elf64_Nhdr>(notes, at);
+    at += sizeof(Elf64_Nhdr);
+    uint64_t name_len = align4(nh.n_namesz), desc_len = align4(nh.n_descsz);
+    if (name_len > notes.size() - at) return false;
+    if (nh.n_namesz == 6 && std::memcmp(notes.data() + at, "Linux", 6) == 0) return true;
+    at += name_len;
+    if (desc_len > notes.size() - at) return false;
+    at += desc_len;
+  }
+  return false;
 }
 
 Result<LoadedKernel> load_elf(std::span<const uint8_t> image, std::span<uint8_t> ram) {
@@ -100,6 +122,7 @@ Result<LoadedKernel> load_elf(std::span<const uint8_t> image, std::span<uint8_t>
   bool any = false, entry_loaded = false;
   for (unsigned i = 0; i < eh.e_phnum; ++i) {
     auto ph = get<Elf64_Phdr>(image, eh.e_phoff + i * sizeof(Elf64_Phdr));
+    if (ph.p_type == PT_NOTE && has_linux_note(image, ph)) k.linux_kernel = true;
     if (ph.p_type != PT_LOAD) continue;
     if (ph.p_filesz > ph.p_memsz) return fail(Errc::BadElf, "segment with p_filesz > p_memsz");
     if (ph.p_offset > image.size() || ph.p_filesz > image.size() - ph.p_offset) {

@@ -17,6 +17,9 @@ enum class KernelKind { BzImage, Elf64 };
 
 struct LoadedKernel {
   KernelKind kind = KernelKind::Elf64;
+  // A Linux kernel: every bzImage, and an ELF with a "Linux" ELF note (a
+  // vmlinux). Linux-only boot parameters are added only to these.
+  bool linux_kernel = false;
   uint64_t entry = 0;      // 64-bit entry point (guest physical, identity-mapped)
   uint64_t end = 0;        // first byte above everything the kernel occupies while booting
   // bzImage only: the setup header (file bytes 0x1f1 .. end of header), which

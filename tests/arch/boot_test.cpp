@@ -317,6 +317,33 @@ TEST(Cpuid, PerVcpuApicIdsAndTopology) {
   }
 }
 
+TEST(Cpuid, EmulatedHostProfileHidesWhatTheEmulatorCannotRun) {
+  // This host's KVM-supported leaves, abridged (kvm_pvm on an AMD Zen 4).
+  std::vector<kvm_cpuid_entry2> e{leaf(1), leaf(7, 0), leaf(7, 1), leaf(0xd, 0), leaf(0xd, 1), leaf(0x80000001)};
+  e[0].ecx = 0xf6f83203;  // sse3 pclmulqdq ssse3 fma cx16 pcid sse4.1/4.2 x2apic movbe popcnt tsc-deadline aes xsave avx f16c rdrand hypervisor
+  e[0].edx = 0x178bfbff;
+  e[1].ebx = 0xf1bf07ab;  // fsgsbase ... bmi1 avx2 smep bmi2 erms invpcid avx512* rdseed adx smap clflushopt clwb sha
+  e[1].ecx = 0x00405f5a;
+  e[2].eax = 1u << 5;     // avx512_bf16
+  e[5].ecx = 0x75c237ff;
+  e[5].edx = 0x2fd3fbff;
+  auto orig = e;
+  size_t cleared = hide_unemulated_features(e);
+  EXPECT_GT(cleared, 20u);
+  ASSERT_EQ(e.size(), 4u) << "leaf 0xd removed";
+  const uint32_t sse3 = 1u << 0, pcid = 1u << 17, x2apic = 1u << 21, tsc_deadline = 1u << 24, hv = 1u << 31;
+  EXPECT_EQ(e[0].ecx, orig[0].ecx & (sse3 | pcid | x2apic | tsc_deadline | hv));
+  EXPECT_EQ(e[0].edx, orig[0].edx) << "SSE2 and below stay";
+  const uint32_t fsgsbase = 1u << 0, smep = 1u << 7, erms = 1u << 9, invpcid = 1u << 10, smap = 1u << 20;
+  EXPECT_EQ(e[1].ebx & (fsgsbase | smep | erms | invpcid | smap), fsgsbase | smep | erms | invpcid | smap);
+  for (unsigned b : {3u, 5u, 8u, 16u, 17u, 18u, 19u, 29u, 30u, 31u}) EXPECT_FALSE(e[1].ebx & (1u << b)) << b;
+  for (unsigned b : {1u, 6u, 8u, 9u, 10u, 11u, 12u, 14u}) EXPECT_FALSE(e[1].ecx & (1u << b)) << b;
+  EXPECT_EQ(e[2].eax, 0u);
+  for (unsigned b : {5u, 6u, 7u, 11u, 16u, 21u}) EXPECT_FALSE(e[3].ecx & (1u << b)) << b;
+  EXPECT_EQ(e[3].edx, orig[5].edx);
+  EXPECT_EQ(hide_unemulated_features(e), 0u) << "idempotent";
+}
+
 TEST(Lapic, Lint0ExtIntLint1Nmi) {
   kvm_lapic_state l{};
   uint32_t masked = 0x10000;

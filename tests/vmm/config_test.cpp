@@ -36,7 +36,11 @@ TEST(Config, Memory) {
 }
 
 TEST(Config, Cpus) {
-  EXPECT_EQ(parse_cpus("boot=4"), 4u);
+  EXPECT_EQ(parse_cpus("boot=4")->boot, 4u);
+  EXPECT_EQ(parse_cpus("boot=4")->profile, tern::vmm::CpuProfile::Auto);
+  EXPECT_EQ(parse_cpus("boot=2,profile=emulated")->profile, tern::vmm::CpuProfile::Emulated);
+  EXPECT_EQ(parse_cpus("profile=host")->profile, tern::vmm::CpuProfile::Host);
+  EXPECT_FALSE(parse_cpus("profile=fast").has_value());
   EXPECT_FALSE(parse_cpus("boot=0").has_value());
   EXPECT_FALSE(parse_cpus("boot=255").has_value());
   EXPECT_FALSE(parse_cpus("boot=two").has_value());

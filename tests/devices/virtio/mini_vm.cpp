@@ -22,6 +22,7 @@
 #include "base/unique_fd.h"
 #include "devices/pci/pci_root.h"
 #include "devices/virtio/virtio_pci.h"
+#include "vmm/emulation_fallback.h"
 
 namespace tern::devices::testing {
 
@@ -256,6 +257,10 @@ MiniVmResult run_mini_vm(const MiniVmOptions& opt, std::unique_ptr<VirtioBlk> bl
   regs.rflags = 2;
   if (::ioctl(vcpu.get(), KVM_SET_REGS, &regs) < 0) return fail("KVM_SET_REGS");
 
+  auto probe = tern::vmm::probe_mxcsr_reachable(vcpu.get());
+  if (!probe) return fail("probe MXCSR");
+  const bool mxcsr_reachable = *probe;
+
   KvmServices services(vm.get());
   GuestMemory guest({GuestMemory::Region{0, ram.n, mem}});
   auto dev = VirtioPciDevice::create(std::move(blk), services, guest, "virtio-blk");
@@ -338,6 +343,16 @@ MiniVmResult run_mini_vm(const MiniVmOptions& opt, std::unique_ptr<VirtioBlk> bl
       break;
     } else if (run->exit_reason == KVM_EXIT_HLT) {
       continue;
+    } else if (run->exit_reason == KVM_EXIT_INTERNAL_ERROR &&
+               run->internal.suberror == KVM_INTERNAL_ERROR_EMULATION) {
+      // An emulating KVM (kvm_pvm) gives up on int3, clac/stac, ldmxcsr...:
+      // complete them as tern's vCPU loop does.
+      tern::vmm::KvmVcpuFallbackCpu cpu(vcpu.get(), mxcsr_reachable);
+      auto done = tern::vmm::complete_failed_instruction(tern::vmm::emulation_failure_bytes(*run), cpu, guest);
+      if (done) continue;
+      res.exit_code = 3;
+      res.error = "emulation failure not completed: " + done.error().message();
+      break;
     } else {
       kvm_regs r{};
       ::ioctl(vcpu.get(), KVM_GET_REGS, &r);

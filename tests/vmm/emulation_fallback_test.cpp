@@ -1,0 +1,277 @@
+// The emulation fallback on a fake vCPU: registers, FPU and an identity
+// page table in plain structures, guest RAM in a vector.
+#include "vmm/emulation_fallback.h"
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <vector>
+
+namespace ax = tern::arch::x86_64;
+using tern::SysError;
+using tern::SysResult;
+using tern::vmm::FallbackCpu;
+using tern::vmm::FallbackErrorKind;
+
+namespace {
+
+constexpr uint64_t kRamSize = 1 << 20;
+constexpr uint64_t kKernelBase = 0xffffffff80000000ull;  // maps to guest physical 0
+constexpr uint64_t kUnmapped = 0xffff888000000000ull;
+
+class FakeCpu : public FallbackCpu {
+ public:
+  FakeCpu() {
+    regs.rip = kKernelBase + 0x1000;
+    regs.rsp = kKernelBase + 0x8000;
+    regs.rflags = 0x2;
+    sregs.cr0 = 0x80050033;  // PG, AM, WP, NE, ET, MP, PE
+    sregs.cr4 = 0x3406f0;    // includes OSFXSR and SMAP
+    sregs.efer = 0xd01;      // LMA, LME, SCE, NXE
+    sregs.cs.l = 1;
+    sregs.cs.present = 1;
+    fpu.mxcsr = 0x1f80;
+  }
+  SysResult<kvm_regs> get_regs() override { return regs; }
+  SysResult<void> set_regs(const kvm_regs& r) override {
+    regs = r;
+    ++set_regs_calls;
+    return {};
+  }
+  SysResult<kvm_sregs> get_sregs() override { return sregs; }
+  SysResult<kvm_fpu> get_fpu() override { return fpu; }
+  SysResult<void> set_fpu(const kvm_fpu& f) override {
+    fpu = f;
+    return {};
+  }
+  SysResult<kvm_translation> translate(uint64_t linear) override {
+    kvm_translation t{};
+    t.linear_address = linear;
+    if (linear >= kKernelBase && linear - kKernelBase < kRamSize) {
+      t.valid = 1;
+      t.writeable = !read_only;
+      t.physical_address = linear - kKernelBase;
+    } else if (linear >= kUnmapped + kRamSize && linear < kUnmapped + 2 * kRamSize) {
+      t.valid = 1;  // mapped, but beyond guest RAM (as MMIO would be)
+      t.writeable = 1;
+      t.physical_address = 0xfe000000 + (linear - kUnmapped - kRamSize);
+    }
+    return t;
+  }
+  bool mxcsr_reachable() const override { return fpu_reachable; }
+  SysResult<void> inject_exception(uint8_t vector, std::optional<uint32_t> error_code) override {
+    injected.push_back(vector);
+    last_error_code = error_code;
+    return {};
+  }
+
+  kvm_regs regs{};
+  kvm_sregs sregs{};
+  kvm_fpu fpu{};
+  bool read_only = false;
+  bool fpu_reachable = true;
+  int set_regs_calls = 0;
+  std::vector<uint8_t> injected;
+  std::optional<uint32_t> last_error_code;
+};
+
+class EmulationFallback : public ::testing::Test {
+ protected:
+  EmulationFallback() : ram(kRamSize), memory({{0, kRamSize, ram.data()}}) {}
+  auto complete(std::vector<uint8_t> bytes) { return tern::vmm::complete_failed_instruction(bytes, cpu, memory); }
+  void put32(uint64_t linear, uint32_t v) { std::memcpy(ram.data() + (linear - kKernelBase), &v, 4); }
+  uint32_t get32(uint64_t linear) {
+    uint32_t v;
+    std::memcpy(&v, ram.data() + (linear - kKernelBase), 4);
+    return v;
+  }
+
+  std::vector<uint8_t> ram;
+  tern::devices::GuestMemory memory;
+  FakeCpu cpu;
+};
+
+TEST_F(EmulationFallback, Int3AdvancesRipThenRaisesBreakpoint) {
+  uint64_t rip = cpu.regs.rip;
+  auto r = complete({0xcc});
+  ASSERT_TRUE(r) << r.error().message();
+  EXPECT_EQ(r->op, ax::FallbackOp::Int3);
+  EXPECT_EQ(r->fault, 3);
+  EXPECT_EQ(cpu.regs.rip, rip + 1);  // the handler sees RIP after the int3
+  EXPECT_EQ(cpu.injected, std::vector<uint8_t>{3});
+  EXPECT_FALSE(cpu.last_error_code);
+}
+
+TEST_F(EmulationFallback, ClacAndStacFlipAcOnly) {
+  cpu.regs.rflags = 0x46 | (1u << 18);
+  uint64_t rip = cpu.regs.rip;
+  auto r = complete({0x0f, 0x01, 0xca});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(cpu.regs.rflags, 0x46u);
+  EXPECT_EQ(cpu.regs.rip, rip + 3);
+  r = complete({0x0f, 0x01, 0xcb});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->op, ax::FallbackOp::Stac);
+  EXPECT_EQ(cpu.regs.rflags, 0x46u | (1u << 18));
+  EXPECT_EQ(cpu.regs.rip, rip + 6);
+  EXPECT_TRUE(cpu.injected.empty());
+}
+
+TEST_F(EmulationFallback, ClacOutsideRingZeroIsUndefined) {
+  cpu.sregs.ss.dpl = 3;
+  uint64_t rip = cpu.regs.rip;
+  auto r = complete({0x0f, 0x01, 0xca});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->fault, 6);
+  EXPECT_EQ(cpu.regs.rip, rip);  // a fault: RIP stays on the instruction
+}
+
+TEST_F(EmulationFallback, LockPrefixIsUndefined) {
+  auto r = complete({0xf0, 0x0f, 0x01, 0xcb});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->fault, 6);
+  EXPECT_EQ(cpu.set_regs_calls, 0);
+}
+
+TEST_F(EmulationFallback, FwaitRetiresOrRaisesDeviceNotAvailable) {
+  uint64_t rip = cpu.regs.rip;
+  ASSERT_TRUE(complete({0x9b}));
+  EXPECT_EQ(cpu.regs.rip, rip + 1);
+  cpu.sregs.cr0 |= 1u << 3;  // TS (MP already set)
+  auto r = complete({0x9b});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->fault, 7);
+  EXPECT_EQ(cpu.regs.rip, rip + 1);
+}
+
+TEST_F(EmulationFallback, LdmxcsrReadsTheStackOperand) {
+  put32(cpu.regs.rsp + 4, 0x9fc0);
+  uint64_t rip = cpu.regs.rip;
+  auto r = complete({0x0f, 0xae, 0x54, 0x24, 0x04});  // ldmxcsr 4(%rsp)
+  ASSERT_TRUE(r) << r.error().message();
+  EXPECT_EQ(r->op, ax::FallbackOp::Ldmxcsr);
+  EXPECT_FALSE(r->fault);
+  EXPECT_EQ(cpu.fpu.mxcsr, 0x9fc0u);
+  EXPECT_EQ(cpu.regs.rip, rip + 5);
+}
+
+TEST_F(EmulationFallback, WhereMxcsrIsOutOfReachLdmxcsrRetiresAndStmxcsrIsRefused) {
+  cpu.fpu_reachable = false;
+  put32(cpu.regs.rsp + 4, 0x1f80);
+  uint64_t rip = cpu.regs.rip;
+  auto r = complete({0x0f, 0xae, 0x54, 0x24, 0x04});
+  ASSERT_TRUE(r) << r.error().message();
+  EXPECT_TRUE(r->mxcsr_not_loaded);
+  EXPECT_EQ(cpu.regs.rip, rip + 5);
+  put32(cpu.regs.rsp + 4, 0x20000);  // the reserved-bit check still applies
+  r = complete({0x0f, 0xae, 0x54, 0x24, 0x04});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->fault, 13);
+  auto s = complete({0x0f, 0xae, 0x18});
+  ASSERT_FALSE(s);
+  EXPECT_EQ(s.error().kind, FallbackErrorKind::MxcsrUnreachable);
+  tern::vmm::FallbackCounters c;
+  c.count(*r);
+  c.count(tern::vmm::FallbackDone{ax::FallbackOp::Ldmxcsr, std::nullopt, true});
+  EXPECT_EQ(c.summary(), "ldmxcsr 2 (1 ldmxcsr retired without loading MXCSR: this KVM does not expose it)");
+}
+
+TEST_F(EmulationFallback, LdmxcsrAcrossAPageBoundary) {
+  cpu.regs.rax = kKernelBase + 0x2ffe;
+  put32(cpu.regs.rax, 0x1f00);
+  ASSERT_TRUE(complete({0x0f, 0xae, 0x10}));
+  EXPECT_EQ(cpu.fpu.mxcsr, 0x1f00u);
+}
+
+TEST_F(EmulationFallback, LdmxcsrWithReservedBitsIsGeneralProtection) {
+  put32(cpu.regs.rsp + 4, 0x10000);
+  uint64_t rip = cpu.regs.rip;
+  auto r = complete({0x0f, 0xae, 0x54, 0x24, 0x04});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->fault, 13);
+  EXPECT_EQ(cpu.last_error_code, 0u);
+  EXPECT_EQ(cpu.fpu.mxcsr, 0x1f80u);
+  EXPECT_EQ(cpu.regs.rip, rip);
+}
+
+TEST_F(EmulationFallback, SseChecksComeFirst) {
+  cpu.sregs.cr4 &= ~(1ull << 9);  // OSFXSR clear
+  auto r = complete({0x0f, 0xae, 0x54, 0x24, 0x04});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->fault, 6);
+  cpu.sregs.cr4 |= 1ull << 9;
+  cpu.sregs.cr0 |= 1ull << 3;  // TS
+  r = complete({0x0f, 0xae, 0x54, 0x24, 0x04});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->fault, 7);
+}
+
+TEST_F(EmulationFallback, StmxcsrWritesThroughFsBase) {
+  cpu.sregs.fs.base = kKernelBase + 0x4000;
+  cpu.fpu.mxcsr = 0x1fa0;
+  auto r = complete({0x64, 0x0f, 0xae, 0x1c, 0x25, 0x10, 0x00, 0x00, 0x00});  // stmxcsr %fs:0x10
+  ASSERT_TRUE(r) << r.error().message();
+  EXPECT_EQ(get32(kKernelBase + 0x4010), 0x1fa0u);
+}
+
+TEST_F(EmulationFallback, StmxcsrToAReadOnlyPageIsRefused) {
+  cpu.read_only = true;
+  auto r = complete({0x0f, 0xae, 0x18});
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().kind, FallbackErrorKind::OperandNotMapped);
+}
+
+TEST_F(EmulationFallback, OperandsOutsideMappedRamAreErrors) {
+  cpu.regs.rax = kUnmapped;
+  auto r = complete({0x0f, 0xae, 0x10});
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().kind, FallbackErrorKind::OperandNotMapped);
+  cpu.regs.rax = kUnmapped + kRamSize + 8;  // mapped to an address outside RAM
+  r = complete({0x0f, 0xae, 0x10});
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().kind, FallbackErrorKind::OperandNotRam);
+  EXPECT_EQ(cpu.fpu.mxcsr, 0x1f80u);
+}
+
+TEST_F(EmulationFallback, BytesAreFetchedAtRipWhenKvmGivesNone) {
+  ram[0x1000] = 0x0f;
+  ram[0x1001] = 0x01;
+  ram[0x1002] = 0xcb;
+  auto r = complete({});
+  ASSERT_TRUE(r) << r.error().message();
+  EXPECT_EQ(r->op, ax::FallbackOp::Stac);
+}
+
+TEST_F(EmulationFallback, UnknownInstructionsAreNotCompleted) {
+  auto r = complete({0xf3, 0x48, 0x0f, 0xb8, 0xc7});  // popcnt
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().kind, FallbackErrorKind::Decode);
+  EXPECT_EQ(cpu.set_regs_calls, 0);
+  EXPECT_TRUE(cpu.injected.empty());
+}
+
+TEST(FallbackCounters, SummaryNamesNonZeroKinds) {
+  tern::vmm::FallbackCounters c;
+  EXPECT_EQ(c.summary(), "");
+  c.count({ax::FallbackOp::Int3, 3});
+  c.count({ax::FallbackOp::Clac, std::nullopt});
+  c.count({ax::FallbackOp::Clac, std::nullopt});
+  EXPECT_EQ(c.summary(), "int3 1, clac 2");
+  EXPECT_EQ(c.total(), 3u);
+}
+
+TEST(EmulationFailureBytes, ReadsKvmRunOnlyWhenFlagged) {
+  kvm_run run{};
+  run.exit_reason = KVM_EXIT_INTERNAL_ERROR;
+  run.emulation_failure.suberror = KVM_INTERNAL_ERROR_EMULATION;
+  run.emulation_failure.ndata = 3;
+  run.emulation_failure.insn_size = 3;
+  run.emulation_failure.insn_bytes[0] = 0x0f;
+  EXPECT_TRUE(tern::vmm::emulation_failure_bytes(run).empty());
+  run.emulation_failure.flags = KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES;
+  EXPECT_EQ(tern::vmm::emulation_failure_bytes(run).size(), 3u);
+  run.emulation_failure.insn_size = 200;  // clamped to the array
+  EXPECT_EQ(tern::vmm::emulation_failure_bytes(run).size(), 15u);
+}
+
+}  // namespace
