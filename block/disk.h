@@ -29,6 +29,12 @@ namespace tern::block {
 
 enum class Op : uint8_t { Read, Write, Flush, Discard, WriteZeroes };
 
+// The longest read or write one request may carry. Every backend refuses a
+// longer one with Errc::TooLarge before doing anything, so no request can
+// make a backend allocate or hold a lock in proportion to its size beyond
+// this; devices advertise limits within it (virtio-blk: seg_max * size_max).
+inline constexpr uint64_t kMaxTransferBytes = uint64_t{1} << 30;
+
 struct Request {
   Op op = Op::Read;
   uint64_t offset = 0;  // bytes from the start of the disk
@@ -76,6 +82,13 @@ class IoContext {
 
   // Maximum number of requests in flight.
   virtual uint32_t depth() const = 0;
+
+  // For a reset or shutdown: every accepted request that has not started
+  // completes soon with Errc::Cancelled, and a long one that has started may
+  // stop early (its completion says so), so that tearing the context down
+  // does not wait behind a queue of large requests. The completions still
+  // arrive through drain(), one per request. Submit nothing afterwards.
+  virtual void cancel() {}
 };
 
 class DiskFile {

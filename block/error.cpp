@@ -27,6 +27,9 @@ const char* errc_name(Errc code) {
     case Errc::ShortTransfer: return "short transfer";
     case Errc::AioSetupFailed: return "cannot set up Linux AIO";
     case Errc::SubmitFailed: return "cannot submit AIO request";
+    case Errc::TooLarge: return "request longer than the largest transfer";
+    case Errc::Cancelled: return "request cancelled";
+    case Errc::OutOfMemory: return "cannot allocate a buffer";
     case Errc::ShrinkRefused: return "shrinking is not supported";
     case Errc::ResizeFailed: return "resize failed";
     case Errc::BadHeader: return "invalid image header";
@@ -66,6 +69,9 @@ int Error::to_errno() const {
     case Errc::ReadOnly: return EROFS;
     case Errc::Unsupported: return EOPNOTSUPP;
     case Errc::QueueFull: return EAGAIN;
+    case Errc::TooLarge: return E2BIG;
+    case Errc::Cancelled: return ECANCELED;
+    case Errc::OutOfMemory: return ENOMEM;
     case Errc::NoSpace: return ENOSPC;
     case Errc::LockConflict: return EAGAIN;
     default: return EIO;

@@ -31,6 +31,9 @@ enum class Errc {
   ShortTransfer,       // I/O returned fewer bytes than asked (e.g. past EOF)
   AioSetupFailed,      // io_setup failed; callers may fall back to threads
   SubmitFailed,        // io_submit failed
+  TooLarge,            // read or write longer than kMaxTransferBytes
+  Cancelled,           // dropped by IoContext::cancel() (reset, shutdown)
+  OutOfMemory,         // a bounded buffer could not be allocated
   // Resizing.
   ShrinkRefused,
   ResizeFailed,

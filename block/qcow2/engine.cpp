@@ -144,9 +144,10 @@ Result<void> Engine::read_compressed(uint64_t entry, std::span<uint8_t> out) {
   return {};
 }
 
-Result<void> Engine::read(uint64_t offset, std::span<const iovec> iov,
+Result<void> Engine::read(uint64_t offset, std::span<const iovec> request_iov,
                           std::vector<HostExtent>* deferred) {
-  const uint64_t length = iov_length(iov);
+  const uint64_t length = iov_length(request_iov);
+  IovCursor iov(request_iov);  // clusters are visited front to back: linear in segments
   std::vector<uint8_t> scratch;
   for (uint64_t pos = 0; pos < length;) {
     uint64_t guest = offset + pos;
@@ -297,7 +298,7 @@ Result<void> Engine::fill_cluster(uint64_t guest_cluster, const Mapping& old, st
   return {};
 }
 
-Result<void> Engine::write_cluster(uint64_t guest, std::span<const iovec> iov, uint64_t pos,
+Result<void> Engine::write_cluster(uint64_t guest, IovCursor& iov, uint64_t pos,
                                    uint64_t n, std::vector<HostExtent>* deferred) {
   const uint64_t in_cluster = guest & (cluster_size_ - 1);
   const uint64_t guest_cluster = guest - in_cluster;
@@ -388,9 +389,10 @@ Result<void> Engine::write_cluster(uint64_t guest, std::span<const iovec> iov, u
   return {};
 }
 
-Result<void> Engine::write(uint64_t offset, std::span<const iovec> iov,
+Result<void> Engine::write(uint64_t offset, std::span<const iovec> request_iov,
                            std::vector<HostExtent>* deferred) {
-  const uint64_t length = iov_length(iov);
+  const uint64_t length = iov_length(request_iov);
+  IovCursor iov(request_iov);  // clusters are visited front to back: linear in segments
   for (uint64_t pos = 0; pos < length;) {
     uint64_t guest = offset + pos;
     uint64_t n = std::min(cluster_size_ - (guest & (cluster_size_ - 1)), length - pos);

@@ -21,6 +21,7 @@
 #include "block/qcow2/format.h"
 #include "block/qcow2/header_store.h"
 #include "block/qcow2/host_file.h"
+#include "block/qcow2/iov.h"
 #include "block/qcow2/refcounts.h"
 #include "block/qcow2/table_cache.h"
 
@@ -120,9 +121,16 @@ class Engine {
   Result<void> read_compressed(uint64_t entry, std::span<uint8_t> out);
   Result<void> release_cluster(const Mapping& mapping);
   Result<void> fill_cluster(uint64_t guest_cluster, const Mapping& old, std::span<uint8_t> out);
-  Result<void> write_cluster(uint64_t guest_offset, std::span<const iovec> iov,
+  // `iov` is the request's cursor: clusters are written front to back.
+  Result<void> write_cluster(uint64_t guest_offset, IovCursor& iov,
                              uint64_t request_offset, uint64_t length,
                              std::vector<HostExtent>* deferred);
+  Result<void> write_cluster(uint64_t guest_offset, std::span<const iovec> iov,
+                             uint64_t request_offset, uint64_t length,
+                             std::vector<HostExtent>* deferred) {
+    IovCursor cursor(iov);
+    return write_cluster(guest_offset, cursor, request_offset, length, deferred);
+  }
   Result<void> zero_cluster(uint64_t guest_offset, bool may_unmap, bool discard);
   Result<void> flush_metadata();
   bool overlaps_metadata(uint64_t host_cluster) const;

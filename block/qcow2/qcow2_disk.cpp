@@ -103,6 +103,10 @@ class Qcow2IoContext final : public IoContext {
     const uint64_t size = disk_.size();
     uint64_t length = req.length;
     if (req.op == Op::Read || req.op == Op::Write) length = iov_length(req.iov);
+    // The engine lock is held while a request is mapped: bounded per request.
+    if ((req.op == Op::Read || req.op == Op::Write) && length > kMaxTransferBytes) {
+      return fail(Errc::TooLarge, 0, std::to_string(length) + " bytes");
+    }
     if (req.op != Op::Flush && (req.offset > size || length > size - req.offset)) {
       return fail(Errc::OutOfRange);
     }
@@ -143,12 +147,13 @@ class Qcow2IoContext final : public IoContext {
     p->cookie = req.cookie;
     p->is_read = is_read;
     p->pieces.resize(extents.size());
+    IovCursor iov(req.iov);  // extents come in request order: one linear walk
     std::vector<iocb*> cbs;
     for (size_t i = 0; i < extents.size(); ++i) {
       Piece& piece = p->pieces[i];
       piece.owner = p.get();
       piece.length = extents[i].length;
-      iov_slice(req.iov, extents[i].request_offset, extents[i].length, piece.iov);
+      iov_slice(iov, extents[i].request_offset, extents[i].length, piece.iov);
       piece.cb.aio_data = reinterpret_cast<uint64_t>(&piece);
       piece.cb.aio_lio_opcode = is_read ? IOCB_CMD_PREADV : IOCB_CMD_PWRITEV;
       piece.cb.aio_fildes = static_cast<uint32_t>(disk_.data_fd());
@@ -225,7 +230,9 @@ class Qcow2IoContext final : public IoContext {
     return true;
   }
 
-  Result<void> transfer_sync(bool is_read, std::span<const iovec> iov, std::span<const HostExtent> extents) {
+  Result<void> transfer_sync(bool is_read, std::span<const iovec> request_iov,
+                             std::span<const HostExtent> extents) {
+    IovCursor iov(request_iov);  // extents come in request order: one linear walk
     std::vector<iovec> piece;
     for (const auto& e : extents) {
       piece.clear();

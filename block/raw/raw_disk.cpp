@@ -9,6 +9,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <climits>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
@@ -52,50 +55,101 @@ Errc failure_for(Op op) {
   return Errc::Internal;
 }
 
-// A request with its own copy of the iovec array (the caller's array lives
-// only during submit()) and, for O_DIRECT with unaligned memory, a bounce
-// buffer: writes are copied in at preparation, reads copied out at finish.
+// O_DIRECT needs aligned memory; a request whose buffers are not aligned is
+// bounced through one aligned buffer of kBounceChunk bytes, a chunk at a
+// time, never through a copy of its whole size. Each thread that runs
+// requests owns at most one such buffer, so a context's bounce memory is
+// bounded by its thread count (docs/virtio.md "Request size").
+constexpr size_t kBounceChunk = 1 << 20;
+
+class BounceBuffer {
+ public:
+  // The buffer, allocated on first use; an error value when memory is short.
+  Result<std::span<uint8_t>> get(size_t alignment) {
+    if (!buffer_) {
+      buffer_ = aligned_buffer(alignment, kBounceChunk);
+      if (!buffer_) return fail(Errc::OutOfMemory, ENOMEM, "O_DIRECT bounce buffer");
+    }
+    return std::span<uint8_t>(buffer_.get(), kBounceChunk);
+  }
+
+ private:
+  AlignedBuffer buffer_;
+};
+
+bool needs_bounce(const Request& r, const RawDisk& disk) {
+  if (!disk.direct() || (r.op != Op::Read && r.op != Op::Write)) return false;
+  uint32_t align = disk.memory_alignment();
+  return !std::all_of(r.iov.begin(), r.iov.end(), [&](const iovec& v) {
+    return reinterpret_cast<uintptr_t>(v.iov_base) % align == 0 && v.iov_len % align == 0;
+  });
+}
+
+// A position in a list of iovecs that moves forward as chunks are copied.
+struct IovPosition {
+  size_t index = 0;
+  size_t offset = 0;  // inside iov[index]
+};
+
+// Copies n bytes between the iovecs at `at` (advanced) and `chunk`.
+void copy_chunk(std::span<const iovec> iov, IovPosition& at, uint8_t* chunk, size_t n, bool into_chunk) {
+  while (n > 0 && at.index < iov.size()) {
+    const iovec& v = iov[at.index];
+    size_t take = std::min(n, v.iov_len - at.offset);
+    uint8_t* user = static_cast<uint8_t*>(v.iov_base) + at.offset;
+    if (into_chunk) {
+      std::memcpy(chunk, user, take);
+    } else {
+      std::memcpy(user, chunk, take);
+    }
+    chunk += take;
+    n -= take;
+    at.offset += take;
+    if (at.offset == v.iov_len) {
+      ++at.index;
+      at.offset = 0;
+    }
+  }
+}
+
+Result<void> transfer(int fd, Op op, std::span<const iovec> iov_in, uint64_t offset);
+
+// Runs a validated request, bouncing it chunk by chunk when O_DIRECT needs
+// that. A bounced request checks `cancelled` between chunks.
+Result<void> run_request(const RawDisk& disk, const Request& r, BounceBuffer& bounce,
+                         const std::atomic<bool>* cancelled) {
+  if (!needs_bounce(r, disk)) return disk.execute(r);
+  auto chunk = bounce.get(disk.memory_alignment());
+  if (!chunk) return std::unexpected(chunk.error());
+  const uint64_t total = iov_bytes(r.iov);
+  IovPosition at;
+  for (uint64_t done = 0; done < total;) {
+    if (cancelled && cancelled->load(std::memory_order_relaxed)) return fail(Errc::Cancelled, 0, disk.path());
+    size_t n = static_cast<size_t>(std::min<uint64_t>(kBounceChunk, total - done));
+    if (r.op == Op::Write) copy_chunk(r.iov, at, chunk->data(), n, true);
+    iovec v{chunk->data(), n};
+    if (auto t = transfer(disk.fd(), r.op, std::span<const iovec>(&v, 1), r.offset + done); !t) {
+      t.error().detail = disk.path();
+      return t;
+    }
+    if (r.op == Op::Read) copy_chunk(r.iov, at, chunk->data(), n, false);
+    done += n;
+  }
+  return {};
+}
+
+// A request with its own copy of the iovec array: the caller's array lives
+// only during submit().
 struct OwnedRequest {
   Request request;
-  std::vector<iovec> iov;       // what the I/O uses
-  std::vector<iovec> user_iov;  // the caller's buffers when bounced
-  AlignedBuffer bounce;
+  std::vector<iovec> iov;
 
-  static OwnedRequest prepare(const Request& r, const RawDisk& disk) {
+  static OwnedRequest prepare(const Request& r) {
     OwnedRequest owned;
     owned.request = r;
     owned.iov.assign(r.iov.begin(), r.iov.end());
-    bool rw = r.op == Op::Read || r.op == Op::Write;
-    if (rw && disk.direct()) {
-      uint32_t align = disk.memory_alignment();
-      bool aligned = std::all_of(owned.iov.begin(), owned.iov.end(), [&](const iovec& v) {
-        return reinterpret_cast<uintptr_t>(v.iov_base) % align == 0 && v.iov_len % align == 0;
-      });
-      if (!aligned) {
-        uint64_t total = iov_bytes(owned.iov);
-        owned.bounce = aligned_buffer(align, total);
-        if (r.op == Op::Write) {
-          uint8_t* p = owned.bounce.get();
-          for (const iovec& v : owned.iov) {
-            std::memcpy(p, v.iov_base, v.iov_len);
-            p += v.iov_len;
-          }
-        }
-        owned.user_iov = std::move(owned.iov);
-        owned.iov = {iovec{owned.bounce.get(), total}};
-      }
-    }
     owned.request.iov = owned.iov;
     return owned;
-  }
-
-  void finish(bool ok) {
-    if (!ok || !bounce || request.op != Op::Read) return;
-    const uint8_t* p = bounce.get();
-    for (const iovec& v : user_iov) {
-      std::memcpy(v.iov_base, p, v.iov_len);
-      p += v.iov_len;
-    }
   }
 };
 
@@ -150,8 +204,23 @@ class WorkerPool {
     wake_.notify_one();
   }
 
+  // IoContext::cancel(): queued jobs complete now as cancelled; bounced
+  // ones running stop at their next chunk.
+  void cancel() {
+    std::deque<OwnedRequest> dropped;
+    {
+      std::lock_guard lock(mutex_);
+      cancelled_.store(true, std::memory_order_relaxed);
+      dropped.swap(jobs_);
+    }
+    for (OwnedRequest& job : dropped) {
+      done_.push(Completion{job.request.cookie, fail(Errc::Cancelled, 0, disk_.path())});
+    }
+  }
+
  private:
   void run(std::stop_token stop) {
+    BounceBuffer bounce;  // this worker's, for O_DIRECT with unaligned memory
     for (;;) {
       OwnedRequest job;
       {
@@ -161,8 +230,7 @@ class WorkerPool {
         job = std::move(jobs_.front());
         jobs_.pop_front();
       }
-      Result<void> status = disk_.execute(job.request);
-      job.finish(status.has_value());
+      Result<void> status = run_request(disk_, job.request, bounce, &cancelled_);
       done_.push(Completion{job.request.cookie, std::move(status)});
     }
   }
@@ -172,6 +240,7 @@ class WorkerPool {
   std::mutex mutex_;
   std::condition_variable_any wake_;
   std::deque<OwnedRequest> jobs_;  // guarded by mutex_
+  std::atomic<bool> cancelled_{false};
   std::vector<std::jthread> threads_;
 };
 
@@ -200,11 +269,7 @@ class SyncContext final : public IoContext {
   Result<void> submit(const Request& request) override {
     if (done_.size() >= depth_) return fail(Errc::QueueFull);
     Result<void> status = disk_.validate(request);
-    if (status) {
-      OwnedRequest owned = OwnedRequest::prepare(request, disk_);
-      status = disk_.execute(owned.request);
-      owned.finish(status.has_value());
-    }
+    if (status) status = run_request(disk_, request, bounce_, nullptr);
     done_.push_back(Completion{request.cookie, std::move(status)});
     event_.signal();
     return {};
@@ -220,6 +285,7 @@ class SyncContext final : public IoContext {
   EventFd event_;
   const uint32_t depth_;
   std::vector<Completion> done_;
+  BounceBuffer bounce_;
 };
 
 class ThreadContext final : public IoContext {
@@ -231,13 +297,14 @@ class ThreadContext final : public IoContext {
   Result<void> submit(const Request& request) override {
     auto admitted = admit(disk_, done_, in_flight_, depth_, request);
     if (!admitted) return std::unexpected(admitted.error());
-    if (*admitted) pool_.post(OwnedRequest::prepare(request, disk_));
+    if (*admitted) pool_.post(OwnedRequest::prepare(request));
     return {};
   }
   void drain(std::vector<Completion>& out) override {
     done_.event().consume();
     in_flight_ -= static_cast<uint32_t>(done_.take(out));
   }
+  void cancel() override { pool_.cancel(); }
 
  private:
   const RawDisk& disk_;
@@ -268,15 +335,18 @@ class AioContext final : public IoContext {
     auto admitted = admit(disk_, done_, in_flight_, depth_, request);
     if (!admitted) return std::unexpected(admitted.error());
     if (!*admitted) return {};
-    bool via_aio = request.op == Op::Read || request.op == Op::Write ||
+    // Bounced requests (O_DIRECT, unaligned memory) go to the worker, which
+    // copies them a chunk at a time; so do lists longer than one iocb takes.
+    bool rw = request.op == Op::Read || request.op == Op::Write;
+    bool via_aio = (rw && !needs_bounce(request, disk_) && request.iov.size() <= IOV_MAX) ||
                    (request.op == Op::Flush && aio_fsync_works_);
     if (!via_aio) {
-      pool_.post(OwnedRequest::prepare(request, disk_));
+      pool_.post(OwnedRequest::prepare(request));
       return {};
     }
     uint32_t index = free_.back();
     Slot& slot = slots_[index];
-    slot.owned = OwnedRequest::prepare(request, disk_);
+    slot.owned = OwnedRequest::prepare(request);
     slot.expected = iov_bytes(slot.owned.iov);
     iocb& cb = slot.cb;
     cb = iocb{};
@@ -332,7 +402,6 @@ class AioContext final : public IoContext {
         } else if (op != Op::Flush && static_cast<uint64_t>(res) != slot.expected) {
           status = fail(Errc::ShortTransfer, 0, disk_.path());
         }
-        slot.owned.finish(status.has_value());
         out.push_back(Completion{slot.owned.request.cookie, std::move(status)});
         slot.owned = OwnedRequest{};
         free_.push_back(index);
@@ -342,6 +411,10 @@ class AioContext final : public IoContext {
     }
     in_flight_ -= static_cast<uint32_t>(done_.take(out));
   }
+
+  // What is already in the kernel finishes (io_cancel does not apply to
+  // file I/O); what waits for the worker is dropped.
+  void cancel() override { pool_.cancel(); }
 
  private:
   struct Slot {
@@ -505,6 +578,9 @@ Result<void> RawDisk::validate(const Request& r) const {
   if (r.op == Op::Discard && !capabilities().discard) return fail(Errc::Unsupported, 0, "discard");
   uint64_t length = (r.op == Op::Read || r.op == Op::Write) ? iov_bytes(r.iov) : r.length;
   if ((r.op == Op::Read || r.op == Op::Write) && r.iov.empty()) return fail(Errc::InvalidArgument);
+  if ((r.op == Op::Read || r.op == Op::Write) && length > kMaxTransferBytes) {
+    return fail(Errc::TooLarge, 0, std::to_string(length) + " bytes");
+  }
   uint64_t disk_size = size();
   if (r.offset > disk_size || length > disk_size - r.offset) {
     return fail(Errc::OutOfRange, 0,
@@ -561,6 +637,7 @@ Result<void> RawDisk::write_zeroes(uint64_t offset, uint64_t length, bool may_un
   // Last resort: write zeros, 1 MiB at a time, from an aligned buffer.
   constexpr size_t kChunk = 1 << 20;
   AlignedBuffer zeros = aligned_buffer(std::max<uint32_t>(topology_.buffer_alignment, 4096), kChunk);
+  if (!zeros) return fail(Errc::OutOfMemory, ENOMEM, "write-zeroes buffer");
   std::memset(zeros.get(), 0, kChunk);
   while (length > 0) {
     size_t n = static_cast<size_t>(std::min<uint64_t>(length, kChunk));

@@ -10,7 +10,9 @@
 //            io_setup is unavailable (logged once).
 // direct=on opens with O_DIRECT: offsets and lengths must be multiples of the
 // file's direct-I/O offset alignment (Errc::Unaligned otherwise); buffers
-// that are not aligned in memory are bounced through an aligned copy.
+// that are not aligned in memory are bounced, 1 MiB at a time, through one
+// aligned buffer per thread that runs requests (Native: by its worker).
+// Reads and writes longer than kMaxTransferBytes are Errc::TooLarge.
 #pragma once
 
 #include <atomic>

@@ -15,6 +15,7 @@
 
 #include "base/event_fd.h"
 #include "base/unique_fd.h"
+#include "block/disk.h"
 #include "devices/virtio/rate_limited_log.h"
 
 namespace tern::devices {
@@ -203,7 +204,7 @@ class BlkQueueWorker {
   void run(std::stop_token token) {
     std::stop_callback wake(token, [this] { stop_.signal(); });
     // Notifications sent before activation are in the ring already.
-    serve_avail();
+    serve_avail(token);
     reap();
     while (!token.stop_requested()) {
       epoll_event events[3];
@@ -222,13 +223,16 @@ class BlkQueueWorker {
           notified = true;
         }
       }
-      if (notified) serve_avail();
+      if (notified) serve_avail(token);
       reap();
     }
     // Reset or teardown: nothing may reach the rings any more, but the
     // backend may still be writing into guest memory, so wait for every
-    // request in flight before the context and the queue go away.
+    // request in flight before the context and the queue go away. What has
+    // not started is cancelled, so this waits for the few requests running,
+    // not for a queue full of large ones.
     queue_->detach();
+    ctx_->cancel();
     while (pending_ != 0) {
       pollfd p{ctx_->completion_fd(), POLLIN, 0};
       ::poll(&p, 1, 100);
@@ -236,10 +240,14 @@ class BlkQueueWorker {
     }
   }
 
-  void serve_avail() {
+  void serve_avail(std::stop_token token) {
     if (queue_->broken()) return;  // already reported; wait for the reset
     for (;;) {
       for (;;) {
+        // A reset or teardown stops serving between requests (a backend
+        // that runs requests inside submit() would otherwise run the whole
+        // ring first); what stays in the ring is the driver's again.
+        if (token.stop_requested()) return;
         auto chain = queue_->pop();
         if (!chain) {
           interrupt_.needs_reset("queue " + std::to_string(index_) + ": " +
@@ -316,6 +324,18 @@ class BlkQueueWorker {
     return sector <= cap && sectors <= cap - sector;
   }
 
+  // 5.2.4: the driver keeps each request within seg_max segments of at most
+  // size_max bytes each. Segments are what the chain carries besides the
+  // header and the status byte, so a chain may have seg_max + 2
+  // descriptors, none longer than size_max. Past that the request gets IOERR
+  // (5.2.6.1 lets the device fail a request it cannot serve); the queue
+  // itself is fine.
+  bool within_limits(std::span<const ChainBuffer> buffers) const {
+    if (buffers.size() > uint64_t{shared_.seg_max} + 2) return false;
+    return std::ranges::all_of(buffers, [](const ChainBuffer& b) { return b.bytes.size() <= kBlkSizeMax; });
+  }
+  uint64_t max_data_bytes() const { return uint64_t{shared_.seg_max} * kBlkSizeMax; }
+
   void handle(DescriptorChain chain) {
     ByteStream in, out;  // device-readable, device-writable
     for (const ChainBuffer& b : chain.buffers()) (b.device_writable ? out : in).add(b.bytes);
@@ -326,8 +346,13 @@ class BlkQueueWorker {
       return;
     }
     uint16_t head = chain.head();
+    bool within = within_limits(chain.buffers());
     BlkRequest local(std::move(chain), out.last_byte());
     uint64_t data_out = out.size() - 1;  // writable bytes before the status byte
+    if (!within) {
+      request_log().log("virtio-blk", "request beyond seg_max or size_max");
+      return answer(local, kBlkSIoErr);
+    }
 
     uint8_t header[16];
     if (!in.read(0, header)) return answer(local, kBlkSIoErr);
@@ -339,7 +364,7 @@ class BlkQueueWorker {
     req.cookie = head;
     switch (type) {
       case kBlkTIn:
-        if (data_out % kSector != 0 || !in_capacity(sector, data_out) ||
+        if (data_out % kSector != 0 || data_out > max_data_bytes() || !in_capacity(sector, data_out) ||
             !out.iovecs(0, data_out, iov_)) {
           return answer(local, kBlkSIoErr);
         }
@@ -354,7 +379,7 @@ class BlkQueueWorker {
         // for a write request if the VIRTIO_BLK_F_RO feature if offered, and
         // MUST NOT write any data."
         if (shared_.read_only) return answer(local, kBlkSIoErr);
-        if (data_in % kSector != 0 || !in_capacity(sector, data_in) ||
+        if (data_in % kSector != 0 || data_in > max_data_bytes() || !in_capacity(sector, data_in) ||
             !in.iovecs(sizeof header, data_in, iov_)) {
           return answer(local, kBlkSIoErr);
         }
@@ -451,8 +476,9 @@ VirtioBlk::VirtioBlk(std::unique_ptr<block::DiskFile> disk, VirtioBlkOptions opt
   shared_.capacity.store(disk_->size() / kSector);
   shared_.max_discard_sectors = kMaxDiscardSectors;
   shared_.max_write_zeroes_sectors = kMaxDiscardSectors;
+  shared_.seg_max = blk_seg_max(options_.queue_size);
   features_ = kVirtioFVersion1 | kVirtioFRingIndirectDesc | kVirtioFRingEventIdx | kBlkFBlkSize |
-              kBlkFSegMax | kBlkFFlush | kBlkFMq;
+              kBlkFSizeMax | kBlkFSegMax | kBlkFFlush | kBlkFMq;
   if (shared_.read_only) features_ |= kBlkFRo;
   if (caps.discard) features_ |= kBlkFDiscard;
   if (caps.write_zeroes) features_ |= kBlkFWriteZeroes;
@@ -477,7 +503,8 @@ void VirtioBlk::read_config(uint32_t offset, std::span<uint8_t> data) const {
   auto put = [&](size_t at, auto value) { std::memcpy(cfg + at, &value, sizeof value); };
   block::Topology topo = disk_->topology();
   put(0, shared_.capacity.load(std::memory_order_acquire));
-  put(12, uint32_t{std::max<uint16_t>(options_.queue_size, 3) - 2u});  // seg_max
+  put(8, kBlkSizeMax);          // size_max
+  put(12, shared_.seg_max);     // seg_max
   put(20, uint32_t{topo.logical_block_size});                          // blk_size
   put(34, uint16_t{options_.num_queues});
   put(36, shared_.max_discard_sectors);

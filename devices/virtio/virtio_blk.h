@@ -22,6 +22,7 @@
 namespace tern::devices {
 
 // virtio-blk feature bits (5.2.3).
+inline constexpr uint64_t kBlkFSizeMax = 1ull << 1;
 inline constexpr uint64_t kBlkFSegMax = 1ull << 2;
 inline constexpr uint64_t kBlkFRo = 1ull << 5;
 inline constexpr uint64_t kBlkFBlkSize = 1ull << 6;
@@ -42,6 +43,19 @@ inline constexpr uint8_t kBlkSIoErr = 1;
 inline constexpr uint8_t kBlkSUnsupp = 2;
 inline constexpr size_t kBlkIdBytes = 20;  // VIRTIO_BLK_ID_BYTES
 inline constexpr uint32_t kBlkConfigSize = 60;
+
+// Request-size limits (5.2.4, docs/virtio.md "Request size"). size_max bounds
+// each segment; seg_max counts data segments (the header and status
+// descriptors aside, as QEMU and Linux count them) and is at most IOV_MAX,
+// the most iovecs one preadv/pwritev or AIO iocb takes. Together they bound
+// a request to block::kMaxTransferBytes.
+inline constexpr uint32_t kBlkSizeMax = 1u << 20;
+inline constexpr uint32_t kBlkMaxSegments = 1024;
+static_assert(uint64_t{kBlkSizeMax} * kBlkMaxSegments <= block::kMaxTransferBytes);
+constexpr uint32_t blk_seg_max(uint16_t queue_size) {
+  uint32_t ring = queue_size > 3 ? queue_size - 2u : 1u;
+  return ring < kBlkMaxSegments ? ring : kBlkMaxSegments;
+}
 
 struct VirtioBlkOptions {
   bool read_only = false;     // readonly=on (also implied by the backend)
@@ -102,6 +116,7 @@ class VirtioBlk final : public VirtioDevice {
           flush_ops{0}, discard_ops{0}, discard_bytes{0}, write_zeroes_ops{0},
           write_zeroes_bytes{0}, errors{0};
     } counters;
+    uint32_t seg_max = 1;  // data segments per request (5.2.4)
     uint32_t max_discard_sectors = 0;
     uint32_t max_write_zeroes_sectors = 0;
   };

@@ -20,7 +20,7 @@ const char* queue_fault_name(QueueFault fault) {
     case QueueFault::IndirectNotNegotiated: return "indirect descriptor without RING_INDIRECT_DESC";
     case QueueFault::NestedIndirect: return "indirect descriptor inside an indirect table";
     case QueueFault::IndirectWithNext: return "indirect descriptor with NEXT set";
-    case QueueFault::BadIndirectLength: return "indirect table length is not a non-zero multiple of 16";
+    case QueueFault::BadIndirectLength: return "indirect table length is not a non-zero multiple of 16 within the queue size";
     case QueueFault::IndirectOutOfRange: return "indirect table lies outside guest RAM";
     case QueueFault::ReadableAfterWritable: return "device-readable descriptor after a device-writable one";
     case QueueFault::HeadInUse: return "avail ring names a descriptor the device still owns";
@@ -147,7 +147,9 @@ std::expected<std::vector<ChainBuffer>, QueueFault> Virtqueue::walk(uint16_t hea
   bool seen_writable = false;
   uint16_t index = head;
   // A chain visits at most size_ descriptors; one more means a loop (or a
-  // chain longer than the queue, which 2.7.5.3.1 forbids too).
+  // chain longer than the queue, which 2.7.5.3.1 forbids too: "A driver
+  // MUST NOT create a descriptor chain longer than the Queue Size of the
+  // device"). Buffers from an indirect table count towards the same bound.
   for (uint32_t count = 1;; ++count) {
     if (count > size_) return std::unexpected(QueueFault::ChainTooLong);
     Desc d;  // guest-controlled: read once, then validated
@@ -157,7 +159,9 @@ std::expected<std::vector<ChainBuffer>, QueueFault> Virtqueue::walk(uint16_t hea
       // holds the rest.
       if (!features_.indirect) return std::unexpected(QueueFault::IndirectNotNegotiated);
       if (d.flags & kVirtqDescFNext) return std::unexpected(QueueFault::IndirectWithNext);
-      if (d.len == 0 || d.len % 16 != 0 || d.len / 16 > kMaxQueueSize) {
+      // A table of more entries than the queue size can only hold a chain
+      // longer than the queue (2.7.5.3.1); refused before it is walked.
+      if (d.len == 0 || d.len % 16 != 0 || d.len / 16 > size_) {
         return std::unexpected(QueueFault::BadIndirectLength);
       }
       auto table = memory_.span(d.addr, d.len);
@@ -165,7 +169,7 @@ std::expected<std::vector<ChainBuffer>, QueueFault> Virtqueue::walk(uint16_t hea
       uint32_t entries = d.len / 16;
       uint32_t i = 0;
       for (uint32_t seen = 1;; ++seen) {
-        if (seen > entries) return std::unexpected(QueueFault::ChainTooLong);
+        if (seen > entries || out.size() >= size_) return std::unexpected(QueueFault::ChainTooLong);
         Desc e;  // guest-controlled
         std::memcpy(&e, table->data() + 16 * static_cast<size_t>(i), sizeof e);
         // 2.7.5.3.1: "The driver MUST NOT set the VIRTQ_DESC_F_INDIRECT flag

@@ -43,7 +43,7 @@ enum class QueueFault {
   IndirectNotNegotiated,  // INDIRECT without VIRTIO_F_RING_INDIRECT_DESC
   NestedIndirect,       // 2.7.5.3.1: INDIRECT inside an indirect table
   IndirectWithNext,     // 2.7.5.3.1: INDIRECT and NEXT both set
-  BadIndirectLength,    // 0 or not a multiple of 16, or too many entries
+  BadIndirectLength,    // 0, not a multiple of 16, or more entries than the queue size
   IndirectOutOfRange,   // indirect table outside guest RAM
   ReadableAfterWritable,  // 2.7.4.2: device-readable after device-writable
   HeadInUse,            // avail ring names a head the device still owns

@@ -698,6 +698,17 @@ static void hostile_case(int kind, const char* what) {
       Q->indirect[0][1] = (struct vdesc){(u64)data_buf[0], 16, D_NEXT, 0};
       m->desc[0] = (struct vdesc){(u64)Q->indirect[0], 32, D_INDIRECT, 0};
       break;
+    case 6: /* indirect table of QSZ + 1 entries, a well-formed read: longer
+               than the queue size (virtio 2.7.5.3.1) */
+    {
+      struct vdesc* t = (struct vdesc*)data_buf[2];
+      t[0] = (struct vdesc){(u64)&Q->hdr[0], 16, D_NEXT, 1};
+      for (u16 i = 1; i < QSZ; ++i) t[i] = (struct vdesc){(u64)data_buf[3], 512, D_NEXT | D_WRITE, (u16)(i + 1)};
+      t[QSZ] = (struct vdesc){(u64)&Q->status[0], 1, D_WRITE, 0};
+      Q->hdr[0] = (struct blk_hdr){T_IN, 0, 0};
+      m->desc[0] = (struct vdesc){(u64)t, 16 * (QSZ + 1), D_INDIRECT, 0};
+      break;
+    }
   }
   publish(Q, 0);
   kick(Q, 0);
@@ -715,6 +726,7 @@ static void hostile_checks(void) {
   hostile_case(3, "nested indirect -> NEEDS_RESET");
   hostile_case(4, "avail idx jump -> NEEDS_RESET");
   hostile_case(5, "oversized indirect chain -> NEEDS_RESET");
+  hostile_case(6, "indirect table longer than the queue -> NEEDS_RESET");
 }
 
 /* ---- idle mode: report every configuration change ---- */

@@ -108,6 +108,8 @@ TEST_F(KvmGuest, HostileChainsNeedResetAndRecover) {
   auto r = boot(opts(1), "prepared serial=tern-serial-1 hostile reqs=16");
   EXPECT_EQ(r.exit_code, 0);
   EXPECT_NE(r.serial.find("oversized indirect chain -> NEEDS_RESET"), std::string::npos);
+  EXPECT_NE(r.serial.find("indirect table longer than the queue -> NEEDS_RESET"), std::string::npos)
+      << r.serial;
 }
 
 TEST_F(KvmGuest, ResizeRaisesConfigInterruptSeenByTheGuest) {

@@ -168,6 +168,43 @@ TEST_F(QueueFixture, IndirectLoopIsBoundedByTheTable) {
   EXPECT_EQ(pop_fault(*q), QueueFault::ChainTooLong);
 }
 
+// 2.7.5.3.1: "A driver MUST NOT create a descriptor chain longer than the
+// Queue Size of the device", indirect tables included. Before, a table of up
+// to 32768 entries was taken whatever the queue size.
+TEST_F(QueueFixture, IndirectTableLongerThanTheQueueIsRefused) {
+  auto q = make();
+  std::vector<DriverQueue::Buf> bufs(kSize + 1, {0x10000, 16, false});
+  bufs.back() = {0x30000, 1, true};
+  driver.add_indirect(bufs, 0x8000);
+  EXPECT_EQ(pop_fault(*q), QueueFault::BadIndirectLength);
+}
+
+TEST_F(QueueFixture, DirectPlusIndirectLongerThanTheQueueIsRefused) {
+  auto q = make();
+  // Two direct descriptors, then an indirect table of kSize - 1 entries:
+  // kSize + 1 descriptors in one chain.
+  for (uint32_t i = 0; i < kSize - 1; ++i) {
+    uint16_t flags = i + 2 < kSize ? kVirtqDescFNext : 0;
+    DriverQueue::write_desc_at(ram, 0x8000 + 16 * i, 0x10000, 16, flags, static_cast<uint16_t>(i + 1));
+  }
+  driver.write_desc(0, 0x10000, 16, kVirtqDescFNext, 1);
+  driver.write_desc(1, 0x10000, 16, kVirtqDescFNext, 2);
+  driver.write_desc(2, 0x8000, 16 * (kSize - 1), kVirtqDescFIndirect, 0);
+  driver.publish(0);
+  EXPECT_EQ(pop_fault(*q), QueueFault::ChainTooLong);
+}
+
+TEST_F(QueueFixture, IndirectChainOfExactlyTheQueueSizeIsTaken) {
+  auto q = make();
+  std::vector<DriverQueue::Buf> bufs(kSize, {0x10000, 16, false});
+  bufs.back() = {0x30000, 1, true};
+  driver.add_indirect(bufs, 0x8000);
+  auto chain = q->pop();
+  ASSERT_TRUE(chain.has_value());
+  ASSERT_TRUE(chain->has_value());
+  EXPECT_EQ((*chain)->buffers().size(), kSize);
+}
+
 TEST_F(QueueFixture, NestedIndirectRefused) {
   auto q = make();
   DriverQueue::write_desc_at(ram, 0x8000, 0x9000, 16, kVirtqDescFIndirect, 0);
