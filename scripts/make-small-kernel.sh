@@ -6,13 +6,17 @@
 #   build/guest/small/config    its .config
 # `make tinyconfig`, then scripts/small-kernel.config merged over it: virtio-pci,
 # virtio-mmio, virtio-blk, ext4, ACPI, the 8250 console and IA32 emulation
-# built in; no modules, kprobes, ftrace or crypto self-tests.
+# built in; no modules, kprobes, ftrace or crypto self-tests. The patches in
+# scripts/small-kernel-patches/ are applied to the source first; there is one:
+# on a PVM host (kvm_pvm), `int $0x80` from 32-bit user mode reaches the kernel
+# as #UD, which the patched kernel takes as the system call (see
+# docs/linux-guest.md).
 #
 # linux-source-6.1 is fetched with `apt-get download` (nothing is installed on
 # the host) and unpacked once into ${XDG_CACHE_HOME:-~/.cache}/tern-guest/
 # linux-source-6.1_<version>/; the build lives beside it in
-# small-kernel_<version>_<hash of the config fragment>/ (an O= build, so the
-# source tree stays clean). A re-run with the same package version and
+# small-kernel_<version>_<hash of the config fragment and patches>/ (an O=
+# build). A re-run with the same package version and
 # fragment only copies the results (about a second). The build takes minutes:
 # TERN_KERNEL_JOBS sets make's -j (default: the number of CPUs).
 set -euo pipefail
@@ -36,7 +40,9 @@ if [ -z "$ver" ] || [ "$ver" = "(none)" ]; then
 fi
 [ -n "$ver" ] && [ "$ver" != "(none)" ] || { say "cannot resolve $src_pkg"; exit 1; }
 
-frag_hash=$(sha256sum "$fragment" | cut -c1-12)
+patches=(scripts/small-kernel-patches/*.patch)
+patch_hash=$(cat "${patches[@]}" | sha256sum | cut -c1-12)
+frag_hash=$(cat "$fragment" "${patches[@]}" | sha256sum | cut -c1-12)
 srcdir="$cache/${src_pkg}_${ver}"
 objdir="$cache/small-kernel_${ver}_${frag_hash}"
 
@@ -55,7 +61,17 @@ if [ -f "$objdir/.done" ]; then
   exit 0
 fi
 
-# The source tree, unpacked once per package version.
+for tool in flex bison bc gcc make lz4 patch; do
+  command -v "$tool" >/dev/null || { say "need $tool (scripts/setup.sh installs it)"; exit 1; }
+done
+[ -f /usr/include/gelf.h ] || { say "need libelf-dev (scripts/setup.sh installs it)"; exit 1; }
+
+# The source tree, unpacked once per package version, with
+# scripts/small-kernel-patches/ applied (unpacked again when they change).
+if [ -f "$srcdir/.done" ] && [ "$(cat "$srcdir/.patches" 2>/dev/null)" != "$patch_hash" ]; then
+  say "the patches changed; unpacking the source again"
+  rm -f "$srcdir/.done"
+fi
 if [ ! -f "$srcdir/.done" ]; then
   say "fetching $src_pkg $ver"
   rm -rf "$srcdir"
@@ -71,14 +87,15 @@ if [ ! -f "$srcdir/.done" ]; then
   mkdir -p "$srcdir/tree"
   tar -xJf "$tarball" -C "$srcdir/tree" --strip-components=1
   rm -rf "$srcdir/dl" "$srcdir/pkg"
+  for p in "${patches[@]}"; do
+    say "applying ${p##*/}"
+    patch -d "$srcdir/tree" -p1 --quiet --forward < "$p"
+  done
+  echo "$patch_hash" > "$srcdir/.patches"
   touch "$srcdir/.done"
 fi
 tree="$srcdir/tree"
 
-for tool in flex bison bc gcc make lz4; do
-  command -v "$tool" >/dev/null || { say "need $tool (scripts/setup.sh installs it)"; exit 1; }
-done
-[ -f /usr/include/gelf.h ] || { say "need libelf-dev (scripts/setup.sh installs it)"; exit 1; }
 
 # Configure: tinyconfig, the fragment merged over it, olddefconfig; then check
 # that every option the fragment names came out as asked (a dependency that
