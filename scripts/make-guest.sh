@@ -5,7 +5,9 @@
 #   build/guest/vmlinux            the same kernel decompressed (ELF64)
 #   build/guest/initramfs.cpio.gz  busybox-static (i386) + the virtio modules,
 #                                  /init and the guest test scripts (/tests)
-#   build/guest/small/             the small kernel (scripts/make-small-kernel.sh;
+#   build/guest/small/initramfs.cpio  the same without the modules, uncompressed
+#                                  (for the small kernel)
+#   build/guest/small/{vmlinux,bzImage}  the small kernel (make-small-kernel.sh;
 #                                  skipped with TERN_GUEST_SMALL_KERNEL=0)
 # The kernel package is fetched with `apt-get download` and unpacked with
 # `dpkg -x` into ${XDG_CACHE_HOME:-~/.cache}/tern-guest/<package>_<version>;
@@ -129,7 +131,8 @@ if ! cmp -s "$busybox" "$out/busybox-i386"; then cp "$busybox" "$out/busybox-i38
 # scripts or this script change.
 guest_src=tests/linux/guest
 stamp="$kver $(sha256sum "$0" "$busybox" "$guest_src"/* | awk '{ print $1 }' | tr '\n' ' ')"
-if [ -f "$out/initramfs.cpio.gz" ] && [ "$(cat "$out/.initramfs-stamp" 2>/dev/null)" = "$stamp" ]; then
+if [ -f "$out/initramfs.cpio.gz" ] && [ -f "$out/small/initramfs.cpio" ] &&
+   [ "$(cat "$out/.initramfs-stamp" 2>/dev/null)" = "$stamp" ]; then
   say "up to date: $out/bzImage ($kver), $out/initramfs.cpio.gz"
 else
   stage=$(mktemp -d)
@@ -161,8 +164,14 @@ else
   done
   (cd "$stage" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) | gzip -9 > "$out/initramfs.cpio.gz.tmp"
   mv "$out/initramfs.cpio.gz.tmp" "$out/initramfs.cpio.gz"
+  # The small kernel's: no modules, and not compressed, since under an
+  # emulated KVM the kernel's own gunzip of the archive takes minutes.
+  rm -rf "$stage/lib"
+  mkdir -p "$out/small"
+  (cd "$stage" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) > "$out/small/initramfs.cpio.tmp"
+  mv "$out/small/initramfs.cpio.tmp" "$out/small/initramfs.cpio"
   echo "$stamp" > "$out/.initramfs-stamp"
-  say "built $out/bzImage ($kver) and $out/initramfs.cpio.gz"
+  say "built $out/bzImage ($kver), $out/initramfs.cpio.gz and $out/small/initramfs.cpio"
 fi
 
 # The small kernel from Debian's linux-source (cached; minutes the first time).
