@@ -137,9 +137,16 @@ if [ -f "$out/initramfs.cpio.gz" ] && [ -f "$out/small/initramfs.cpio" ] &&
 else
   stage=$(mktemp -d)
   trap 'rm -rf "$stage"' EXIT
-  mkdir -p "$stage"/{bin,dev,proc,sys,mnt,tmp,tests,lib/modules/$kver}
+  mkdir -p "$stage"/{bin,dev,etc,proc,sys,mnt,tmp,tests,lib/modules/$kver}
   cp "$busybox" "$stage/bin/busybox"
-  ln -s busybox "$stage/bin/sh"
+  command -v busybox >/dev/null || { say "need busybox-static on the host (scripts/setup.sh installs it)"; exit 1; }
+  # The applet links, made here rather than by `busybox --install` in the
+  # guest (hundreds of system calls, slow under an emulated KVM). The host's
+  # busybox-static is the same Debian version; it lists the applets.
+  for applet in $(busybox --list); do
+    [ "$applet" = busybox ] || ln -s busybox "$stage/bin/$applet"
+  done
+  echo "busybox-static:i386 $bb_ver" > "$stage/etc/tern-busybox"
   cp "$guest_src/init" "$stage/init"
   for f in "$guest_src"/*.sh; do cp "$f" "$stage/tests/"; done   # (root-init goes on ext4 roots)
   chmod +x "$stage/init" "$stage"/tests/*.sh

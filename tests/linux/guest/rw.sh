@@ -4,11 +4,10 @@
 # back. The host then reads the same bytes from the image (tests/linux).
 . /tests/lib.sh
 dev=/dev/vda
-size=$(sectors $dev)
+read -r size < /sys/block/vda/size
 say "rw on $dev, $size sectors"
 write_verify $dev 0 8 0x5a
 write_verify $dev 2049 1 0xa5
 write_verify $dev $((size / 2)) 128 0x3c
 write_verify $dev $((size - 1)) 1 0xc3
-sync
 say "rw done"
