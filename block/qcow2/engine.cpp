@@ -58,6 +58,7 @@ Result<std::unique_ptr<Engine>> Engine::open(std::unique_ptr<HostFile> file,
                                    options.refcount_cache_bytes >> h.cluster_bits);
   if (!refcounts) return std::unexpected(refcounts.error());
   engine->refcounts_ = std::move(*refcounts);
+  engine->refcounts_->set_transfers(&engine->transfers_);
   engine->preallocated_end_ = *file_size;
   Refcounts* rc = engine->refcounts_.get();
   // An L2 table reaches the disk only after the refcounts that count the

@@ -8,7 +8,6 @@
 
 #include <sys/uio.h>
 
-#include <atomic>
 #include <functional>
 #include <cstdint>
 #include <memory>
@@ -23,6 +22,7 @@
 #include "block/qcow2/host_file.h"
 #include "block/qcow2/refcounts.h"
 #include "block/qcow2/table_cache.h"
+#include "block/qcow2/transfers.h"
 
 namespace tern::block::qcow2 {
 
@@ -96,8 +96,14 @@ class Engine {
   // `repair`, fixes leaks, or leaks, refcounts and OFLAG_COPIED flags).
   [[nodiscard]] Result<CheckResult> check(Repair repair);
 
-  // Deferred extents in flight; freed clusters are reused only at zero.
-  std::atomic<uint64_t>& deferred_in_flight() { return deferred_in_flight_; }
+  // Tickets of the deferred transfers (extents handed back by read() and
+  // write()) still in flight: the caller takes one under the same lock as
+  // the read()/write() that produced the extents and gives it back when
+  // the transfer is over. Freed clusters stay out of allocation until the
+  // transfers that were out when they were freed are back (transfers.h).
+  TransferTracker& transfers() { return transfers_; }
+  // Freed clusters held back from allocation now.
+  uint64_t held_clusters() const { return refcounts_->held_clusters(); }
 
  private:
   Engine(std::unique_ptr<HostFile> file, Header header, const EngineOptions& options);
@@ -144,7 +150,7 @@ class Engine {
   TableCache l2_cache_;
   std::unique_ptr<Backing> backing_;
   uint64_t preallocated_end_ = 0;  // the file is at least this long
-  std::atomic<uint64_t> deferred_in_flight_{0};
+  TransferTracker transfers_;
 };
 
 }  // namespace tern::block::qcow2

@@ -85,6 +85,7 @@ class Qcow2IoContext final : public IoContext {
     uint64_t cookie = 0;
     bool is_read = false;
     uint32_t remaining = 0;
+    TransferTicket ticket = 0;
     Result<void> status;
     std::vector<Piece> pieces;
   };
@@ -125,23 +126,26 @@ class Qcow2IoContext final : public IoContext {
   Outcome transfer(const Request& req) {
     const bool is_read = req.op == Op::Read;
     std::vector<HostExtent> extents;
+    TransferTicket ticket = 0;
     auto mapped = disk_.with_engine([&](Engine& e) -> Result<void> {
       auto r = is_read ? e.read(req.offset, req.iov, &extents) : e.write(req.offset, req.iov, &extents);
-      // Counted under the lock, so the allocator sees it before it could
-      // hand out a cluster these extents point into.
-      if (r && !extents.empty()) e.deferred_in_flight().fetch_add(1);
+      // Taken under the lock, so a cluster these extents point into that
+      // is freed after the lock is dropped stays out of allocation until
+      // the ticket is back.
+      if (r && !extents.empty()) ticket = e.transfers().begin();
       return r;
     });
     if (!mapped) return mapped;
     if (extents.empty()) return Result<void>{};
     if (!can_go_async(req.iov, extents)) {
       auto r = transfer_sync(is_read, req.iov, extents);
-      end_deferred();
+      disk_.transfers().end(ticket);
       return r;
     }
     auto p = std::make_unique<Pending>();
     p->cookie = req.cookie;
     p->is_read = is_read;
+    p->ticket = ticket;
     p->pieces.resize(extents.size());
     std::vector<iocb*> cbs;
     for (size_t i = 0; i < extents.size(); ++i) {
@@ -270,13 +274,9 @@ class Qcow2IoContext final : public IoContext {
     }
     if (--p->remaining > 0) return;
     out.push_back(Completion{p->cookie, std::move(p->status)});
-    end_deferred();
+    disk_.transfers().end(p->ticket);
     pending_.remove_if([p](const std::unique_ptr<Pending>& q) { return q.get() == p; });
   }
-
-  // The decrement needs no lock: only the increment must be ordered with
-  // the allocator, and a late-seen decrement merely delays cluster reuse.
-  void end_deferred() { disk_.deferred_in_flight().fetch_sub(1); }
 
   Qcow2Disk& disk_;
   EventFd done_;
