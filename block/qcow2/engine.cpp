@@ -46,7 +46,11 @@ Result<std::unique_ptr<Engine>> Engine::open(std::unique_ptr<HostFile> file,
   Header& h = engine->header_.get();
   if (!h.backing_file.empty()) {
     if (!options.allow_backing) return fail(Errc::BackingRefused, 0, path + " -> " + h.backing_file);
-    auto backing = open_backing(path, h.backing_file, h.backing_format);
+    BackingRules rules;
+    rules.allow_block_device = options.allow_block_backing;
+    rules.chain = options.chain;
+    rules.chain.push_back(chain_link(engine->file_->fd(), path));
+    auto backing = open_backing(path, h.backing_file, h.backing_format, rules);
     if (!backing) return std::unexpected(backing.error());
     engine->backing_ = std::move(*backing);
   }

@@ -29,6 +29,9 @@ namespace tern::block::qcow2 {
 struct EngineOptions {
   bool read_only = false;
   bool allow_backing = false;
+  bool allow_block_backing = false;  // a block device as a backing file
+  // The images above this one when it is opened as a backing file.
+  BackingChain chain;
   size_t l2_cache_bytes = 32ull << 20;
   size_t refcount_cache_bytes = 4ull << 20;
   // Open a corrupt image writable, to repair it (tern-img check -r).

@@ -316,6 +316,7 @@ Result<std::unique_ptr<Qcow2Disk>> Qcow2Disk::open(const OpenOptions& options) {
   EngineOptions engine_options;
   engine_options.read_only = options.read_only;
   engine_options.allow_backing = options.allow_backing;
+  engine_options.allow_block_backing = options.allow_block_backing;
   auto engine = Engine::open(std::move(*file), options.path, engine_options);
   if (!engine) return std::unexpected(engine.error());
   UniqueFd data_fd;
