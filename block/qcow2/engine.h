@@ -42,6 +42,9 @@ struct EngineOptions {
 
 enum class Repair { None, Leaks, All };
 
+// check() keeps the text of this many findings; the rest are only counted.
+inline constexpr size_t kMaxCheckMessages = 100;
+
 // What check() found, in qemu-img check's terms.
 struct CheckResult {
   uint64_t corruptions = 0;
@@ -54,7 +57,8 @@ struct CheckResult {
   uint64_t fragmented_clusters = 0;
   uint64_t image_end_offset = 0;
   bool incomplete = false;            // could not check everything
-  std::vector<std::string> messages;  // one line per finding
+  std::vector<std::string> messages;  // one line per finding, the first kMaxCheckMessages
+  uint64_t messages_dropped = 0;      // findings past those (counted above all the same)
 };
 
 // A piece of a request whose data lives at `host_offset` in the image file.
