@@ -143,8 +143,8 @@ Result<void> Engine::read_compressed(uint64_t entry, std::span<uint8_t> out) {
   }
   if (auto r = decompress_cluster(header_.get().compression_type, compressed, out); !r) {
     // Data that does not decode to one cluster is corruption (SPEC 5).
-    (void)header_.mark_corrupt("compressed cluster at " + std::to_string(offset));
-    return r;
+    return std::unexpected(header_.mark_corrupt("compressed cluster at host offset " + std::to_string(offset) +
+                                                ": " + r.error().message()));
   }
   return {};
 }

@@ -51,7 +51,11 @@ class Qcow2IoContext final : public IoContext {
   Result<void> submit(const Request& req) override {
     if (in_flight_ >= depth_) return fail(Errc::QueueFull);
     ++in_flight_;
-    complete_now(req.cookie, run(req));
+    Outcome outcome = run(req);
+    if (outcome && !*outcome) {
+      *outcome = std::unexpected(req.op == Op::Flush ? placed(outcome->error()) : placed(outcome->error(), req.offset));
+    }
+    complete_now(req.cookie, std::move(outcome));
     return {};
   }
 
@@ -85,6 +89,7 @@ class Qcow2IoContext final : public IoContext {
     uint64_t cookie = 0;
     bool is_read = false;
     uint32_t remaining = 0;
+    uint64_t offset = 0;  // the request's guest offset, for errors
     TransferTicket ticket = 0;
     Result<void> status;
     std::vector<Piece> pieces;
@@ -93,6 +98,15 @@ class Qcow2IoContext final : public IoContext {
   // Result of a request that needs no asynchronous transfer, or nullopt
   // when one was started (its completion comes from drain()).
   using Outcome = std::optional<Result<void>>;
+
+  // The image file and the request's guest offset in front of the detail,
+  // as raw errors name their file: "PATH: guest offset N: detail".
+  Error placed(Error e, std::optional<uint64_t> guest_offset = std::nullopt) const {
+    std::string where = disk_.path();
+    if (guest_offset) where += ": guest offset " + std::to_string(*guest_offset);
+    e.detail = e.detail.empty() ? where : where + ": " + e.detail;
+    return e;
+  }
 
   void complete_now(uint64_t cookie, Outcome outcome) {
     if (!outcome) return;
@@ -146,6 +160,7 @@ class Qcow2IoContext final : public IoContext {
     p->cookie = req.cookie;
     p->is_read = is_read;
     p->ticket = ticket;
+    p->offset = req.offset;
     p->pieces.resize(extents.size());
     std::vector<iocb*> cbs;
     for (size_t i = 0; i < extents.size(); ++i) {
@@ -243,9 +258,10 @@ class Qcow2IoContext final : public IoContext {
                             : ::pwritev(disk_.buffered_fd(), rest.data(), static_cast<int>(rest.size()),
                                         static_cast<off_t>(e.host_offset + done));
         if (n < 0 && errno == EINTR) continue;
-        if (n < 0) return fail(is_read ? Errc::ReadFailed : Errc::WriteFailed, errno);
+        const std::string host = "host offset " + std::to_string(e.host_offset + done);
+        if (n < 0) return fail(is_read ? Errc::ReadFailed : Errc::WriteFailed, errno, host);
         if (n == 0) {
-          if (!is_read) return fail(Errc::ShortTransfer);
+          if (!is_read) return fail(Errc::ShortTransfer, 0, host);
           iov_zero(piece, done, e.length - done);  // past the end of the file
           break;
         }
@@ -262,14 +278,18 @@ class Qcow2IoContext final : public IoContext {
   void finish_piece(Piece* piece, int64_t res, std::vector<Completion>& out) {
     Pending* p = piece->owner;
     --iocbs_in_flight_;
+    const std::string host = "host offset " + std::to_string(piece->cb.aio_offset);
     if (res < 0) {
-      if (p->status) p->status = fail(p->is_read ? Errc::ReadFailed : Errc::WriteFailed, static_cast<int>(-res));
+      if (p->status) {
+        p->status = std::unexpected(placed(
+            Error{p->is_read ? Errc::ReadFailed : Errc::WriteFailed, static_cast<int>(-res), host}, p->offset));
+      }
     } else if (static_cast<uint64_t>(res) < piece->length) {
       if (p->is_read) {
         // A cluster allocated past the end of the file reads as zeros.
         iov_zero(piece->iov, static_cast<uint64_t>(res), piece->length - static_cast<uint64_t>(res));
       } else if (p->status) {
-        p->status = fail(Errc::ShortTransfer);
+        p->status = std::unexpected(placed(Error{Errc::ShortTransfer, 0, host}, p->offset));
       }
     }
     if (--p->remaining > 0) return;
@@ -292,11 +312,12 @@ class Qcow2IoContext final : public IoContext {
 
 }  // namespace
 
-Qcow2Disk::Qcow2Disk(std::unique_ptr<Engine> engine, UniqueFd data_fd, bool read_only)
+Qcow2Disk::Qcow2Disk(std::unique_ptr<Engine> engine, UniqueFd data_fd, bool read_only, std::string path)
     : engine_(std::move(engine)),
       data_fd_(std::move(data_fd)),
       buffered_fd_(engine_->file().fd()),
       read_only_(read_only),
+      path_(std::move(path)),
       cluster_size_(static_cast<uint32_t>(engine_->header().cluster_size())),
       size_(engine_->size()) {}
 
@@ -332,7 +353,7 @@ Result<std::unique_ptr<Qcow2Disk>> Qcow2Disk::open(const OpenOptions& options) {
     if (fd < 0) return fail(Errc::OpenFailed, errno, options.path + " (O_DIRECT)");
     data_fd.reset(fd);
   }
-  return std::unique_ptr<Qcow2Disk>(new Qcow2Disk(std::move(*engine), std::move(data_fd), options.read_only));
+  return std::unique_ptr<Qcow2Disk>(new Qcow2Disk(std::move(*engine), std::move(data_fd), options.read_only, options.path));
 }
 
 Result<void> Qcow2Disk::resize(uint64_t new_size) {

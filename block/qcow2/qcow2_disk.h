@@ -49,15 +49,17 @@ class Qcow2Disk final : public DiskFile {
   int data_fd() const { return data_fd_.get(); }      // O_DIRECT, or -1
   int buffered_fd() const { return buffered_fd_; }    // the engine's file
   bool read_only() const { return read_only_; }
+  const std::string& path() const { return path_; }
 
  private:
-  Qcow2Disk(std::unique_ptr<Engine> engine, UniqueFd data_fd, bool read_only);
+  Qcow2Disk(std::unique_ptr<Engine> engine, UniqueFd data_fd, bool read_only, std::string path);
 
   std::mutex mutex_;
   std::unique_ptr<Engine> engine_;  // guarded by mutex_
   UniqueFd data_fd_;
   int buffered_fd_;
   bool read_only_;
+  std::string path_;
   bool closed_ = false;  // guarded by mutex_
   uint32_t cluster_size_;
   std::atomic<uint64_t> size_;
