@@ -755,8 +755,14 @@ static void cpu_checks(void) {
   __asm__ volatile("lea 1f(%%rip), %0\n\tint3\n1:" : "=r"(expect)::"memory");
   check(bp_count == 1 && bp_ip == expect, "int3 raises #BP with RIP after the int3");
 
-  u32 a, b, c, d;
+  u32 a, b, c, d, ecx1;
+  cpuid(1, 0, &a, &b, &ecx1, &d);
   cpuid(7, 0, &a, &b, &c, &d);
+  puts_("# cpuid 1.ecx ");
+  puthex(ecx1);
+  puts_(" 7.ebx ");
+  puthex(b);
+  putc_('\n');
   if (b & (1u << 20)) {
     __asm__ volatile("stac" ::: "memory", "cc");
     u64 after_stac = rflags();
