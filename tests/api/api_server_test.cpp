@@ -42,7 +42,7 @@ class FakeControl final : public VmmControl {
     return vm;
   }
   ControlResult<std::vector<DiskCounters>> counters() override {
-    return std::vector<DiskCounters>{DiskCounters{.id = "disk0", .read_ops = 3, .read_bytes = 12288}};
+    return std::vector<DiskCounters>{DiskCounters{.id = "disk0", .counters = {.read_ops = 3, .read_bytes = 12288}}};
   }
   ControlResult<void> resize_disk(const std::string& id, uint64_t desired) override {
     std::lock_guard lock(mutex);
