@@ -18,7 +18,7 @@ ctest --test-dir build --output-on-failure --timeout 1200
 
 # ThreadSanitizer: only the targets whose tests carry the tsan label.
 tsan_targets=(qcow2_concurrency_test virtio_test)
-cmake -S . -B build-tsan -G Ninja -DTERN_SANITIZE=thread
+cmake -S . -B build-tsan -G Ninja -DTERN_WERROR=ON -DTERN_SANITIZE=thread
 cmake --build build-tsan --target "${tsan_targets[@]}"
 # Debian's TSan runtime needs ASLR entropy it can map (vm.mmap_rnd_bits <= 28).
 setarch "$(uname -m)" -R ctest --test-dir build-tsan -L tsan --output-on-failure --timeout 1200

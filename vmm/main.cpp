@@ -16,6 +16,10 @@ int main(int argc, char** argv) {
     return config.error().exit_code;
   }
   // Before any thread exists, so that every thread inherits the mask.
+  if (auto r = tern::vmm::ignore_broken_pipes(); !r) {
+    std::fprintf(stderr, "tern: %s\n", r.error().message().c_str());
+    return tern::vmm::kExitVmmFailure;
+  }
   if (auto r = tern::vmm::block_termination_signals(); !r) {
     std::fprintf(stderr, "tern: %s\n", r.error().message().c_str());
     return tern::vmm::kExitVmmFailure;

@@ -27,6 +27,14 @@ SysResult<void> block_termination_signals() {
   return {};
 }
 
+SysResult<void> ignore_broken_pipes() {
+  struct sigaction sa{};
+  sa.sa_handler = SIG_IGN;
+  sigemptyset(&sa.sa_mask);
+  if (::sigaction(SIGPIPE, &sa, nullptr) != 0) return std::unexpected(SysError::from_errno("sigaction"));
+  return {};
+}
+
 SysResult<std::unique_ptr<SignalWatcher>> SignalWatcher::start(std::function<void(int)> on_signal) {
   sigset_t set = termination_set();
   int fd = ::signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);

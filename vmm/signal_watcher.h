@@ -19,6 +19,11 @@ namespace tern::vmm {
 
 [[nodiscard]] SysResult<void> block_termination_signals();
 
+// SIGPIPE is ignored process-wide: a console reader that went away
+// (`tern ... | head -1`) or an API client that hung up must cost a failed
+// write (EPIPE), never the process with its disks open and dirty.
+[[nodiscard]] SysResult<void> ignore_broken_pipes();
+
 class SignalWatcher {
  public:
   [[nodiscard]] static SysResult<std::unique_ptr<SignalWatcher>> start(std::function<void(int signo)> on_signal);

@@ -182,7 +182,10 @@ bool Vcpu::handle_exit(const VcpuEnv& env, VmControl& control) {
       if (run_->internal.suberror == KVM_INTERNAL_ERROR_EMULATION) return handle_emulation_failure(env, control);
       std::string what = "KVM internal error, suberror " + std::to_string(run_->internal.suberror);
       if (run_->internal.suberror == KVM_INTERNAL_ERROR_EMULATION) what += " (instruction emulation failed)";
-      for (uint32_t i = 0; i < run_->internal.ndata && i < 16; ++i) what += " " + hex(run_->internal.data[i]);
+      // Appended in two steps: `" " + hex(...)` inserts at the front of a
+      // temporary, which g++ 12 at -O3 misreads as an overlapping memcpy
+      // (-Wrestrict, GCC bug 105329).
+      for (uint32_t i = 0; i < run_->internal.ndata && i < 16; ++i) what.append(" ").append(hex(run_->internal.data[i]));
       return crash(what);
     }
     case KVM_EXIT_FAIL_ENTRY:

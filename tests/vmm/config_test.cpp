@@ -58,6 +58,14 @@ TEST(Config, Serial) {
   EXPECT_EQ(f->path, "/tmp/x");
   EXPECT_FALSE(parse_serial("pty").has_value());
   EXPECT_FALSE(parse_serial("file=").has_value());
+  EXPECT_EQ(f->max_size, kDefaultSerialFileMax);
+  auto capped = parse_serial("file=/tmp/x,max_size=4K");
+  ASSERT_TRUE(capped.has_value()) << capped.error();
+  EXPECT_EQ(capped->path, "/tmp/x");
+  EXPECT_EQ(capped->max_size, 4096u);
+  EXPECT_EQ(parse_serial("file=/tmp/x,max_size=0")->max_size, 0u);  // no cap
+  EXPECT_FALSE(parse_serial("file=/tmp/x,max_size=lots").has_value());
+  EXPECT_FALSE(parse_serial("file=/tmp/x,color=on").has_value());
 }
 
 TEST(Config, DiskEveryKey) {
