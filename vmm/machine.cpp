@@ -222,6 +222,14 @@ void Machine::finish(int status, std::string why) {
   done_cv_.notify_all();
 }
 
+void Machine::dump_vcpus() {
+  // Under mutex_ and before status_ is set, every vCPU thread is running:
+  // run() stops and clears them only after the status is set.
+  std::lock_guard lock(mutex_);
+  if (status_) return;
+  for (auto& v : vcpus_) v->request_dump();
+}
+
 bool Machine::finished() const {
   std::lock_guard lock(mutex_);
   return status_.has_value();

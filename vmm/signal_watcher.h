@@ -1,5 +1,6 @@
 // SignalWatcher: turns SIGINT and SIGTERM into an orderly VM shutdown
-// (disks flushed and closed, exit status 0) instead of a killed process.
+// (disks flushed and closed, exit status 0) instead of a killed process,
+// and passes SIGUSR1 on (tern prints every vCPU's registers).
 //
 // block_termination_signals() must run on the main thread before any other
 // thread starts, so every thread inherits the mask and the signals are only
