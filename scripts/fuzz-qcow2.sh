@@ -53,4 +53,4 @@ if [ -z "$(ls -A "$corpus")" ]; then
     qemu-img rebase -u -f qcow2 -b 0 -F qcow2 0 && cp 0 "$corpus/chain-self")
 fi
 "$build/qcow2_fuzz" -max_total_time="$seconds" -rss_limit_mb=1024 -timeout=10 -print_final_stats=1 \
-  -artifact_prefix="$build/findings/" "$corpus" 2>&1 | tail -20
+  -artifact_prefix="$build/findings/" "$corpus" 2>&1 | grep -vE '^"|dictionary' | tail -25

@@ -38,4 +38,4 @@ fi
 export ASAN_SYMBOLIZER_PATH=${ASAN_SYMBOLIZER_PATH:-$(command -v llvm-symbolizer || true)}
 "$build/virtio_blk_fuzz" -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=60 \
   -max_len=16384 -print_final_stats=1 -artifact_prefix="$findings/" "$corpus" 2>&1 |
-  grep -v '^tern: virtio-blk:' | tail -40
+  grep -vE '^tern: virtio-blk:|^"|dictionary' | tail -40
