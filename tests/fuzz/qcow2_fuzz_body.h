@@ -93,6 +93,11 @@ inline const std::string& chain_dir() {
     if (!::mkdtemp(templ.data())) std::abort();
     return templ;
   }();
+  static const bool cleanup = std::atexit([] {
+    for (const char* f : {"/0", "/1", "/2"}) ::unlink((chain_dir() + f).c_str());
+    ::rmdir(chain_dir().c_str());
+  }) == 0;
+  (void)cleanup;
   return dir;
 }
 

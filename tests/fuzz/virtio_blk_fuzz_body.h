@@ -737,6 +737,8 @@ inline const std::string& work_dir() {
     if (!::mkdtemp(templ.data())) finding("mkdtemp failed");
     return templ;
   }();
+  static const bool cleanup = std::atexit([] { ::rmdir(work_dir().c_str()); }) == 0;
+  (void)cleanup;
   return dir;
 }
 
