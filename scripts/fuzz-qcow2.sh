@@ -52,5 +52,9 @@ if [ -z "$(ls -A "$corpus")" ]; then
     { cat 0; printf %s $sep; cat 1; } >"$corpus/chain-qcow2" &&
     qemu-img rebase -u -f qcow2 -b 0 -F qcow2 0 && cp 0 "$corpus/chain-self")
 fi
+# UBSan reports are findings too (by default they are printed and fuzzing
+# goes on, so no input would be kept).
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
+export ASAN_SYMBOLIZER_PATH=${ASAN_SYMBOLIZER_PATH:-$(command -v llvm-symbolizer || true)}
 "$build/qcow2_fuzz" -max_total_time="$seconds" -rss_limit_mb=1024 -timeout=10 -print_final_stats=1 \
   -artifact_prefix="$build/findings/" "$corpus" 2>&1 | grep -vE '^"|dictionary' | tail -25

@@ -35,6 +35,9 @@ PY
 fi
 # -timeout: one input runs at most 8 batches of 48 MiB in all; a request
 # never answered is reported by the harness itself after 20 s.
+# UBSan reports are findings too (by default they are printed and fuzzing
+# goes on, so no input would be kept).
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
 export ASAN_SYMBOLIZER_PATH=${ASAN_SYMBOLIZER_PATH:-$(command -v llvm-symbolizer || true)}
 "$build/virtio_blk_fuzz" -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=60 \
   -max_len=16384 -print_final_stats=1 -artifact_prefix="$findings/" "$corpus" 2>&1 |

@@ -763,6 +763,14 @@ inline void exercise(const uint8_t* data, size_t size) {
     fds = f;
     threads = t;
   } else if (f > fds || t > threads) {
+    if (DIR* d = ::opendir("/proc/self/fd")) {  // what they are
+      while (dirent* e = ::readdir(d)) {
+        char target[256] = {};
+        std::string link = std::string("/proc/self/fd/") + e->d_name;
+        if (::readlink(link.c_str(), target, sizeof target - 1) > 0) std::fprintf(stderr, "fd %s -> %s\n", e->d_name, target);
+      }
+      ::closedir(d);
+    }
     finding("fds or threads left behind", static_cast<uint64_t>(f - fds), static_cast<uint64_t>(t - threads));
   }
 }
