@@ -3,17 +3,23 @@
 # a kernel on the host:
 #   build/guest/bzImage            Debian's cloud kernel (linux-image-cloud-amd64)
 #   build/guest/vmlinux            the same kernel decompressed (ELF64)
-#   build/guest/initramfs.cpio.gz  busybox-static + the virtio modules
+#   build/guest/initramfs.cpio.gz  busybox-static (i386) + the virtio modules,
+#                                  /init and the guest test scripts (/tests)
+#   build/guest/small/initramfs.cpio  the same without the modules, uncompressed
+#                                  (for the small kernel)
+#   build/guest/small/{vmlinux,bzImage}  the small kernel (make-small-kernel.sh;
+#                                  skipped with TERN_GUEST_SMALL_KERNEL=0)
 # The kernel package is fetched with `apt-get download` and unpacked with
 # `dpkg -x` into ${XDG_CACHE_HOME:-~/.cache}/tern-guest/<package>_<version>;
 # re-running with the same package version and init script is cheap.
 #
-# The guest's /init mounts proc, sys and dev, loads virtio, virtio_ring,
-# virtio_pci_modern_dev, virtio_pci_legacy_dev, virtio_pci and virtio_blk
-# (those the kernel has not built in), reports /dev/vda on the console,
-# mounts it if it holds a file system, and powers off (busybox poweroff -f)
-# unless `tern.shell` is on the kernel command line, in which case it starts
-# a shell on the console.
+# The guest's /init (tests/linux/guest/init) mounts proc, sys and dev, loads
+# the cloud kernel's virtio modules when it runs on that kernel, prints the
+# disks and their sizes, runs the command given as `tern.run=CMD[,ARG...]` on
+# the kernel command line (e.g. tern.run=/tests/rw.sh) and powers off (busybox
+# poweroff -f), or reboots (reboot -f: tern exits 2) when the command fails.
+# Without tern.run it mounts /dev/vda read-only if it holds a file system and
+# lists it. `tern.shell` starts a shell on the console instead of powering off.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -85,75 +91,97 @@ if [ ! -f "$kdir/vmlinux" ]; then
 fi
 if ! cmp -s "$kdir/vmlinux" "$out/vmlinux"; then cp "$kdir/vmlinux" "$out/vmlinux"; fi
 
-# The initramfs, rebuilt when the kernel, busybox or this script changes.
-# busybox-static's binary has no program interpreter (readelf -l shows none).
-static_elf() { [ -x "$1" ] && ! readelf -l "$1" 2>/dev/null | grep -q 'program interpreter'; }
-busybox=$(command -v busybox || true)
-static_elf "${busybox:-/nonexistent}" || busybox=/bin/busybox
-static_elf "$busybox" || { say "need busybox-static (scripts/setup.sh installs it)"; exit 1; }
-stamp="$kver $(sha256sum "$0" "$busybox" | awk '{ print $1 }' | tr '\n' ' ')"
-if [ -f "$out/initramfs.cpio.gz" ] && [ "$(cat "$out/.initramfs-stamp" 2>/dev/null)" = "$stamp" ]; then
+# busybox: Debian's busybox-static for i386, a static 32-bit binary. A 32-bit
+# user space runs under every kernel with IA32_EMULATION (Debian's cloud
+# kernel, the small kernel), and on an emulated PVM host (kvm_pvm) its system
+# calls can go through `int $0x80`, where 64-bit SYSCALL from user mode
+# fails (see docs/linux-guest.md). Fetched with `apt-get download` once i386
+# is a foreign architecture of the host's dpkg (added here if missing; no
+# i386 package is installed), unpacked into the cache.
+if ! dpkg --print-foreign-architectures | grep -qx i386; then
+  say "adding i386 as a foreign dpkg architecture (for busybox-static:i386's download)"
+  dpkg --add-architecture i386
+  apt-get update -qq
+fi
+bb_candidate() { apt-cache policy busybox-static:i386 2>/dev/null | awk '/Candidate:/ { print $2; exit }'; }
+bb_ver=$(bb_candidate || true)
+if [ -z "$bb_ver" ] || [ "$bb_ver" = "(none)" ]; then
+  apt-get update -qq
+  bb_ver=$(bb_candidate)
+fi
+[ -n "$bb_ver" ] && [ "$bb_ver" != "(none)" ] || { say "cannot resolve busybox-static:i386"; exit 1; }
+bbdir="$cache/busybox-static_i386_${bb_ver//:/%3a}"
+if [ ! -f "$bbdir/.done" ]; then
+  say "fetching busybox-static:i386 $bb_ver"
+  rm -rf "$bbdir"
+  mkdir -p "$bbdir/dl"
+  (cd "$bbdir/dl" && apt-get -q -o APT::Sandbox::User=root download "busybox-static:i386=$bb_ver" >/dev/null)
+  dpkg -x "$bbdir"/dl/*.deb "$bbdir/root"
+  cp "$bbdir/root/bin/busybox" "$bbdir/busybox"
+  rm -rf "$bbdir/dl" "$bbdir/root"
+  touch "$bbdir/.done"
+fi
+busybox="$bbdir/busybox"
+readelf -h "$busybox" | grep -q 'Intel 80386' || { say "$busybox is not an i386 ELF"; exit 1; }
+! readelf -l "$busybox" | grep -q 'program interpreter' || { say "$busybox is not static"; exit 1; }
+# For the tests' ext4 root file systems.
+if ! cmp -s "$busybox" "$out/busybox-i386"; then cp "$busybox" "$out/busybox-i386"; fi
+
+# The initramfs, rebuilt when the kernel, busybox, init, the guest test
+# scripts or this script change.
+guest_src=tests/linux/guest
+stamp="$kver $(sha256sum "$0" "$busybox" "$guest_src"/* | awk '{ print $1 }' | tr '\n' ' ')"
+if [ -f "$out/initramfs.cpio.gz" ] && [ -f "$out/small/initramfs.cpio" ] &&
+   [ "$(cat "$out/.initramfs-stamp" 2>/dev/null)" = "$stamp" ]; then
   say "up to date: $out/bzImage ($kver), $out/initramfs.cpio.gz"
-  exit 0
-fi
-
-stage=$(mktemp -d)
-trap 'rm -rf "$stage"' EXIT
-mkdir -p "$stage"/{bin,dev,proc,sys,mnt,lib/modules}
-cp "$busybox" "$stage/bin/busybox"
-ln -s busybox "$stage/bin/sh"
-moddir="$kdir/root/lib/modules/$kver"
-modules="virtio virtio_ring virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk"
-for m in $modules; do
-  f=$(find "$moddir/kernel" \( -name "$m.ko" -o -name "$m.ko.xz" -o -name "$m.ko.zst" \) | head -n1)
-  if [ -z "$f" ]; then
-    if grep -q "/$m.ko\$" "$moddir/modules.builtin" 2>/dev/null; then
-      say "$m is built into the kernel"
-      continue
-    fi
-    say "module $m not found in $pkg"; exit 1
-  fi
-  case "$f" in
-    *.xz) xz -dc "$f" > "$stage/lib/modules/$m.ko" ;;
-    *.zst) zstd -qdc "$f" > "$stage/lib/modules/$m.ko" ;;
-    *) cp "$f" "$stage/lib/modules/$m.ko" ;;
-  esac
-done
-
-cat > "$stage/init" <<INIT
-#!/bin/sh
-/bin/busybox --install -s /bin
-export PATH=/bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-echo "tern-guest: init running on \$(uname -r), \$(grep -c ^processor /proc/cpuinfo) CPU(s)"
-for m in $modules; do
-  [ -f /lib/modules/\$m.ko ] || continue
-  if insmod /lib/modules/\$m.ko; then echo "tern-guest: loaded \$m"; else echo "tern-guest: FAILED to load \$m"; fi
-done
-n=0
-while [ ! -b /dev/vda ] && [ \$n -lt 20 ]; do sleep 0.1; n=\$((n + 1)); done
-if [ -b /dev/vda ]; then
-  echo "tern-guest: /dev/vda present, \$(cat /sys/block/vda/size) sectors"
-  if mount -o ro /dev/vda /mnt 2>/dev/null; then
-    echo "tern-guest: mounted /dev/vda:"; ls /mnt; umount /mnt
-  else
-    echo "tern-guest: /dev/vda holds no file system; first bytes:"
-    dd if=/dev/vda bs=16 count=1 2>/dev/null | hexdump -C | head -n1
-  fi
 else
-  echo "tern-guest: no /dev/vda"
+  stage=$(mktemp -d)
+  trap 'rm -rf "$stage"' EXIT
+  mkdir -p "$stage"/{bin,dev,etc,proc,sys,mnt,tmp,tests,lib/modules/$kver}
+  cp "$busybox" "$stage/bin/busybox"
+  command -v busybox >/dev/null || { say "need busybox-static on the host (scripts/setup.sh installs it)"; exit 1; }
+  # The applet links, made here rather than by `busybox --install` in the
+  # guest (hundreds of system calls, slow under an emulated KVM). The host's
+  # busybox-static is the same Debian version; it lists the applets.
+  for applet in $(busybox --list); do
+    [ "$applet" = busybox ] || ln -s busybox "$stage/bin/$applet"
+  done
+  echo "busybox-static:i386 $bb_ver" > "$stage/etc/tern-busybox"
+  cp "$guest_src/init" "$stage/init"
+  for f in "$guest_src"/*.sh; do cp "$f" "$stage/tests/"; done   # (root-init goes on ext4 roots)
+  chmod +x "$stage/init" "$stage"/tests/*.sh
+  # The cloud kernel's virtio modules, in load order, for /init to insmod
+  # when it runs on that kernel (the small kernel has them built in).
+  moddir="$kdir/root/lib/modules/$kver"
+  for m in virtio virtio_ring virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk; do
+    f=$(find "$moddir/kernel" \( -name "$m.ko" -o -name "$m.ko.xz" -o -name "$m.ko.zst" \) | head -n1)
+    if [ -z "$f" ]; then
+      if grep -q "/$m.ko\$" "$moddir/modules.builtin" 2>/dev/null; then
+        say "$m is built into the kernel"
+        continue
+      fi
+      say "module $m not found in $pkg"; exit 1
+    fi
+    case "$f" in
+      *.xz) xz -dc "$f" > "$stage/lib/modules/$kver/$m.ko" ;;
+      *.zst) zstd -qdc "$f" > "$stage/lib/modules/$kver/$m.ko" ;;
+      *) cp "$f" "$stage/lib/modules/$kver/$m.ko" ;;
+    esac
+    echo "$m" >> "$stage/lib/modules/$kver/order"
+  done
+  (cd "$stage" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) | gzip -9 > "$out/initramfs.cpio.gz.tmp"
+  mv "$out/initramfs.cpio.gz.tmp" "$out/initramfs.cpio.gz"
+  # The small kernel's: no modules, and not compressed, since under an
+  # emulated KVM the kernel's own gunzip of the archive takes minutes.
+  rm -rf "$stage/lib"
+  mkdir -p "$out/small"
+  (cd "$stage" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) > "$out/small/initramfs.cpio.tmp"
+  mv "$out/small/initramfs.cpio.tmp" "$out/small/initramfs.cpio"
+  echo "$stamp" > "$out/.initramfs-stamp"
+  say "built $out/bzImage ($kver), $out/initramfs.cpio.gz and $out/small/initramfs.cpio"
 fi
-if grep -q tern.shell /proc/cmdline; then
-  echo "tern-guest: starting a shell (tern.shell)"
-  exec setsid cttyhack sh
+
+# The small kernel from Debian's linux-source (cached; minutes the first time).
+if [ "${TERN_GUEST_SMALL_KERNEL:-1}" = 1 ]; then
+  bash scripts/make-small-kernel.sh
 fi
-echo "tern-guest: powering off"
-poweroff -f
-INIT
-chmod +x "$stage/init"
-(cd "$stage" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) | gzip -9 > "$out/initramfs.cpio.gz.tmp"
-mv "$out/initramfs.cpio.gz.tmp" "$out/initramfs.cpio.gz"
-echo "$stamp" > "$out/.initramfs-stamp"
-say "built $out/bzImage ($kver) and $out/initramfs.cpio.gz"

@@ -12,6 +12,7 @@ packages=(
   qemu-utils qemu-system-x86
   curl acpica-tools bc
   busybox-static cpio kmod zstd xz-utils
+  flex bison bc libelf-dev libssl-dev patch e2fsprogs   # make-small-kernel.sh, ext4 images
   clang lld libclang-rt-14-dev clang-16 libclang-rt-16-dev
 )
 

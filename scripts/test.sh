@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Sets up the machine, builds Tern, and runs every test: unit tests, block and
 # QCOW2 tests against qemu-img, KVM integration tests with the test guest,
-# the Linux boot test (label linux), and the concurrency tests (label tsan)
+# the Linux tests (label linux: Debian's cloud kernel, and the small kernel
+# from Debian's linux-source proving the disk paths from inside Linux), and
+# the concurrency tests (label tsan)
 # again in a ThreadSanitizer build. This is the command CI runs (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
 bash scripts/build.sh
-bash scripts/make-guest.sh   # the Debian guest for the linux test (cached)
+bash scripts/make-guest.sh   # the Debian guest and the small kernel for the linux tests (cached)
 
 if [ ! -e /dev/kvm ]; then
   echo "test.sh: /dev/kvm is missing: the KVM and Linux tests will fail, not skip" >&2
