@@ -16,7 +16,7 @@ if [ ! -e /dev/kvm ]; then
   echo "test.sh: /dev/kvm is missing: the KVM and Linux tests will fail, not skip" >&2
 fi
 
-ctest --test-dir build --output-on-failure --timeout 1200
+ctest --test-dir build --output-on-failure --timeout 2400
 
 # ThreadSanitizer: only the targets whose tests carry the tsan label.
 tsan_targets=(qcow2_concurrency_test virtio_test)
