@@ -13,8 +13,9 @@ struct HttpReply {
   std::string body;
 };
 
-// Sends one request (Connection: close) and reads the answer. The error is a
-// message naming the socket and what failed.
+// Sends one request (Connection: close) and reads the answer, all within
+// `timeout` (a server that accepts and never answers costs that much, not a
+// hung client). The error is a message naming the socket and what failed.
 [[nodiscard]] std::expected<HttpReply, std::string> http_request(
     const std::string& socket_path, const std::string& method, const std::string& target,
     const std::string& body = {}, std::chrono::milliseconds timeout = std::chrono::seconds(30));

@@ -3,7 +3,6 @@
 #include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -34,8 +33,6 @@ namespace beast = boost::beast;
 namespace http = beast::http;
 using Local = asio::local::stream_protocol;
 using Stream = beast::basic_stream<Local>;
-
-constexpr std::chrono::seconds kWriteTimeout{10};
 
 std::expected<sockaddr_un, ServerErrc> unix_address(const std::string& path) {
   sockaddr_un addr{};
@@ -104,7 +101,21 @@ struct HttpServer::Impl {
 
 namespace {
 
-void write_error_and_close(Stream& stream, int status, const std::string& message) {
+// Every reply goes out asynchronously under the write deadline, so a client
+// that stops reading (say, after pipelining many requests) costs its own
+// connection only: the API thread keeps serving everyone else and the
+// server can stop at any time.
+asio::awaitable<beast::error_code> write_reply(HttpServer::Impl& impl, Stream& stream,
+                                               http::response<http::string_body>& res) {
+  stream.expires_after(impl.options.write_timeout);
+  beast::error_code ec;
+  co_await http::async_write(stream, res, asio::redirect_error(asio::use_awaitable, ec));
+  co_return ec;
+}
+
+// Best effort: the client sent something we cannot parse, so it may not read.
+asio::awaitable<void> write_error_and_close(HttpServer::Impl& impl, Stream& stream, int status,
+                                            const std::string& message) {
   ApiResponse r = error_response(status, message);
   http::response<http::string_body> res{static_cast<http::status>(status), 11};
   res.set(http::field::server, "tern");
@@ -112,10 +123,7 @@ void write_error_and_close(Stream& stream, int status, const std::string& messag
   res.body() = r.body;
   res.keep_alive(false);
   res.prepare_payload();
-  // Best effort: the client sent something we cannot parse, so it may not read.
-  stream.expires_after(kWriteTimeout);
-  beast::error_code ec;
-  http::write(stream.socket(), res, ec);
+  co_await write_reply(impl, stream, res);
 }
 
 // One client connection: requests are read with a deadline (slow or partial
@@ -135,16 +143,16 @@ asio::awaitable<void> serve_connection(HttpServer::Impl& impl, Local::socket soc
       break;
     }
     if (ec == http::error::body_limit) {
-      write_error_and_close(stream, 413, "request body larger than " +
+      co_await write_error_and_close(impl, stream, 413, "request body larger than " +
                                              std::to_string(impl.options.body_limit) + " bytes");
       break;
     }
     if (ec == http::error::header_limit) {
-      write_error_and_close(stream, 431, "request headers too large");
+      co_await write_error_and_close(impl, stream, 431, "request headers too large");
       break;
     }
     if (ec) {
-      write_error_and_close(stream, 400, "malformed HTTP request: " + ec.message());
+      co_await write_error_and_close(impl, stream, 400, "malformed HTTP request: " + ec.message());
       break;
     }
     const auto& req = parser.get();
@@ -162,8 +170,7 @@ asio::awaitable<void> serve_connection(HttpServer::Impl& impl, Local::socket soc
     if (!r.allow.empty()) res.set(http::field::allow, r.allow);
     res.keep_alive(req.keep_alive());
     res.prepare_payload();
-    stream.expires_after(kWriteTimeout);
-    co_await http::async_write(stream, res, asio::redirect_error(asio::use_awaitable, ec));
+    ec = co_await write_reply(impl, stream, res);
     if (ec || !res.keep_alive()) break;
   }
   beast::error_code ignored;
@@ -248,17 +255,6 @@ std::expected<HttpReply, std::string> http_request(const std::string& socket_pat
                                                     const std::string& target,
                                                     const std::string& body,
                                                     std::chrono::milliseconds timeout) {
-  asio::io_context ioc;
-  Local::socket socket(ioc);
-  beast::error_code ec;
-  socket.connect(Local::endpoint(socket_path), ec);
-  if (ec) return std::unexpected("cannot connect to " + socket_path + ": " + ec.message());
-  timeval tv{};
-  tv.tv_sec = static_cast<time_t>(timeout.count() / 1000);
-  tv.tv_usec = static_cast<suseconds_t>((timeout.count() % 1000) * 1000);
-  ::setsockopt(socket.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  ::setsockopt(socket.native_handle(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-
   http::request<http::string_body> req{http::string_to_verb(method), target, 11};
   req.set(http::field::host, "localhost");
   req.set(http::field::user_agent, "tern-remote");
@@ -268,15 +264,41 @@ std::expected<HttpReply, std::string> http_request(const std::string& socket_pat
   }
   req.keep_alive(false);
   req.prepare_payload();
-  http::write(socket, req, ec);
-  if (ec) return std::unexpected("cannot send the request to " + socket_path + ": " + ec.message());
-  beast::flat_buffer buffer;
-  http::response<http::string_body> res;
-  http::read(socket, buffer, res, ec);
-  if (ec && ec != http::error::end_of_stream) {
-    return std::unexpected("cannot read the answer from " + socket_path + ": " + ec.message());
-  }
-  return HttpReply{static_cast<int>(res.result_int()), res.body()};
+
+  // Asynchronous under one deadline for the whole exchange: blocking
+  // socket calls would wait forever on a server that accepts but never
+  // answers (SO_RCVTIMEO does not bound Asio's synchronous operations).
+  asio::io_context ioc{1};
+  Stream stream(ioc);
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  std::expected<HttpReply, std::string> result = std::unexpected("no answer from " + socket_path);
+  auto exchange = [&]() -> asio::awaitable<void> {
+    beast::error_code ec;
+    stream.expires_at(deadline);
+    co_await stream.async_connect(Local::endpoint(socket_path), asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) {
+      result = std::unexpected("cannot connect to " + socket_path + ": " + ec.message());
+      co_return;
+    }
+    stream.expires_at(deadline);
+    co_await http::async_write(stream, req, asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) {
+      result = std::unexpected("cannot send the request to " + socket_path + ": " + ec.message());
+      co_return;
+    }
+    beast::flat_buffer buffer;
+    http::response<http::string_body> res;
+    stream.expires_at(deadline);
+    co_await http::async_read(stream, buffer, res, asio::redirect_error(asio::use_awaitable, ec));
+    if (ec && ec != http::error::end_of_stream) {
+      result = std::unexpected("cannot read the answer from " + socket_path + ": " + ec.message());
+      co_return;
+    }
+    result = HttpReply{static_cast<int>(res.result_int()), res.body()};
+  };
+  asio::co_spawn(ioc, exchange(), asio::detached);
+  ioc.run();
+  return result;
 }
 
 }  // namespace tern::api

@@ -18,7 +18,8 @@
 namespace tern::api {
 
 struct HttpServerOptions {
-  std::chrono::milliseconds read_timeout{10'000};  // a whole request must arrive within this
+  std::chrono::milliseconds read_timeout{10'000};   // a whole request must arrive within this
+  std::chrono::milliseconds write_timeout{10'000};  // a whole reply must be taken within this
   size_t body_limit = 64 * 1024;                   // larger bodies get 413
   size_t header_limit = 16 * 1024;
   size_t max_connections = 64;  // further clients are closed at once

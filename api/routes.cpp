@@ -45,11 +45,9 @@ json to_json(const VmInfo& info) {
 json to_json(const std::vector<DiskCounters>& counters) {
   json out = json::object();
   for (const DiskCounters& c : counters) {
-    out[c.id] = {{"read_ops", c.read_ops},         {"read_bytes", c.read_bytes},
-                 {"write_ops", c.write_ops},       {"write_bytes", c.write_bytes},
-                 {"flush_ops", c.flush_ops},       {"discard_ops", c.discard_ops},
-                 {"discard_bytes", c.discard_bytes}, {"write_zeroes_ops", c.write_zeroes_ops},
-                 {"write_zeroes_bytes", c.write_zeroes_bytes}, {"errors", c.errors}};
+    json disk = json::object();
+    for_each_block_counter([&](std::string_view name, auto field) { disk[std::string(name)] = field(c.counters); });
+    out[c.id] = std::move(disk);
   }
   return out;
 }

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "base/block_counters.h"
+
 namespace tern::api {
 
 enum class ControlErrc {
@@ -51,12 +53,7 @@ struct VmInfo {
 
 struct DiskCounters {
   std::string id;
-  uint64_t read_ops = 0, read_bytes = 0;
-  uint64_t write_ops = 0, write_bytes = 0;
-  uint64_t flush_ops = 0;
-  uint64_t discard_ops = 0, discard_bytes = 0;
-  uint64_t write_zeroes_ops = 0, write_zeroes_bytes = 0;
-  uint64_t errors = 0;
+  BlockCounters counters;  // every field reaches the JSON by its name
 };
 
 class VmmControl {

@@ -37,6 +37,9 @@ const char* errc_name(Errc code) {
     case Errc::UnsupportedFeature: return "unsupported image feature";
     case Errc::BackingRefused: return "image has a backing file; enable it with backing_files=on";
     case Errc::BackingFailed: return "cannot open backing file";
+    case Errc::BackingLoop: return "backing chain loops";
+    case Errc::BackingChainTooDeep: return "backing chain too deep (at most 16 backing files)";
+    case Errc::BackingIsDevice: return "backing file is a block device (not allowed unless asked for)";
     case Errc::CorruptImage: return "image is corrupt";
     case Errc::RefcountOverflow: return "refcount overflow";
     case Errc::ReadingMetadata: return "reading metadata failed";

@@ -43,6 +43,9 @@ enum class Errc {
   UnsupportedFeature,  // detail names the feature
   BackingRefused,      // image has a backing file but backing_files=off
   BackingFailed,
+  BackingLoop,          // an image names one above it in its chain (detail: the chain)
+  BackingChainTooDeep,  // more than kMaxBackingDepth backing files (detail: the chain)
+  BackingIsDevice,      // a block device as backing file without allow_block_backing
   CorruptImage,
   RefcountOverflow,    // detail carries value, maximum and width
   ReadingMetadata,

@@ -23,6 +23,9 @@ struct OpenOptions {
   bool direct = false;         // O_DIRECT
   bool lock = true;            // OFD byte-range lock over the image
   bool allow_backing = false;  // backing_files=on
+  // A QCOW2 backing file may be a block device (docs/qcow2.md, "Backing
+  // chains"); off, a hostile image cannot make tern read a host device.
+  bool allow_block_backing = false;
   AioMode aio = AioMode::Native;
 };
 

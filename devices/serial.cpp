@@ -1,9 +1,5 @@
 #include "devices/serial.h"
 
-#include <unistd.h>
-
-#include <cerrno>
-
 namespace tern::devices {
 
 namespace {
@@ -24,7 +20,7 @@ constexpr uint8_t kMsrLinesUp = 0xb0;
 
 }  // namespace
 
-Serial16550::Serial16550(UniqueFd out, std::function<void(bool)> irq)
+Serial16550::Serial16550(std::unique_ptr<ConsoleOutput> out, std::function<void(bool)> irq)
     : out_(std::move(out)), irq_(std::move(irq)) {}
 
 void Serial16550::read(uint64_t offset, std::span<uint8_t> data) {
@@ -51,9 +47,8 @@ void Serial16550::receive(std::span<const uint8_t> bytes) {
   update_irq();
 }
 
-uint64_t Serial16550::output_errors() const {
-  std::lock_guard lock(mutex_);
-  return output_errors_;
+ConsoleOutputStats Serial16550::output_stats() const {
+  return out_ ? out_->stats() : ConsoleOutputStats{};
 }
 
 uint8_t Serial16550::interrupt_id() const {
@@ -152,14 +147,8 @@ void Serial16550::transmit(uint8_t byte) {
     if (rx_.size() < kRxFifoMax) rx_.push_back(byte);
     return;
   }
-  if (!out_) return;
-  for (;;) {
-    ssize_t n = ::write(out_.get(), &byte, 1);
-    if (n == 1) return;
-    if (n < 0 && errno == EINTR) continue;
-    ++output_errors_;  // the console is gone (closed pipe, full disk): drop the byte
-    return;
-  }
+  // Never blocks: a slow, stalled or vanished reader costs dropped bytes.
+  if (out_) out_->put(std::span<const uint8_t>(&byte, 1));
 }
 
 }  // namespace tern::devices

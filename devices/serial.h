@@ -3,7 +3,8 @@
 // and the DLAB divisor latch; loopback (MCR bit 4) for the driver's probe;
 // the THR-empty interrupt raised when the guest enables it or after each
 // transmitted byte (transmission is instantaneous). Output goes to `out`
-// (stdout, a file, or nowhere); input bytes come from receive().
+// (a ConsoleOutput, which never blocks; or nowhere); input bytes come from
+// receive().
 // Register semantics: the TI/NS16550A data sheet.
 //
 // Threads: read()/write() from vCPU threads, receive() from an input
@@ -17,7 +18,7 @@
 #include <mutex>
 #include <span>
 
-#include "base/unique_fd.h"
+#include "devices/console_output.h"
 #include "devices/io_handler.h"
 
 namespace tern::devices {
@@ -25,8 +26,8 @@ namespace tern::devices {
 class Serial16550 final : public IoHandler {
  public:
   // `irq` sets the level of the UART's interrupt line (IRQ 4 on COM1).
-  // `out` receives the transmitted bytes; an invalid fd discards them.
-  Serial16550(UniqueFd out, std::function<void(bool level)> irq);
+  // `out` receives the transmitted bytes; null discards them.
+  Serial16550(std::unique_ptr<ConsoleOutput> out, std::function<void(bool level)> irq);
 
   std::string_view name() const override { return "serial-16550"; }
   void read(uint64_t offset, std::span<uint8_t> data) override;
@@ -34,8 +35,9 @@ class Serial16550 final : public IoHandler {
 
   // Bytes typed on the host side, queued for the guest to read from RBR.
   void receive(std::span<const uint8_t> bytes);
-  // Host write(2) failures on the output (bytes lost); reported at exit.
-  uint64_t output_errors() const;
+  // What reached the output and what was dropped; reported at exit.
+  ConsoleOutputStats output_stats() const;
+  ConsoleOutput* output() const { return out_.get(); }
 
   static constexpr uint64_t kSize = 8;
   static constexpr size_t kRxFifoMax = 4096;
@@ -47,7 +49,7 @@ class Serial16550 final : public IoHandler {
   uint8_t interrupt_id() const;
   void update_irq();
 
-  const UniqueFd out_;
+  const std::unique_ptr<ConsoleOutput> out_;
   const std::function<void(bool)> irq_;
   mutable std::mutex mutex_;
   std::deque<uint8_t> rx_;      // guarded by mutex_
@@ -59,7 +61,6 @@ class Serial16550 final : public IoHandler {
   uint8_t dll_ = 0x0c, dlm_ = 0;  // guarded by mutex_ (9600 baud)
   bool thr_interrupt_ = false;  // guarded by mutex_: THR-empty pending
   bool irq_level_ = false;      // guarded by mutex_
-  uint64_t output_errors_ = 0;  // guarded by mutex_
 };
 
 }  // namespace tern::devices

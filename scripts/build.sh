@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build_dir="${TERN_BUILD_DIR:-build}"
-cmake -S . -B "$build_dir" -G Ninja "$@"
+cmake -S . -B "$build_dir" -G Ninja -DTERN_WERROR=ON "$@"
 cmake --build "$build_dir"

@@ -10,7 +10,7 @@ packages=(
   libboost-dev nlohmann-json3-dev libcli11-dev
   libgtest-dev libgmock-dev
   qemu-utils qemu-system-x86
-  curl acpica-tools
+  curl acpica-tools bc
   busybox-static cpio kmod zstd xz-utils
   flex bison bc libelf-dev libssl-dev patch e2fsprogs   # make-small-kernel.sh, ext4 images
   clang lld libclang-rt-14-dev clang-16 libclang-rt-16-dev

@@ -16,11 +16,11 @@ if [ ! -e /dev/kvm ]; then
   echo "test.sh: /dev/kvm is missing: the KVM and Linux tests will fail, not skip" >&2
 fi
 
-ctest --test-dir build --output-on-failure --timeout 1200
+ctest --test-dir build --output-on-failure --timeout 2400
 
 # ThreadSanitizer: only the targets whose tests carry the tsan label.
 tsan_targets=(qcow2_concurrency_test virtio_test)
-cmake -S . -B build-tsan -G Ninja -DTERN_SANITIZE=thread
+cmake -S . -B build-tsan -G Ninja -DTERN_WERROR=ON -DTERN_SANITIZE=thread
 cmake --build build-tsan --target "${tsan_targets[@]}"
 # Debian's TSan runtime needs ASLR entropy it can map (vm.mmap_rnd_bits <= 28).
 setarch "$(uname -m)" -R ctest --test-dir build-tsan -L tsan --output-on-failure --timeout 1200

@@ -90,10 +90,7 @@ api::ControlResult<std::vector<api::DiskCounters>> ApiControl::counters() {
       [this]() -> api::ControlResult<std::vector<api::DiskCounters>> {
         std::vector<api::DiskCounters> out;
         for (const Disk& d : machine_.disks()) {
-          devices::BlkCounters c = d.device->counters();
-          out.push_back(api::DiskCounters{d.config.id, c.read_ops, c.read_bytes, c.write_ops, c.write_bytes,
-                                          c.flush_ops, c.discard_ops, c.discard_bytes, c.write_zeroes_ops,
-                                          c.write_zeroes_bytes, c.errors});
+          out.push_back(api::DiskCounters{.id = d.config.id, .counters = d.device->counters()});
         }
         return out;
       });

@@ -113,10 +113,31 @@ std::expected<uint64_t, std::string> parse_memory(std::string_view text) {
 }
 
 std::expected<SerialConfig, std::string> parse_serial(std::string_view text) {
-  if (text == "tty") return SerialConfig{SerialMode::Tty, {}};
-  if (text == "off" || text == "null") return SerialConfig{SerialMode::Off, {}};
-  if (text.starts_with("file=") && text.size() > 5) return SerialConfig{SerialMode::File, std::string(text.substr(5))};
-  return Unexpected("--serial: expected tty, off or file=PATH, got \"" + std::string(text) + "\"");
+  SerialConfig c;
+  if (text == "tty") return c;
+  if (text == "off" || text == "null") {
+    c.mode = SerialMode::Off;
+    return c;
+  }
+  if (!text.starts_with("file=")) {
+    return Unexpected("--serial: expected tty, off or file=PATH[,max_size=SIZE], got \"" + std::string(text) + "\"");
+  }
+  auto pairs = split_pairs("serial", text);
+  if (!pairs) return Unexpected(pairs.error());
+  c.mode = SerialMode::File;
+  for (auto& [k, v] : *pairs) {
+    if (k == "file") {
+      c.path = v;
+    } else if (k == "max_size") {
+      auto s = parse_size(v);
+      if (!s) return Unexpected("--serial max_size: " + s.error());
+      c.max_size = *s;
+    } else {
+      return Unexpected("--serial: unknown key \"" + k + "\" (known: file, max_size)");
+    }
+  }
+  if (c.path.empty()) return Unexpected("--serial: file= needs a path");
+  return c;
 }
 
 std::expected<DiskConfig, std::string> parse_disk(std::string_view text, size_t index) {
@@ -193,7 +214,7 @@ std::expected<VmConfig, ParseExit> parse_command_line(int argc, const char* cons
                  "boot=N[,profile=auto|host|emulated] (vCPUs; profile: which CPU features the guest sees; "
                  "auto hides those a software-emulated KVM cannot run, on such hosts only)");
   app.add_option("--memory", memory, "size=SIZE (e.g. 512M)");
-  app.add_option("--serial", serial, "tty | file=PATH | off");
+  app.add_option("--serial", serial, "tty | file=PATH[,max_size=SIZE] (default 64M, 0: no cap) | off");
   app.add_option("--disk", disks,
                  "path=P[,readonly=on][,id=NAME][,num_queues=N][,queue_size=N][,image_type=raw|qcow2]"
                  "[,backing_files=on][,direct=on][,serial=STR][,lock=on|off][,aio=sync|native|threads]")

@@ -1,7 +1,7 @@
 // The VMM's configuration, parsed from the cloud-hypervisor style command
 // line (SPEC.md section 1):
 //   --kernel PATH --initramfs PATH --cmdline STR --cpus boot=N[,profile=auto|host|emulated]
-//   --memory size=SIZE --serial tty|file=PATH|off --api-socket PATH
+//   --memory size=SIZE --serial tty|file=PATH[,max_size=SIZE]|off --api-socket PATH
 //   --disk path=P[,readonly=on][,id=NAME][,num_queues=N][,queue_size=N]
 //          [,image_type=raw|qcow2][,backing_files=on][,direct=on][,serial=STR]
 //          [,lock=on|off][,aio=sync|native|threads]      (repeatable)
@@ -46,9 +46,14 @@ struct CpusConfig {
 
 enum class SerialMode { Tty, File, Off };
 
+// --serial file=: the console file stops growing here (bytes past it are
+// dropped and counted); max_size=0 lifts the cap.
+inline constexpr uint64_t kDefaultSerialFileMax = 64ull << 20;
+
 struct SerialConfig {
   SerialMode mode = SerialMode::Tty;
-  std::string path;  // SerialMode::File
+  std::string path;                           // SerialMode::File
+  uint64_t max_size = kDefaultSerialFileMax;  // SerialMode::File; 0: no cap
 };
 
 struct VmConfig {

@@ -14,7 +14,7 @@ namespace {
 
 using Fail = std::unexpected<FallbackError>;
 
-constexpr uint8_t kVectorUd = 6, kVectorNm = 7, kVectorGp = 13, kVectorBp = 3;
+constexpr uint8_t kVectorUd = 6, kVectorNm = 7, kVectorNp = 11, kVectorGp = 13, kVectorBp = 3;
 constexpr uint64_t kRflagsAc = 1ull << 18;
 constexpr uint64_t kCr0Pe = 1ull << 0, kCr0Mp = 1ull << 1, kCr0Em = 1ull << 2, kCr0Ts = 1ull << 3;
 constexpr uint64_t kCr4Osfxsr = 1ull << 9;
@@ -164,6 +164,19 @@ SysResult<kvm_translation> KvmVcpuFallbackCpu::translate(uint64_t linear) {
   if (auto r = kvm_ioctl(fd_, KVM_TRANSLATE, "KVM_TRANSLATE", &t); !r) return std::unexpected(r.error());
   return t;
 }
+SysResult<void> KvmVcpuFallbackCpu::inject_interrupt(uint8_t vector) {
+  // Injected as an interrupt with RIP already past the INT n: delivery
+  // pushes RIP as it is. (A "soft" injection would have KVM add an
+  // instruction length from the last exit, which an emulation failure
+  // does not set.)
+  auto events = kvm_get<kvm_vcpu_events>(fd_, KVM_GET_VCPU_EVENTS, "KVM_GET_VCPU_EVENTS");
+  if (!events) return std::unexpected(events.error());
+  events->interrupt.injected = 1;
+  events->interrupt.nr = vector;
+  events->interrupt.soft = 0;
+  return kvm_set(fd_, KVM_SET_VCPU_EVENTS, "KVM_SET_VCPU_EVENTS", *events);
+}
+
 SysResult<void> KvmVcpuFallbackCpu::inject_exception(uint8_t vector, std::optional<uint32_t> error_code) {
   // Read-modify-write of the vCPU's event state, from its own thread (no
   // KVM_RUN in between). exception.injected queues the exception for the
@@ -250,6 +263,32 @@ std::expected<FallbackDone, FallbackError> complete_failed_instruction(std::span
   if (insn->lock) return raise(cpu, insn->op, kVectorUd);  // LOCK is #UD for every entry
 
   switch (insn->op) {
+    case ax::FallbackOp::IntN: {
+      // Protected-mode delivery checks (SDM vol. 3A, 6.12.1.1 and INT n):
+      // the gate must lie inside the IDT and be present, and a software
+      // interrupt needs CPL <= the gate's DPL, else #GP / #NP with the
+      // error code vector * 8 + 2 (IDT, external 0). Then it is raised with
+      // RIP past the instruction, as the CPU pushes for INT n.
+      if (!(sregs->cr0 & kCr0Pe)) return Fail(FallbackError{FallbackErrorKind::Decode, ax::DecodeError::Unsupported, {}, 0});
+      const uint64_t gate_size = mode == ax::CodeMode::Bits64 ? 16 : 8;
+      const uint32_t idt_error = uint32_t{insn->vector} * 8 + 2;
+      if (uint64_t{insn->vector} * gate_size + gate_size - 1 > sregs->idt.limit) {
+        return raise(cpu, insn->op, kVectorGp, idt_error);
+      }
+      uint64_t gate_lo = 0;
+      auto gate = std::span<uint8_t>(reinterpret_cast<uint8_t*>(&gate_lo), sizeof gate_lo);
+      if (auto r = access_linear(cpu, memory, sregs->idt.base + insn->vector * gate_size, gate, false); !r) {
+        return Fail(r.error());
+      }
+      const unsigned gate_dpl = (gate_lo >> 45) & 3;
+      const bool present = (gate_lo >> 47) & 1;
+      if (cpl(*sregs) > gate_dpl) return raise(cpu, insn->op, kVectorGp, idt_error);
+      if (!present) return raise(cpu, insn->op, kVectorNp, idt_error);
+      regs->rip += insn->length;
+      if (auto r = cpu.set_regs(*regs); !r) return Fail(sys_error(r.error()));
+      if (auto r = cpu.inject_interrupt(insn->vector); !r) return Fail(sys_error(r.error()));
+      return FallbackDone{insn->op, insn->vector};
+    }
     case ax::FallbackOp::Int3:
       // A trap: the handler sees RIP after the int3 (SDM vol. 3A, 6.5), which
       // Linux's int3 self-test checks.

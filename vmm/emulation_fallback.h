@@ -49,6 +49,9 @@ class FallbackCpu {
   [[nodiscard]] virtual SysResult<kvm_translation> translate(uint64_t linear) = 0;
   // Queues exception `vector` for the next entry (KVM_SET_VCPU_EVENTS).
   [[nodiscard]] virtual SysResult<void> inject_exception(uint8_t vector, std::optional<uint32_t> error_code) = 0;
+  // Queues interrupt `vector` for the next entry, delivered through the
+  // guest's IDT with RIP as it is (INT n, after its checks).
+  [[nodiscard]] virtual SysResult<void> inject_interrupt(uint8_t vector) = 0;
   // Whether KVM_GET_FPU/KVM_SET_FPU reach the guest's MXCSR. kvm_pvm keeps
   // the guest FPU state out of reach (KVM_GET_FPU answers zeros, KVM_SET_FPU
   // is ignored, KVM_GET_XSAVE fails); see probe_mxcsr_reachable().
@@ -66,6 +69,7 @@ class KvmVcpuFallbackCpu final : public FallbackCpu {
   SysResult<void> set_fpu(const kvm_fpu& fpu) override;
   SysResult<kvm_translation> translate(uint64_t linear) override;
   SysResult<void> inject_exception(uint8_t vector, std::optional<uint32_t> error_code) override;
+  SysResult<void> inject_interrupt(uint8_t vector) override;
   bool mxcsr_reachable() const override { return mxcsr_reachable_; }
 
  private:
@@ -98,7 +102,7 @@ struct FallbackError {
 // How one completion ended.
 struct FallbackDone {
   arch::x86_64::FallbackOp op;
-  std::optional<uint8_t> fault;  // the exception raised instead of completing, if any
+  std::optional<uint8_t> fault;  // the exception or interrupt raised (int3: #BP; int n: n), if any
   // ldmxcsr retired without loading MXCSR because the host keeps it out of
   // reach (FallbackCpu::mxcsr_reachable); counted apart.
   bool mxcsr_not_loaded = false;

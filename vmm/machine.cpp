@@ -133,10 +133,18 @@ std::expected<void, std::string> Machine::load_guest() {
 }
 
 std::expected<void, std::string> Machine::build_devices() {
-  auto out = serial_output(config_.serial);
-  if (!out) return Unexpected(out.error());
+  auto fd = serial_output(config_.serial);
+  if (!fd) return Unexpected(fd.error());
+  std::unique_ptr<devices::ConsoleOutput> out;
+  if (*fd) {
+    devices::ConsoleOutputOptions o;
+    if (config_.serial.mode == SerialMode::File) o.max_bytes = config_.serial.max_size;
+    auto started = devices::ConsoleOutput::start(std::move(*fd), o);
+    if (!started) return Unexpected("serial console: " + started.error().message());
+    out = std::move(*started);
+  }
   serial_ = std::make_unique<devices::Serial16550>(
-      std::move(*out), [this](bool level) { services_.set_irq_line(ax::kCom1Irq, level); });
+      std::move(out), [this](bool level) { services_.set_irq_line(ax::kCom1Irq, level); });
   acpi_power_ = std::make_unique<devices::AcpiPowerDevice>(*this);
   i8042_ = std::make_unique<devices::I8042>(*this);
   pci_ = std::make_unique<devices::PciRoot>(ax::kPciMmioStart, ax::kPciMmioEnd - ax::kPciMmioStart);
@@ -214,6 +222,14 @@ void Machine::finish(int status, std::string why) {
   done_cv_.notify_all();
 }
 
+void Machine::dump_vcpus() {
+  // Under mutex_ and before status_ is set, every vCPU thread is running:
+  // run() stops and clears them only after the status is set.
+  std::lock_guard lock(mutex_);
+  if (status_) return;
+  for (auto& v : vcpus_) v->request_dump();
+}
+
 bool Machine::finished() const {
   std::lock_guard lock(mutex_);
   return status_.has_value();
@@ -261,9 +277,19 @@ int Machine::run() {
   if (fallbacks_.total() != 0) {
     std::fprintf(stderr, "tern: instructions completed for KVM's emulator: %s\n", fallbacks_.summary().c_str());
   }
-  if (uint64_t lost = serial_->output_errors()) {
-    std::fprintf(stderr, "tern: serial console: %llu bytes could not be written\n",
-                 static_cast<unsigned long long>(lost));
+  // The console's last bytes (within its drain timeout), then what it lost.
+  devices::ConsoleOutputStats console = serial_->output() ? serial_->output()->close() : devices::ConsoleOutputStats{};
+  if (console.dropped() != 0) {
+    std::string why;
+    auto add = [&](uint64_t n, const std::string& what) {
+      if (n != 0) why += (why.empty() ? "" : ", ") + std::to_string(n) + " " + what;
+    };
+    add(console.dropped_full, "while the reader was slow");
+    add(console.dropped_gone, "after the reader went away" +
+                                  (console.write_errno ? " (" + errno_text(console.write_errno) + ")" : std::string()));
+    add(console.dropped_cap, "past max_size=" + std::to_string(config_.serial.max_size));
+    std::fprintf(stderr, "tern: serial console: %llu bytes dropped: %s\n",
+                 static_cast<unsigned long long>(console.dropped()), why.c_str());
   }
   return status;
 }

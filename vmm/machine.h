@@ -53,6 +53,9 @@ class Machine final : public VmControl, public devices::PowerSink {
   int run();
   // Ends the VM as a guest power-off would (exit status 0).
   void shutdown() { finish(kExitPowerOff, "shutdown requested"); }
+  // Every vCPU prints its registers at its next exit (SIGUSR1); nothing
+  // once the VM is over.
+  void dump_vcpus();
 
   const std::vector<Disk>& disks() const { return disks_; }
   const VmConfig& config() const { return config_; }

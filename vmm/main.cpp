@@ -1,6 +1,7 @@
 // tern: boots one guest, serves the API, exits when the guest powers off.
 // Exit status (CONTRACTS.md): 0 guest power-off, 1 VMM failure (bad
 // options, host or KVM errors), 2 guest reset, 3 guest crash seen by KVM.
+#include <csignal>
 #include <cstdio>
 
 #include "api/http_server.h"
@@ -16,6 +17,10 @@ int main(int argc, char** argv) {
     return config.error().exit_code;
   }
   // Before any thread exists, so that every thread inherits the mask.
+  if (auto r = tern::vmm::ignore_broken_pipes(); !r) {
+    std::fprintf(stderr, "tern: %s\n", r.error().message().c_str());
+    return tern::vmm::kExitVmmFailure;
+  }
   if (auto r = tern::vmm::block_termination_signals(); !r) {
     std::fprintf(stderr, "tern: %s\n", r.error().message().c_str());
     return tern::vmm::kExitVmmFailure;
@@ -27,7 +32,11 @@ int main(int argc, char** argv) {
   }
   tern::vmm::Machine& m = **machine;
   // SIGINT/SIGTERM: an orderly shutdown (disks closed), exit status 0.
-  auto watcher = tern::vmm::SignalWatcher::start([&m](int) { m.shutdown(); });
+  // SIGUSR1: every vCPU prints its registers and the guest goes on.
+  auto watcher = tern::vmm::SignalWatcher::start([&m](int signo) {
+    if (signo == SIGUSR1) m.dump_vcpus();
+    else m.shutdown();
+  });
   if (!watcher) {
     std::fprintf(stderr, "tern: %s\n", watcher.error().message().c_str());
     return tern::vmm::kExitVmmFailure;

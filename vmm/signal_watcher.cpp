@@ -16,6 +16,7 @@ sigset_t termination_set() {
   sigemptyset(&set);
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGUSR1);
   return set;
 }
 
@@ -24,6 +25,14 @@ sigset_t termination_set() {
 SysResult<void> block_termination_signals() {
   sigset_t set = termination_set();
   if (int err = pthread_sigmask(SIG_BLOCK, &set, nullptr); err != 0) return std::unexpected(SysError{"pthread_sigmask", err});
+  return {};
+}
+
+SysResult<void> ignore_broken_pipes() {
+  struct sigaction sa{};
+  sa.sa_handler = SIG_IGN;
+  sigemptyset(&sa.sa_mask);
+  if (::sigaction(SIGPIPE, &sa, nullptr) != 0) return std::unexpected(SysError::from_errno("sigaction"));
   return {};
 }
 
@@ -57,8 +66,9 @@ void SignalWatcher::loop(std::stop_token token) {
     signalfd_siginfo info;
     ssize_t n = ::read(signal_fd_.get(), &info, sizeof info);
     if (n == static_cast<ssize_t>(sizeof info)) {
-      on_signal_(static_cast<int>(info.ssi_signo));
-      return;  // one shutdown request is enough; a second signal stays pending
+      const int signo = static_cast<int>(info.ssi_signo);
+      on_signal_(signo);
+      if (signo != SIGUSR1) return;  // one shutdown request is enough; a second signal stays pending
     }
     if (n < 0 && errno != EINTR && errno != EAGAIN) return;
   }

@@ -1,5 +1,6 @@
 // SignalWatcher: turns SIGINT and SIGTERM into an orderly VM shutdown
-// (disks flushed and closed, exit status 0) instead of a killed process.
+// (disks flushed and closed, exit status 0) instead of a killed process,
+// and passes SIGUSR1 on (tern prints every vCPU's registers).
 //
 // block_termination_signals() must run on the main thread before any other
 // thread starts, so every thread inherits the mask and the signals are only
@@ -18,6 +19,11 @@
 namespace tern::vmm {
 
 [[nodiscard]] SysResult<void> block_termination_signals();
+
+// SIGPIPE is ignored process-wide: a console reader that went away
+// (`tern ... | head -1`) or an API client that hung up must cost a failed
+// write (EPIPE), never the process with its disks open and dirty.
+[[nodiscard]] SysResult<void> ignore_broken_pipes();
 
 class SignalWatcher {
  public:

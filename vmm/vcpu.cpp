@@ -117,6 +117,12 @@ void Vcpu::stop() {
   if (thread_.joinable()) thread_.request_stop();
 }
 
+void Vcpu::request_dump() {
+  if (!thread_.joinable()) return;
+  dump_requested_.store(true);
+  kick();
+}
+
 void Vcpu::kick() {
   __atomic_store_n(&run_->immediate_exit, 1, __ATOMIC_SEQ_CST);
   pthread_kill(thread_id_, kick_signal());
@@ -128,7 +134,15 @@ void Vcpu::run_loop(std::stop_token stop, const VcpuEnv& env, VmControl& control
   std::stop_callback on_stop(stop, [this] { kick(); });
   while (!stop.stop_requested() && !control.finished()) {
     if (::ioctl(fd(), KVM_RUN, 0) < 0) {
-      if (errno == EINTR || errno == EAGAIN) continue;
+      if (errno == EINTR || errno == EAGAIN) {
+        if (dump_requested_.exchange(false)) {
+          // A dump kick, not a stop: re-arm KVM_RUN. A stop requested
+          // meanwhile is seen by the loop condition before the next entry.
+          __atomic_store_n(&run_->immediate_exit, 0, __ATOMIC_SEQ_CST);
+          std::fprintf(stderr, "tern: vCPU %u (SIGUSR1):\n%s", index_, dump_state().c_str());
+        }
+        continue;
+      }
       control.finish(kExitVmmFailure, "vCPU " + std::to_string(index_) + ": KVM_RUN: " + errno_text(errno));
       return;
     }
@@ -182,7 +196,10 @@ bool Vcpu::handle_exit(const VcpuEnv& env, VmControl& control) {
       if (run_->internal.suberror == KVM_INTERNAL_ERROR_EMULATION) return handle_emulation_failure(env, control);
       std::string what = "KVM internal error, suberror " + std::to_string(run_->internal.suberror);
       if (run_->internal.suberror == KVM_INTERNAL_ERROR_EMULATION) what += " (instruction emulation failed)";
-      for (uint32_t i = 0; i < run_->internal.ndata && i < 16; ++i) what += " " + hex(run_->internal.data[i]);
+      // Appended in two steps: `" " + hex(...)` inserts at the front of a
+      // temporary, which g++ 12 at -O3 misreads as an overlapping memcpy
+      // (-Wrestrict, GCC bug 105329).
+      for (uint32_t i = 0; i < run_->internal.ndata && i < 16; ++i) what.append(" ").append(hex(run_->internal.data[i]));
       return crash(what);
     }
     case KVM_EXIT_FAIL_ENTRY:

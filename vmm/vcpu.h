@@ -14,6 +14,7 @@
 
 #include <linux/kvm.h>
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -78,6 +79,9 @@ class Vcpu {
   void start(VcpuEnv env, VmControl& control);
   // Asks the thread to leave KVM_RUN and end; join happens in the destructor.
   void stop();
+  // Asks the running thread to print this vCPU's registers on stderr at its
+  // next exit and go on (SIGUSR1; for a guest that seems stuck).
+  void request_dump();
 
   // Installs the kick signal's handler; once per process, before start().
   static void install_kick_handler();
@@ -99,6 +103,7 @@ class Vcpu {
   UniqueFd fd_;
   kvm_run* const run_;  // mmapped; fields read by this vCPU's thread only, except immediate_exit
   const size_t run_size_;
+  std::atomic<bool> dump_requested_{false};
   bool mxcsr_reachable_ = true;  // set up before the thread starts (probe_mxcsr_reachable)
   pthread_t thread_id_{};  // set by the thread before it can be kicked
   std::jthread thread_;    // last member: stopped and joined first

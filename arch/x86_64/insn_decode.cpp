@@ -131,6 +131,7 @@ std::expected<MemOperand, DecodeError> read_memory_operand(ByteCursor& c, uint8_
 const char* fallback_op_name(FallbackOp op) {
   switch (op) {
     case FallbackOp::Int3: return "int3";
+    case FallbackOp::IntN: return "int n";
     case FallbackOp::Clac: return "clac";
     case FallbackOp::Stac: return "stac";
     case FallbackOp::Fwait: return "fwait";
@@ -162,6 +163,13 @@ std::expected<DecodedInsn, DecodeError> decode_fallback_insn(std::span<const uin
   };
   switch (*op) {
     case 0xcc: return done(FallbackOp::Int3);
+    case 0xcd: {
+      auto imm = c.next();
+      if (!imm) return std::unexpected(imm.error());
+      DecodedInsn d = done(FallbackOp::IntN);
+      d.vector = *imm;
+      return d;
+    }
     case 0x9b: return done(FallbackOp::Fwait);
     case 0x0f: break;
     default: return std::unexpected(DecodeError::NotInTable);

@@ -19,6 +19,7 @@ namespace tern::arch::x86_64 {
 // The fallback table.
 enum class FallbackOp : uint8_t {
   Int3,     // cc                 breakpoint trap (#BP)
+  IntN,     // cd ib              software interrupt (a 32-bit process's system call: int $0x80)
   Clac,     // 0f 01 ca           clear RFLAGS.AC (SMAP)
   Stac,     // 0f 01 cb           set RFLAGS.AC (SMAP)
   Fwait,    // 9b                 wait for x87 (no pending x87 state under KVM)
@@ -53,6 +54,7 @@ struct DecodedInsn {
   uint8_t length = 0;  // bytes, prefixes included
   std::optional<MemOperand> mem;
   bool lock = false;  // an F0 prefix (#UD for every entry of the table)
+  uint8_t vector = 0; // IntN: the immediate
 };
 
 enum class DecodeError : uint8_t {

@@ -1,7 +1,12 @@
 #include "block/qcow2/backing.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <array>
+#include <cerrno>
 #include <cstring>
 
 #include "block/qcow2/big_endian.h"
@@ -50,7 +55,42 @@ std::string resolve(const std::string& overlay_path, const std::string& name) {
   return overlay_path.substr(0, slash + 1) + name;
 }
 
+// "top -> middle -> this" for errors.
+std::string chain_text(const BackingChain& chain, const std::string& last) {
+  std::string text;
+  for (const auto& link : chain) text += link.path + " -> ";
+  return text + last;
+}
+
+// Opens without blocking on a FIFO, then checks what the file is.
+Result<std::unique_ptr<FdHostFile>> open_backing_file(const std::string& path, const BackingRules& rules) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) return fail(Errc::BackingFailed, errno, chain_text(rules.chain, path));
+  UniqueFd owned(fd);
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return fail(Errc::BackingFailed, errno, path);
+  if (S_ISBLK(st.st_mode)) {
+    if (!rules.allow_block_device) return fail(Errc::BackingIsDevice, 0, chain_text(rules.chain, path));
+  } else if (!S_ISREG(st.st_mode)) {
+    return fail(Errc::NotAFile, 0, chain_text(rules.chain, path));
+  }
+  for (const auto& above : rules.chain) {
+    if (above.known && above.dev == st.st_dev && above.ino == st.st_ino) {
+      return fail(Errc::BackingLoop, 0, chain_text(rules.chain, path));
+    }
+  }
+  int flags = ::fcntl(fd, F_GETFL);
+  if (flags < 0 || ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0) return fail(Errc::BackingFailed, errno, path);
+  return std::make_unique<FdHostFile>(std::move(owned));
+}
+
 }  // namespace
+
+ChainLink chain_link(int fd, const std::string& path) {
+  struct stat st {};
+  if (fd < 0 || ::fstat(fd, &st) != 0) return ChainLink{0, 0, false, path};
+  return ChainLink{st.st_dev, st.st_ino, true, path};
+}
 
 Result<void> Backing::read(uint64_t offset, std::span<uint8_t> buf) {
   uint64_t end = size();
@@ -63,14 +103,15 @@ Result<void> Backing::read(uint64_t offset, std::span<uint8_t> buf) {
 }
 
 Result<std::unique_ptr<Backing>> open_backing(const std::string& overlay_path, const std::string& name,
-                                              const std::string& format) {
+                                              const std::string& format, const BackingRules& rules) {
   std::string path = resolve(overlay_path, name);
-  auto file = open_host_file(path, true);
-  if (!file) {
-    Error e = file.error();
-    e.code = Errc::BackingFailed;
-    return std::unexpected(e);
+  // rules.chain holds the overlay and every image above it: a file with
+  // that many images above it is backing file number chain.size().
+  if (rules.chain.size() > kMaxBackingDepth) {
+    return fail(Errc::BackingChainTooDeep, 0, chain_text(rules.chain, path));
   }
+  auto file = open_backing_file(path, rules);
+  if (!file) return std::unexpected(file.error());
   bool qcow2 = format == "qcow2";
   if (format.empty()) {
     std::array<uint8_t, 4> magic{};
@@ -83,6 +124,8 @@ Result<std::unique_ptr<Backing>> open_backing(const std::string& overlay_path, c
     EngineOptions options;
     options.read_only = true;
     options.allow_backing = true;  // the chain was allowed at its top
+    options.allow_block_backing = rules.allow_block_device;
+    options.chain = rules.chain;
     options.l2_cache_bytes = 4ull << 20;
     options.refcount_cache_bytes = 256ull << 10;
     auto engine = Engine::open(std::move(*file), path, options);

@@ -5,6 +5,7 @@
 // rebuild after an unclean close (dirty bit).
 #include <algorithm>
 #include <cstdio>
+#include <map>
 
 #include "block/qcow2/big_endian.h"
 #include "block/qcow2/engine.h"
@@ -33,19 +34,30 @@ Result<CheckResult> Engine::check(Repair repair) {
   const uint64_t file_clusters = (*file_size + cs - 1) >> cluster_bits_;
   const uint64_t n = file_clusters;
   res.total_clusters = (h.size + cs - 1) >> cluster_bits_;
+  // One counter per cluster of the file as it really is: memory bounded by
+  // the file's size, whatever the header claims.
   std::vector<uint32_t> expected(n, 0);
-  auto error = [&](std::string text) {
-    ++res.corruptions;
-    res.messages.push_back("ERROR " + std::move(text));
+  // Findings are counted; only the first kMaxCheckMessages are kept as text
+  // (a hostile image can hold millions of bad entries).
+  auto note = [&](std::string text) {
+    if (res.messages.size() < kMaxCheckMessages) {
+      res.messages.push_back(std::move(text));
+    } else {
+      ++res.messages_dropped;
+    }
   };
-  // Counts one reference to the cluster holding `offset`.
-  auto ref = [&](uint64_t offset, const char* what) {
+  auto error = [&](std::string text, uint64_t times = 1) {
+    res.corruptions += times;
+    note("ERROR " + std::move(text) + (times > 1 ? " (" + std::to_string(times) + " times)" : ""));
+  };
+  // Counts `times` references to the cluster holding `offset`.
+  auto ref = [&](uint64_t offset, const char* what, uint64_t times = 1) {
     uint64_t c = offset >> cluster_bits_;
     if (c >= file_clusters) {
-      error(std::string(what) + " at offset " + std::to_string(offset) + " is past the end of the image");
+      error(std::string(what) + " at offset " + std::to_string(offset) + " is past the end of the image", times);
       return;
     }
-    if (expected[c] != UINT32_MAX) ++expected[c];
+    expected[c] = static_cast<uint32_t>(std::min<uint64_t>(UINT32_MAX, expected[c] + times));
   };
 
   ref(0, "header");
@@ -53,6 +65,11 @@ Result<CheckResult> Engine::check(Repair repair) {
   for (uint64_t off = 0; off < l1_bytes; off += cs) ref(h.l1_table_offset + off, "L1 table");
   uint64_t previous_host = 0;
   std::vector<uint8_t> l2(cs);
+  // Each distinct L2 table is read once, its references weighted by how
+  // many L1 entries name it: the work is bounded by the tables the file
+  // can hold, not by l1_size times the entries per table.
+  std::map<uint64_t, uint64_t> tables;  // offset -> L1 entries naming it
+  std::vector<uint64_t> table_order;    // distinct tables, in L1 order
   for (uint64_t i = 0; i < h.l1_size; ++i) {
     uint64_t table = l1_entry(i) & kOffsetMask;
     if (table == 0) continue;
@@ -62,6 +79,10 @@ Result<CheckResult> Engine::check(Repair repair) {
     }
     ref(table, "L2 table");
     if ((table >> cluster_bits_) >= file_clusters) continue;
+    if (tables[table]++ == 0) table_order.push_back(table);
+  }
+  for (uint64_t table : table_order) {
+    const uint64_t times = tables[table];
     auto data = l2_cache_.get(table);
     if (!data) return std::unexpected(data.error());
     std::copy_n(*data, cs, l2.begin());
@@ -74,20 +95,20 @@ Result<CheckResult> Engine::check(Repair repair) {
         uint64_t first = offset & ~uint64_t{511};
         uint64_t last = first + sectors * 512 - 1;
         for (uint64_t c = first >> cluster_bits_; c <= last >> cluster_bits_; ++c) {
-          ref(c << cluster_bits_, "compressed cluster");
+          ref(c << cluster_bits_, "compressed cluster", times);
         }
-        ++res.allocated_clusters;
-        ++res.compressed_clusters;
+        res.allocated_clusters += times;
+        res.compressed_clusters += times;
         continue;
       }
       uint64_t host = entry & kOffsetMask;
       if (host == 0) continue;
       if (host & (cs - 1)) {
-        error("data cluster offset " + std::to_string(host) + " is not cluster aligned");
+        error("data cluster offset " + std::to_string(host) + " is not cluster aligned", times);
         continue;
       }
-      ref(host, "data cluster");
-      ++res.allocated_clusters;
+      ref(host, "data cluster", times);
+      res.allocated_clusters += times;
       if (previous_host != 0 && host != previous_host + cs) ++res.fragmented_clusters;
       previous_host = host;
     }
@@ -124,7 +145,7 @@ Result<CheckResult> Engine::check(Repair repair) {
       bool leak = now > want;
       if (leak) {
         ++res.leaks;
-        res.messages.push_back("Leaked " + line);
+        note("Leaked " + line);
       } else {
         error(line);
       }
@@ -153,6 +174,8 @@ Result<CheckResult> Engine::check(Repair repair) {
         changed = true;
       }
     }
+  }
+  for (uint64_t table : table_order) {
     for (uint64_t j = 0; j < cs / 8; ++j) {
       auto data = l2_cache_.get(table);
       if (!data) return std::unexpected(data.error());
@@ -175,6 +198,9 @@ Result<CheckResult> Engine::check(Repair repair) {
       ++res.corruptions_fixed;
       changed = true;
     }
+  }
+  if (res.messages_dropped > 0) {
+    res.messages.push_back(std::to_string(res.messages_dropped) + " more findings not listed");
   }
   if (changed) {
     if (auto r = flush(); !r) return std::unexpected(r.error());

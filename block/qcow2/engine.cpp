@@ -46,7 +46,11 @@ Result<std::unique_ptr<Engine>> Engine::open(std::unique_ptr<HostFile> file,
   Header& h = engine->header_.get();
   if (!h.backing_file.empty()) {
     if (!options.allow_backing) return fail(Errc::BackingRefused, 0, path + " -> " + h.backing_file);
-    auto backing = open_backing(path, h.backing_file, h.backing_format);
+    BackingRules rules;
+    rules.allow_block_device = options.allow_block_backing;
+    rules.chain = options.chain;
+    rules.chain.push_back(chain_link(engine->file_->fd(), path));
+    auto backing = open_backing(path, h.backing_file, h.backing_format, rules);
     if (!backing) return std::unexpected(backing.error());
     engine->backing_ = std::move(*backing);
   }
@@ -58,6 +62,7 @@ Result<std::unique_ptr<Engine>> Engine::open(std::unique_ptr<HostFile> file,
                                    options.refcount_cache_bytes >> h.cluster_bits);
   if (!refcounts) return std::unexpected(refcounts.error());
   engine->refcounts_ = std::move(*refcounts);
+  engine->refcounts_->set_transfers(&engine->transfers_);
   engine->preallocated_end_ = *file_size;
   Refcounts* rc = engine->refcounts_.get();
   // An L2 table reaches the disk only after the refcounts that count the
@@ -138,8 +143,8 @@ Result<void> Engine::read_compressed(uint64_t entry, std::span<uint8_t> out) {
   }
   if (auto r = decompress_cluster(header_.get().compression_type, compressed, out); !r) {
     // Data that does not decode to one cluster is corruption (SPEC 5).
-    (void)header_.mark_corrupt("compressed cluster at " + std::to_string(offset));
-    return r;
+    return std::unexpected(header_.mark_corrupt("compressed cluster at host offset " + std::to_string(offset) +
+                                                ": " + r.error().message()));
   }
   return {};
 }

@@ -8,7 +8,6 @@
 
 #include <sys/uio.h>
 
-#include <atomic>
 #include <functional>
 #include <cstdint>
 #include <memory>
@@ -24,12 +23,16 @@
 #include "block/qcow2/iov.h"
 #include "block/qcow2/refcounts.h"
 #include "block/qcow2/table_cache.h"
+#include "block/qcow2/transfers.h"
 
 namespace tern::block::qcow2 {
 
 struct EngineOptions {
   bool read_only = false;
   bool allow_backing = false;
+  bool allow_block_backing = false;  // a block device as a backing file
+  // The images above this one when it is opened as a backing file.
+  BackingChain chain;
   size_t l2_cache_bytes = 32ull << 20;
   size_t refcount_cache_bytes = 4ull << 20;
   // Open a corrupt image writable, to repair it (tern-img check -r).
@@ -39,6 +42,9 @@ struct EngineOptions {
 };
 
 enum class Repair { None, Leaks, All };
+
+// check() keeps the text of this many findings; the rest are only counted.
+inline constexpr size_t kMaxCheckMessages = 100;
 
 // What check() found, in qemu-img check's terms.
 struct CheckResult {
@@ -52,7 +58,8 @@ struct CheckResult {
   uint64_t fragmented_clusters = 0;
   uint64_t image_end_offset = 0;
   bool incomplete = false;            // could not check everything
-  std::vector<std::string> messages;  // one line per finding
+  std::vector<std::string> messages;  // one line per finding, the first kMaxCheckMessages
+  uint64_t messages_dropped = 0;      // findings past those (counted above all the same)
 };
 
 // A piece of a request whose data lives at `host_offset` in the image file.
@@ -97,8 +104,14 @@ class Engine {
   // `repair`, fixes leaks, or leaks, refcounts and OFLAG_COPIED flags).
   [[nodiscard]] Result<CheckResult> check(Repair repair);
 
-  // Deferred extents in flight; freed clusters are reused only at zero.
-  std::atomic<uint64_t>& deferred_in_flight() { return deferred_in_flight_; }
+  // Tickets of the deferred transfers (extents handed back by read() and
+  // write()) still in flight: the caller takes one under the same lock as
+  // the read()/write() that produced the extents and gives it back when
+  // the transfer is over. Freed clusters stay out of allocation until the
+  // transfers that were out when they were freed are back (transfers.h).
+  TransferTracker& transfers() { return transfers_; }
+  // Freed clusters held back from allocation now.
+  uint64_t held_clusters() const { return refcounts_->held_clusters(); }
 
  private:
   Engine(std::unique_ptr<HostFile> file, Header header, const EngineOptions& options);
@@ -152,7 +165,7 @@ class Engine {
   TableCache l2_cache_;
   std::unique_ptr<Backing> backing_;
   uint64_t preallocated_end_ = 0;  // the file is at least this long
-  std::atomic<uint64_t> deferred_in_flight_{0};
+  TransferTracker transfers_;
 };
 
 }  // namespace tern::block::qcow2

@@ -20,12 +20,17 @@ class HeaderStore {
   void set_writable(bool writable) { writable_ = writable; }
 
   // Sets the corrupt bit (qcow2.txt: incompatible bit 1) on a writable v3
-  // image, best effort, and returns the CorruptImage error to fail the
-  // request with.
-  Error mark_corrupt(std::string detail) {
+  // image and returns the CorruptImage error to fail the request with.
+  // The request fails either way; when the bit could not be written, the
+  // error says so (and why), so the host learns that the image on disk
+  // is not marked.
+  [[nodiscard]] Error mark_corrupt(std::string detail) {
     if (writable_ && header_.version >= 3 && !(header_.incompatible_features & kIncompatCorrupt)) {
       header_.incompatible_features |= kIncompatCorrupt;
-      (void)commit();  // the request fails either way; the error says why
+      if (auto r = commit(); !r) {
+        detail += "; the corrupt bit could not be set: " + r.error().message();
+        return Error{Errc::CorruptImage, r.error().sys_errno, std::move(detail)};
+      }
     }
     return Error{Errc::CorruptImage, 0, std::move(detail)};
   }

@@ -51,7 +51,11 @@ class Qcow2IoContext final : public IoContext {
   Result<void> submit(const Request& req) override {
     if (in_flight_ >= depth_) return fail(Errc::QueueFull);
     ++in_flight_;
-    complete_now(req.cookie, run(req));
+    Outcome outcome = run(req);
+    if (outcome && !*outcome) {
+      *outcome = std::unexpected(req.op == Op::Flush ? placed(outcome->error()) : placed(outcome->error(), req.offset));
+    }
+    complete_now(req.cookie, std::move(outcome));
     return {};
   }
 
@@ -85,6 +89,8 @@ class Qcow2IoContext final : public IoContext {
     uint64_t cookie = 0;
     bool is_read = false;
     uint32_t remaining = 0;
+    uint64_t offset = 0;  // the request's guest offset, for errors
+    TransferTicket ticket = 0;
     Result<void> status;
     std::vector<Piece> pieces;
   };
@@ -92,6 +98,15 @@ class Qcow2IoContext final : public IoContext {
   // Result of a request that needs no asynchronous transfer, or nullopt
   // when one was started (its completion comes from drain()).
   using Outcome = std::optional<Result<void>>;
+
+  // The image file and the request's guest offset in front of the detail,
+  // as raw errors name their file: "PATH: guest offset N: detail".
+  Error placed(Error e, std::optional<uint64_t> guest_offset = std::nullopt) const {
+    std::string where = disk_.path();
+    if (guest_offset) where += ": guest offset " + std::to_string(*guest_offset);
+    e.detail = e.detail.empty() ? where : where + ": " + e.detail;
+    return e;
+  }
 
   void complete_now(uint64_t cookie, Outcome outcome) {
     if (!outcome) return;
@@ -129,23 +144,27 @@ class Qcow2IoContext final : public IoContext {
   Outcome transfer(const Request& req) {
     const bool is_read = req.op == Op::Read;
     std::vector<HostExtent> extents;
+    TransferTicket ticket = 0;
     auto mapped = disk_.with_engine([&](Engine& e) -> Result<void> {
       auto r = is_read ? e.read(req.offset, req.iov, &extents) : e.write(req.offset, req.iov, &extents);
-      // Counted under the lock, so the allocator sees it before it could
-      // hand out a cluster these extents point into.
-      if (r && !extents.empty()) e.deferred_in_flight().fetch_add(1);
+      // Taken under the lock, so a cluster these extents point into that
+      // is freed after the lock is dropped stays out of allocation until
+      // the ticket is back.
+      if (r && !extents.empty()) ticket = e.transfers().begin();
       return r;
     });
     if (!mapped) return mapped;
     if (extents.empty()) return Result<void>{};
     if (!can_go_async(req.iov, extents)) {
       auto r = transfer_sync(is_read, req.iov, extents);
-      end_deferred();
+      disk_.transfers().end(ticket);
       return r;
     }
     auto p = std::make_unique<Pending>();
     p->cookie = req.cookie;
     p->is_read = is_read;
+    p->ticket = ticket;
+    p->offset = req.offset;
     p->pieces.resize(extents.size());
     IovCursor iov(req.iov);  // extents come in request order: one linear walk
     std::vector<iocb*> cbs;
@@ -246,9 +265,10 @@ class Qcow2IoContext final : public IoContext {
                             : ::pwritev(disk_.buffered_fd(), rest.data(), static_cast<int>(rest.size()),
                                         static_cast<off_t>(e.host_offset + done));
         if (n < 0 && errno == EINTR) continue;
-        if (n < 0) return fail(is_read ? Errc::ReadFailed : Errc::WriteFailed, errno);
+        const std::string host = "host offset " + std::to_string(e.host_offset + done);
+        if (n < 0) return fail(is_read ? Errc::ReadFailed : Errc::WriteFailed, errno, host);
         if (n == 0) {
-          if (!is_read) return fail(Errc::ShortTransfer);
+          if (!is_read) return fail(Errc::ShortTransfer, 0, host);
           iov_zero(piece, done, e.length - done);  // past the end of the file
           break;
         }
@@ -265,25 +285,25 @@ class Qcow2IoContext final : public IoContext {
   void finish_piece(Piece* piece, int64_t res, std::vector<Completion>& out) {
     Pending* p = piece->owner;
     --iocbs_in_flight_;
+    const std::string host = "host offset " + std::to_string(piece->cb.aio_offset);
     if (res < 0) {
-      if (p->status) p->status = fail(p->is_read ? Errc::ReadFailed : Errc::WriteFailed, static_cast<int>(-res));
+      if (p->status) {
+        p->status = std::unexpected(placed(
+            Error{p->is_read ? Errc::ReadFailed : Errc::WriteFailed, static_cast<int>(-res), host}, p->offset));
+      }
     } else if (static_cast<uint64_t>(res) < piece->length) {
       if (p->is_read) {
         // A cluster allocated past the end of the file reads as zeros.
         iov_zero(piece->iov, static_cast<uint64_t>(res), piece->length - static_cast<uint64_t>(res));
       } else if (p->status) {
-        p->status = fail(Errc::ShortTransfer);
+        p->status = std::unexpected(placed(Error{Errc::ShortTransfer, 0, host}, p->offset));
       }
     }
     if (--p->remaining > 0) return;
     out.push_back(Completion{p->cookie, std::move(p->status)});
-    end_deferred();
+    disk_.transfers().end(p->ticket);
     pending_.remove_if([p](const std::unique_ptr<Pending>& q) { return q.get() == p; });
   }
-
-  // The decrement needs no lock: only the increment must be ordered with
-  // the allocator, and a late-seen decrement merely delays cluster reuse.
-  void end_deferred() { disk_.deferred_in_flight().fetch_sub(1); }
 
   Qcow2Disk& disk_;
   EventFd done_;
@@ -299,11 +319,12 @@ class Qcow2IoContext final : public IoContext {
 
 }  // namespace
 
-Qcow2Disk::Qcow2Disk(std::unique_ptr<Engine> engine, UniqueFd data_fd, bool read_only)
+Qcow2Disk::Qcow2Disk(std::unique_ptr<Engine> engine, UniqueFd data_fd, bool read_only, std::string path)
     : engine_(std::move(engine)),
       data_fd_(std::move(data_fd)),
       buffered_fd_(engine_->file().fd()),
       read_only_(read_only),
+      path_(std::move(path)),
       cluster_size_(static_cast<uint32_t>(engine_->header().cluster_size())),
       size_(engine_->size()) {}
 
@@ -323,15 +344,23 @@ Result<std::unique_ptr<Qcow2Disk>> Qcow2Disk::open(const OpenOptions& options) {
   EngineOptions engine_options;
   engine_options.read_only = options.read_only;
   engine_options.allow_backing = options.allow_backing;
+  engine_options.allow_block_backing = options.allow_block_backing;
   auto engine = Engine::open(std::move(*file), options.path, engine_options);
   if (!engine) return std::unexpected(engine.error());
   UniqueFd data_fd;
-  if (options.direct) {
+  // Metadata goes through the page cache. With clusters smaller than a
+  // page, a data cluster shares its page with an L2 table or refcount
+  // block; an O_DIRECT write then collides with the buffered write-back of
+  // that page, and the kernel reports it as EIO on the next fdatasync
+  // ("Page cache invalidation failure on direct I/O"). Such images do their
+  // data I/O through the page cache too (found by the stress test).
+  const bool small_clusters = (*engine)->header().cluster_size() < static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  if (options.direct && !small_clusters) {
     int fd = ::open(options.path.c_str(), (options.read_only ? O_RDONLY : O_RDWR) | O_DIRECT | O_CLOEXEC);
     if (fd < 0) return fail(Errc::OpenFailed, errno, options.path + " (O_DIRECT)");
     data_fd.reset(fd);
   }
-  return std::unique_ptr<Qcow2Disk>(new Qcow2Disk(std::move(*engine), std::move(data_fd), options.read_only));
+  return std::unique_ptr<Qcow2Disk>(new Qcow2Disk(std::move(*engine), std::move(data_fd), options.read_only, options.path));
 }
 
 Result<void> Qcow2Disk::resize(uint64_t new_size) {

@@ -6,8 +6,10 @@
 // lock scope is that one function. Metadata work and copy-on-write happen
 // inside it; the data of clusters that are already allocated is then moved
 // outside it, by Linux AIO on an O_DIRECT descriptor (direct=on) or by
-// pread/pwrite in submit(). Clusters freed while such transfers may be in
-// flight are not handed out again until none are (Engine::deferred_in_flight).
+// pread/pwrite in submit(). Each such transfer holds a ticket
+// (Engine::transfers(), taken under the lock) until it is over; a cluster
+// freed while a ticket older than the free is out is held back from
+// allocation until those tickets are back (block/qcow2/transfers.h).
 #pragma once
 
 #include <atomic>
@@ -42,20 +44,22 @@ class Qcow2Disk final : public DiskFile {
     return fn(*engine_);
   }
 
-  // Owned by the engine; the atomic itself needs no lock.
-  std::atomic<uint64_t>& deferred_in_flight() { return engine_->deferred_in_flight(); }
+  // Owned by the engine; begin() under the lock, end() from any thread.
+  TransferTracker& transfers() { return engine_->transfers(); }
   int data_fd() const { return data_fd_.get(); }      // O_DIRECT, or -1
   int buffered_fd() const { return buffered_fd_; }    // the engine's file
   bool read_only() const { return read_only_; }
+  const std::string& path() const { return path_; }
 
  private:
-  Qcow2Disk(std::unique_ptr<Engine> engine, UniqueFd data_fd, bool read_only);
+  Qcow2Disk(std::unique_ptr<Engine> engine, UniqueFd data_fd, bool read_only, std::string path);
 
   std::mutex mutex_;
   std::unique_ptr<Engine> engine_;  // guarded by mutex_
   UniqueFd data_fd_;
   int buffered_fd_;
   bool read_only_;
+  std::string path_;
   bool closed_ = false;  // guarded by mutex_
   uint32_t cluster_size_;
   std::atomic<uint64_t> size_;

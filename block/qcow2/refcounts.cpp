@@ -204,7 +204,7 @@ Result<uint64_t> Refcounts::adjust(uint64_t host_offset, int delta) {
   }
   write_entry(*data, index, next);
   blocks_.mark_dirty(*block);
-  if (next == 0) free_hint_ = std::min(free_hint_, cluster);
+  if (next == 0) freed(cluster);
   return next;
 }
 
@@ -221,18 +221,30 @@ Result<void> Refcounts::set(uint64_t host_offset, uint64_t value) {
   if (*block == 0) return {};  // no block: already 0
   auto data = blocks_.get(*block);
   if (!data) return std::unexpected(data.error());
-  write_entry(*data, cluster & ((uint64_t{1} << block_bits_) - 1), value);
+  const uint64_t index = cluster & ((uint64_t{1} << block_bits_) - 1);
+  const uint64_t old = read_entry(*data, index);
+  write_entry(*data, index, value);
   blocks_.mark_dirty(*block);
-  if (value == 0) free_hint_ = std::min(free_hint_, cluster);
+  if (value == 0 && old != 0) freed(cluster);
+  // Repair gave a held cluster a reference again: it is in use, not free.
+  if (value != 0 && held_until(cluster) != 0) unhold(cluster, cluster + 1);
   return {};
 }
 
 Result<uint64_t> Refcounts::allocate(uint64_t count, bool& fresh) {
   const uint64_t cs = uint64_t{1} << cluster_bits_;
-  if (free_hint_ < append_cluster_ && (!reuse_allowed_ || reuse_allowed_())) {
+  release_held();
+  if (free_hint_ < append_cluster_) {
     uint64_t run_start = free_hint_;
     uint64_t run = 0;
     for (uint64_t c = free_hint_; c < append_cluster_; ++c) {
+      if (uint64_t until = held_until(c); until != 0) {
+        // Freed, but a transfer that may still land on it is out.
+        run = 0;
+        run_start = until;
+        c = until - 1;
+        continue;
+      }
       auto value = get(c << cluster_bits_);
       if (!value) return std::unexpected(value.error());
       if (*value != 0) {
@@ -257,6 +269,80 @@ Result<uint64_t> Refcounts::allocate(uint64_t count, bool& fresh) {
   }
   fresh = true;
   return first * cs;
+}
+
+void Refcounts::freed(uint64_t cluster) {
+  // Transfers mapped before this moment hold tickets below `tag`; one of
+  // them may target this cluster (a write still queued for Linux AIO, or
+  // running on another queue outside the lock). Until all are back, the
+  // cluster must not become an L2 table, a refcount block or another
+  // guest's data: the late transfer would overwrite it.
+  if (transfers_ != nullptr) {
+    const uint64_t tag = transfers_->issued();
+    if (transfers_->oldest_in_flight() < tag) {
+      if (held_until(cluster) != 0) return;  // already held (see set())
+      if (!held_order_.empty() && held_order_.back().tag == tag && held_order_.back().end == cluster) {
+        ++held_order_.back().end;
+      } else {
+        held_order_.push_back(HeldRun{tag, cluster, cluster + 1});
+      }
+      uint64_t first = cluster;
+      uint64_t end = cluster + 1;
+      auto next = held_.find(end);
+      if (next != held_.end()) {
+        end = next->second;
+        held_.erase(next);
+      }
+      auto it = held_.lower_bound(cluster);
+      if (it != held_.begin() && std::prev(it)->second == cluster) {
+        --it;
+        first = it->first;
+        held_.erase(it);
+      }
+      held_.emplace(first, end);
+      ++held_count_;
+      return;
+    }
+  }
+  free_hint_ = std::min(free_hint_, cluster);
+}
+
+void Refcounts::release_held() {
+  if (held_order_.empty()) return;
+  const uint64_t oldest = transfers_ ? transfers_->oldest_in_flight() : ~uint64_t{0};
+  while (!held_order_.empty() && held_order_.front().tag <= oldest) {
+    const HeldRun run = held_order_.front();
+    held_order_.pop_front();
+    unhold(run.first, run.end);
+    free_hint_ = std::min(free_hint_, run.first);
+  }
+}
+
+uint64_t Refcounts::held_until(uint64_t cluster) const {
+  auto it = held_.upper_bound(cluster);
+  if (it == held_.begin()) return 0;
+  --it;
+  return it->second > cluster ? it->second : 0;
+}
+
+void Refcounts::unhold(uint64_t first, uint64_t end) {
+  auto it = held_.upper_bound(first);
+  if (it != held_.begin()) --it;
+  while (it != held_.end() && it->first < end) {
+    const uint64_t s = it->first;
+    const uint64_t e = it->second;
+    if (e <= first) {
+      ++it;
+      continue;
+    }
+    it = held_.erase(it);
+    held_count_ -= std::min(e, end) - std::max(s, first);
+    if (s < first) held_.emplace(s, first);
+    if (e > end) {
+      held_.emplace(end, e);
+      break;
+    }
+  }
 }
 
 Result<void> Refcounts::flush() {

@@ -7,7 +7,8 @@
 #pragma once
 
 #include <cstdint>
-#include <functional>
+#include <deque>
+#include <map>
 #include <memory>
 #include <vector>
 
@@ -15,6 +16,7 @@
 #include "block/qcow2/header_store.h"
 #include "block/qcow2/host_file.h"
 #include "block/qcow2/table_cache.h"
+#include "block/qcow2/transfers.h"
 
 namespace tern::block::qcow2 {
 
@@ -24,9 +26,13 @@ class Refcounts {
                                                                uint64_t file_size,
                                                                size_t cache_tables);
 
-  // Freed clusters are handed out again only while this returns true (the
-  // disk returns false while data I/O mapped before a free may be in flight).
-  void set_reuse_allowed(std::function<bool()> allowed) { reuse_allowed_ = std::move(allowed); }
+  // A cluster whose refcount drops to 0 while a data transfer mapped
+  // before that moment is still out (transfers.h) is held back: allocate()
+  // hands it out again only once every such transfer is over. Without a
+  // tracker (tools, tests) freed clusters are reusable at once.
+  void set_transfers(const TransferTracker* transfers) { transfers_ = transfers; }
+  // Clusters held back now.
+  uint64_t held_clusters() const { return held_count_; }
 
   [[nodiscard]] Result<uint64_t> get(uint64_t host_offset);
   // +1 or -1 on the cluster containing host_offset. Going above the width's
@@ -66,6 +72,13 @@ class Refcounts {
     return first;
   }
   uint64_t table_entries() const { return table_.size() / 8; }
+  // The refcount of `cluster` just dropped to 0.
+  void freed(uint64_t cluster);
+  // Gives held clusters whose transfers are all over back to the allocator.
+  void release_held();
+  // The end of the held run containing `cluster`, or 0 when it is not held.
+  uint64_t held_until(uint64_t cluster) const;
+  void unhold(uint64_t first, uint64_t end);
 
   HostFile& file_;
   HeaderStore& header_;
@@ -78,7 +91,20 @@ class Refcounts {
   TableCache blocks_;
   uint64_t append_cluster_ = 0;  // first cluster never handed out
   uint64_t free_hint_ = 0;       // no free cluster below this one
-  std::function<bool()> reuse_allowed_;
+  const TransferTracker* transfers_ = nullptr;
+  // Held clusters: runs in the order they were freed, each with the first
+  // ticket not yet issued when it was freed (release once oldest_in_flight()
+  // reaches it), and the same clusters as disjoint [first, end) runs for
+  // the allocator's scan. One entry per run of contiguous clusters freed
+  // together, so a large discard costs one entry, not one per cluster.
+  struct HeldRun {
+    uint64_t tag;
+    uint64_t first;
+    uint64_t end;
+  };
+  std::deque<HeldRun> held_order_;
+  std::map<uint64_t, uint64_t> held_;  // first cluster -> end
+  uint64_t held_count_ = 0;
 };
 
 }  // namespace tern::block::qcow2

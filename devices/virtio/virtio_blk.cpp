@@ -16,6 +16,7 @@
 #include "base/event_fd.h"
 #include "base/unique_fd.h"
 #include "block/disk.h"
+#include "devices/virtio/blk_errors.h"
 #include "devices/virtio/rate_limited_log.h"
 
 namespace tern::devices {
@@ -104,6 +105,7 @@ class BlkRequest {
   // Moving hands the duty to answer over; the moved-from object is inert.
   BlkRequest(BlkRequest&& other) noexcept
       : op(other.op),
+        offset(other.offset),
         bytes(other.bytes),
         read_len(other.read_len),
         chain_(std::move(other.chain_)),
@@ -123,6 +125,7 @@ class BlkRequest {
   }
 
   block::Op op = block::Op::Read;
+  uint64_t offset = 0;  // on the disk, for the log line of a failure
   uint64_t bytes = 0;
   uint32_t read_len = 0;  // data bytes a successful read puts into the chain
 
@@ -270,7 +273,7 @@ class BlkQueueWorker {
     for (block::Completion& c : completions_) {
       if (c.cookie >= slots_.size() || !slots_[c.cookie]) std::abort();  // backend broke its contract
       BlkRequest& r = *slots_[c.cookie];
-      finish(r, c.status.has_value());
+      finish(r, c.status);
       slots_[c.cookie].reset();  // status byte, then used ring
       --pending_;
     }
@@ -281,10 +284,14 @@ class BlkQueueWorker {
     if (queue_->needs_interrupt()) interrupt_.signal_queue(index_);
   }
 
-  void finish(BlkRequest& r, bool ok) {
+  // The backend's verdict: counted by kind and, when it failed, logged
+  // with the backend's message (rate-limited per kind); the guest sees
+  // IOERR (5.2.6).
+  void finish(BlkRequest& r, const block::Result<void>& status) {
     auto& k = shared_.counters;
-    if (!ok) {
-      k.errors.fetch_add(1, std::memory_order_relaxed);
+    if (!status) {
+      count_blk_error(k, blk_error_kind(status.error()));
+      shared_.error_log.failed(shared_.log_name, r.op, r.offset, r.bytes, status.error());
       r.finish(kBlkSIoErr);
       return;
     }
@@ -313,8 +320,11 @@ class BlkQueueWorker {
   }
 
   // Completes a request now with `status` (the request object answers it).
+  // The device refused it: malformed (IOERR) or not supported (UNSUPP).
   void answer(BlkRequest& r, uint8_t status) {
-    if (status != kBlkSOk) shared_.counters.errors.fetch_add(1, std::memory_order_relaxed);
+    if (status != kBlkSOk) {
+      count_blk_error(shared_.counters, status == kBlkSUnsupp ? BlkErrorKind::Unsupported : BlkErrorKind::Invalid);
+    }
     r.finish(status);
   }
 
@@ -440,12 +450,13 @@ class BlkQueueWorker {
         return answer(local, kBlkSUnsupp);
     }
     local.op = req.op;
+    local.offset = req.offset;
     // Park the request by head (unique while the device owns it), then hand
     // it to the backend; the completion finds it by cookie.
     std::optional<BlkRequest>& slot = slots_[head];
     slot.emplace(std::move(local));
     if (auto r = ctx_->submit(req); !r) {
-      finish(*slot, false);
+      finish(*slot, r);
       slot.reset();
       return;
     }
@@ -473,6 +484,7 @@ VirtioBlk::VirtioBlk(std::unique_ptr<block::DiskFile> disk, VirtioBlkOptions opt
   shared_.disk = disk_.get();
   shared_.read_only = options_.read_only || caps.read_only;
   shared_.serial = options_.serial;
+  shared_.log_name = options_.id.empty() ? "virtio-blk" : "virtio-blk " + options_.id;
   shared_.capacity.store(disk_->size() / kSector);
   shared_.max_discard_sectors = kMaxDiscardSectors;
   shared_.max_write_zeroes_sectors = kMaxDiscardSectors;
@@ -553,13 +565,6 @@ block::Result<void> VirtioBlk::resize(uint64_t new_size) {
   return {};
 }
 
-BlkCounters VirtioBlk::counters() const {
-  const auto& k = shared_.counters;
-  auto get = [](const std::atomic<uint64_t>& a) { return a.load(std::memory_order_relaxed); };
-  return BlkCounters{get(k.read_ops),         get(k.read_bytes),         get(k.write_ops),
-                     get(k.write_bytes),      get(k.flush_ops),          get(k.discard_ops),
-                     get(k.discard_bytes),    get(k.write_zeroes_ops),   get(k.write_zeroes_bytes),
-                     get(k.errors)};
-}
+BlkCounters VirtioBlk::counters() const { return snapshot(shared_.counters); }
 
 }  // namespace tern::devices

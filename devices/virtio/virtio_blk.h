@@ -16,7 +16,9 @@
 #include <string>
 #include <vector>
 
+#include "base/block_counters.h"
 #include "block/disk.h"
+#include "devices/virtio/blk_errors.h"
 #include "devices/virtio/virtio_device.h"
 
 namespace tern::devices {
@@ -65,14 +67,8 @@ struct VirtioBlkOptions {
   std::string id;             // id=NAME, for logs
 };
 
-struct BlkCounters {
-  uint64_t read_ops = 0, read_bytes = 0;
-  uint64_t write_ops = 0, write_bytes = 0;
-  uint64_t flush_ops = 0;
-  uint64_t discard_ops = 0, discard_bytes = 0;
-  uint64_t write_zeroes_ops = 0, write_zeroes_bytes = 0;
-  uint64_t errors = 0;  // requests completed with IOERR or UNSUPP
-};
+// What the disk did, errors by kind: base/block_counters.h.
+using BlkCounters = BlockCounters;
 
 class BlkQueueWorker;
 
@@ -111,11 +107,9 @@ class VirtioBlk final : public VirtioDevice {
     uint64_t features = 0;  // offered
     std::string serial;
     std::atomic<uint64_t> capacity{0};  // sectors
-    struct Atomics {
-      std::atomic<uint64_t> read_ops{0}, read_bytes{0}, write_ops{0}, write_bytes{0},
-          flush_ops{0}, discard_ops{0}, discard_bytes{0}, write_zeroes_ops{0},
-          write_zeroes_bytes{0}, errors{0};
-    } counters;
+    AtomicBlockCounters counters;
+    std::string log_name;  // "virtio-blk <id>"
+    BlkErrorLog error_log;
     uint32_t seg_max = 1;  // data segments per request (5.2.4)
     uint32_t max_discard_sectors = 0;
     uint32_t max_write_zeroes_sectors = 0;

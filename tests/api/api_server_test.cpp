@@ -1,3 +1,6 @@
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -9,6 +12,7 @@
 #include <atomic>
 #include <cstdio>
 #include <cstring>
+#include <future>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -38,7 +42,7 @@ class FakeControl final : public VmmControl {
     return vm;
   }
   ControlResult<std::vector<DiskCounters>> counters() override {
-    return std::vector<DiskCounters>{DiskCounters{.id = "disk0", .read_ops = 3, .read_bytes = 12288}};
+    return std::vector<DiskCounters>{DiskCounters{.id = "disk0", .counters = {.read_ops = 3, .read_bytes = 12288}}};
   }
   ControlResult<void> resize_disk(const std::string& id, uint64_t desired) override {
     std::lock_guard lock(mutex);
@@ -291,6 +295,151 @@ TEST_F(ApiServerTest, ThousandsOfBadRequestsLeaveTheServerServing) {
   EXPECT_EQ(control.size, 64u << 20);
   EXPECT_EQ(control.resizes, 0);
   EXPECT_EQ(control.shutdowns.load(), 0);
+}
+
+// A connected client socket, or an invalid fd.
+UniqueFd connect_to(const std::string& path) {
+  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) return UniqueFd();
+  return fd;
+}
+
+bool send_all(int fd, const std::string& bytes) {
+  size_t sent = 0;
+  while (sent < bytes.size()) {
+    ssize_t n = ::send(fd, bytes.data() + sent, bytes.size() - sent, MSG_NOSIGNAL);
+    if (n <= 0) return false;
+    sent += static_cast<size_t>(n);
+  }
+  return true;
+}
+
+// How many writes of `size` bytes a Unix stream socket takes before the
+// writer would block while its peer reads nothing (the kernel charges each
+// write's buffer to the writer's SO_SNDBUF, which the server's accepted
+// sockets share with this socketpair: both have the system default).
+size_t writes_until_full(size_t size) {
+  int sv[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return 0;
+  UniqueFd a(sv[0]), b(sv[1]);
+  std::string chunk(size, 'x');
+  size_t n = 0;
+  while (::send(a.get(), chunk.data(), chunk.size(), MSG_DONTWAIT | MSG_NOSIGNAL) ==
+         static_cast<ssize_t>(chunk.size())) {
+    ++n;
+  }
+  return n;
+}
+
+// A client that pipelines requests and never reads the replies fills its
+// socket. Whatever the server must write next (here the error reply to a
+// malformed request, after which it would close) may wait for that client
+// only under a deadline and never on the API thread: other clients are
+// served meanwhile, and the server (so tern) stops at once.
+TEST_F(ApiServerTest, ClientThatNeverReadsBlocksNeitherOthersNorShutdown) {
+  const std::string ping = "GET /api/v1/vmm.ping HTTP/1.1\r\nHost: x\r\n\r\n";
+  // One keep-alive ping reply, byte for byte, to size the pipelines.
+  size_t reply_size = 0;
+  {
+    UniqueFd fd = connect_to(path);
+    ASSERT_TRUE(fd);
+    ASSERT_TRUE(send_all(fd.get(), ping + "GET /api/v1/vmm.ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
+    timeval tv{10, 0};
+    ::setsockopt(fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    std::string out;
+    std::array<char, 4096> buf;
+    for (ssize_t n; (n = ::recv(fd.get(), buf.data(), buf.size(), 0)) > 0;) out.append(buf.data(), static_cast<size_t>(n));
+    size_t second = out.find("HTTP/1.1", 1);
+    ASSERT_NE(second, std::string::npos) << out;
+    reply_size = second;
+  }
+  size_t fit = writes_until_full(reply_size);
+  ASSERT_GT(fit, 4u);
+  // Around the number of replies that fill the socket, so that on one of
+  // these connections the error reply is the write that finds it full.
+  std::vector<UniqueFd> hogs;
+  for (size_t pings = fit - 3; pings <= fit + 3; ++pings) {
+    UniqueFd fd = connect_to(path);
+    ASSERT_TRUE(fd);
+    std::string pipeline;
+    for (size_t i = 0; i < pings; ++i) pipeline += ping;
+    pipeline += "garbage\r\n\r\n";
+    ASSERT_TRUE(send_all(fd.get(), pipeline));
+    hogs.push_back(std::move(fd));
+  }
+  // The server is past the replies that fit on the aligned connection (the
+  // one with `fit` pings), so its next step is the error reply.
+  for (int i = 0; i < 10'000; ++i) {
+    int queued = 0;
+    if (::ioctl(hogs[3].get(), FIONREAD, &queued) != 0 || static_cast<size_t>(queued) >= fit * reply_size) break;
+    std::this_thread::sleep_for(1ms);
+  }
+  // Other clients are answered while those replies wait (raw clients: their
+  // wait for the answer is bounded, whatever the server does).
+  for (int round = 0; round < 2; ++round) {
+    UniqueFd probe = connect_to(path);
+    ASSERT_TRUE(probe);
+    ASSERT_TRUE(send_all(probe.get(), "GET /api/v1/vmm.ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
+    pollfd p{probe.get(), POLLIN, 0};
+    bool answered = ::poll(&p, 1, 10'000) == 1;
+    EXPECT_TRUE(answered) << "no answer in 10 s: the API thread is stuck writing to a client that does not read";
+    std::array<char, 512> buf;
+    ssize_t n = answered ? ::recv(probe.get(), buf.data(), buf.size(), 0) : 0;
+    EXPECT_TRUE(!answered || (n > 0 && std::string(buf.data(), static_cast<size_t>(n)).starts_with("HTTP/1.1 200")));
+  }
+  // And the server stops without waiting for them.
+  auto stopped = std::async(std::launch::async, [this] { server.reset(); });
+  bool in_time = stopped.wait_for(10s) == std::future_status::ready;
+  EXPECT_TRUE(in_time) << "the server did not stop while a client did not read its replies";
+  hogs.clear();  // lets a stuck server go, so that this test ends either way
+  stopped.wait();
+}
+
+// A reply the client does not take within write_timeout ends its
+// connection: the client sees the server hang up.
+TEST_F(ApiServerTest, ReplyNotTakenWithinTheWriteDeadlineDropsTheClient) {
+  server.reset();
+  HttpServerOptions options;
+  options.write_timeout = 200ms;
+  auto started = HttpServer::start(path, control, options);
+  ASSERT_TRUE(started.has_value()) << started.error().message();
+  server = std::move(*started);
+  UniqueFd hog = connect_to(path);
+  ASSERT_TRUE(hog);
+  std::string pipeline;
+  for (int i = 0; i < 4000; ++i) pipeline += "GET /api/v1/vmm.ping HTTP/1.1\r\nHost: x\r\n\r\n";
+  ASSERT_TRUE(send_all(hog.get(), pipeline));
+  pollfd p{hog.get(), POLLRDHUP, 0};
+  ASSERT_EQ(::poll(&p, 1, 30'000), 1) << "the server kept a client that takes no replies";
+  EXPECT_TRUE(p.revents & POLLRDHUP);
+  EXPECT_EQ(request("GET", "/api/v1/vmm.ping").status, 200);
+}
+
+// The client's timeout bounds the whole exchange, also against a server
+// that accepts and never answers.
+TEST(ApiClient, GivesUpAtItsDeadlineOnAServerThatNeverAnswers) {
+  char tmpl[] = "/tmp/tern-api-XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  std::string path = std::string(tmpl) + "/mute.sock";
+  UniqueFd listener(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+  ASSERT_EQ(::bind(listener.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  ASSERT_EQ(::listen(listener.get(), 4), 0);
+  auto asked = std::async(std::launch::async, [&] { return http_request(path, "GET", "/api/v1/vmm.ping", {}, 300ms); });
+  bool in_time = asked.wait_for(10s) == std::future_status::ready;
+  EXPECT_TRUE(in_time) << "the client waited past its timeout";
+  if (!in_time) {
+    UniqueFd accepted(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));  // hang up on it
+  }
+  auto reply = asked.get();
+  EXPECT_FALSE(reply.has_value());
+  ::unlink(path.c_str());
+  ::rmdir(tmpl);
 }
 
 TEST(ControlChannel, RunsCommandsOnTheOwnerThreadAndAbandonsOnClose) {

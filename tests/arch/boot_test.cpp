@@ -174,6 +174,39 @@ TEST(Elf, LoadsSegmentsToPaddrAndZeroesBss) {
   EXPECT_EQ(ram[0x200000 + 4096], 0xee);
 }
 
+// A vmlinux says it is Linux with a "Linux"-owned ELF note; other ELF
+// kernels (the test guests) get no Linux-only boot parameters.
+TEST(Elf, LinuxNoteMarksALinuxKernel) {
+  std::vector<uint8_t> ram(16 << 20);
+  auto with_note = [&](const char* owner, uint32_t namesz) {
+    auto img = elf({{0x100000, 64, 64}, {0x200000, 64, 64}}, 0x100000);
+    const size_t ph1 = sizeof(Elf64_Ehdr) + sizeof(Elf64_Phdr);
+    put<uint32_t>(img, ph1 + offsetof(Elf64_Phdr, p_type), PT_NOTE);
+    size_t off = sizeof(Elf64_Ehdr) + 2 * sizeof(Elf64_Phdr) + 64;  // the second segment's data
+    std::memset(img.data() + off, 0, 64);
+    Elf64_Nhdr other{4, 4, 3};  // a "GNU" build-id note first
+    put(img, off, other);
+    std::memcpy(img.data() + off + sizeof other, "GNU", 4);
+    off += sizeof other + 8;
+    Elf64_Nhdr nh{namesz, 4, 0x100};
+    put(img, off, nh);
+    std::memcpy(img.data() + off + sizeof nh, owner, std::strlen(owner) + 1);
+    return load_kernel(img, ram);
+  };
+  auto k = with_note("Linux", 6);
+  ASSERT_TRUE(k.has_value()) << k.error().message();
+  EXPECT_TRUE(k->linux_kernel);
+  k = with_note("Xen", 4);
+  ASSERT_TRUE(k.has_value());
+  EXPECT_FALSE(k->linux_kernel);
+  k = with_note("Linux", 0x7fffffff);  // a name running past the segment: ignored, not read
+  ASSERT_TRUE(k.has_value());
+  EXPECT_FALSE(k->linux_kernel);
+  k = load_kernel(elf({{0x100000, 64, 64}}, 0x100000), ram);
+  ASSERT_TRUE(k.has_value());
+  EXPECT_FALSE(k->linux_kernel);
+}
+
 TEST(Elf, RefusesSegmentsOutsideRamOrFile) {
   std::vector<uint8_t> ram(16 << 20);
   auto code = [&](std::vector<uint8_t> img) {

@@ -23,6 +23,13 @@ TEST(InsnDecode, NoOperandEntries) {
   EXPECT_EQ(i->length, 1);
   EXPECT_FALSE(i->mem);
 
+  i = dec({0xcd, 0x80});
+  ASSERT_TRUE(i);
+  EXPECT_EQ(i->op, ax::FallbackOp::IntN);
+  EXPECT_EQ(i->vector, 0x80);
+  EXPECT_EQ(i->length, 2);
+  EXPECT_EQ(dec({0xcd}).error(), ax::DecodeError::Truncated);
+
   i = dec({0x9b, 0xdb, 0xe3});  // fwait; fninit: only the fwait is taken
   ASSERT_TRUE(i);
   EXPECT_EQ(i->op, ax::FallbackOp::Fwait);

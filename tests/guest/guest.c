@@ -17,7 +17,7 @@
  * reqs=N (requests of the throughput run).
  *
  * Before the device checks it executes each instruction of tern's emulation
- * fallback table (vmm/emulation_fallback.h: int3, clac/stac, fwait,
+ * fallback table (vmm/emulation_fallback.h: int3, int n, clac/stac, fwait,
  * ldmxcsr, and ldmxcsr raising #GP) and checks the architectural
  * result: on an emulated KVM these exit to tern, which completes them; on
  * hardware they run natively, with the same results.
@@ -200,6 +200,11 @@ __attribute__((interrupt)) static void bp_isr(struct interrupt_frame* f) {
   bp_ip = ((struct cpu_frame*)f)->ip;
   bp_count = bp_count + 1;
 }
+static volatile u64 sw_ip, sw_count;
+__attribute__((interrupt)) static void sw_isr(struct interrupt_frame* f) {
+  sw_ip = ((struct cpu_frame*)f)->ip;
+  sw_count = sw_count + 1;
+}
 /* #GP from the deliberate `ldmxcsr (%rax)` (0f ae 10): skip its 3 bytes. */
 __attribute__((interrupt)) static void gp_isr(struct interrupt_frame* f, u64 error) {
   gp_error = error;
@@ -219,6 +224,7 @@ static void setup_interrupts(void) {
   set_gate(VEC_QUEUE0, queue0_isr);
   set_gate(VEC_QUEUE0 + 1, queue1_isr);
   set_gate(3, bp_isr);
+  set_gate(0x81, sw_isr);
   set_gate_raw(13, (u64)gp_isr);
   struct {
     u16 limit;
@@ -754,9 +760,17 @@ static void cpu_checks(void) {
   u64 expect;
   __asm__ volatile("lea 1f(%%rip), %0\n\tint3\n1:" : "=r"(expect)::"memory");
   check(bp_count == 1 && bp_ip == expect, "int3 raises #BP with RIP after the int3");
+  __asm__ volatile("lea 1f(%%rip), %0\n\tint $0x81\n1:" : "=r"(expect)::"memory");
+  check(sw_count == 1 && sw_ip == expect, "int $0x81 reaches its gate with RIP after the int");
 
-  u32 a, b, c, d;
+  u32 a, b, c, d, ecx1;
+  cpuid(1, 0, &a, &b, &ecx1, &d);
   cpuid(7, 0, &a, &b, &c, &d);
+  puts_("# cpuid 1.ecx ");
+  puthex(ecx1);
+  puts_(" 7.ebx ");
+  puthex(b);
+  putc_('\n');
   if (b & (1u << 20)) {
     __asm__ volatile("stac" ::: "memory", "cc");
     u64 after_stac = rflags();

@@ -1,5 +1,6 @@
 // The command line: cloud-hypervisor style options, every value validated.
 #include "vmm/config.h"
+#include "vmm/host_kvm.h"
 
 #include <gtest/gtest.h>
 
@@ -57,6 +58,14 @@ TEST(Config, Serial) {
   EXPECT_EQ(f->path, "/tmp/x");
   EXPECT_FALSE(parse_serial("pty").has_value());
   EXPECT_FALSE(parse_serial("file=").has_value());
+  EXPECT_EQ(f->max_size, kDefaultSerialFileMax);
+  auto capped = parse_serial("file=/tmp/x,max_size=4K");
+  ASSERT_TRUE(capped.has_value()) << capped.error();
+  EXPECT_EQ(capped->path, "/tmp/x");
+  EXPECT_EQ(capped->max_size, 4096u);
+  EXPECT_EQ(parse_serial("file=/tmp/x,max_size=0")->max_size, 0u);  // no cap
+  EXPECT_FALSE(parse_serial("file=/tmp/x,max_size=lots").has_value());
+  EXPECT_FALSE(parse_serial("file=/tmp/x,color=on").has_value());
 }
 
 TEST(Config, DiskEveryKey) {
@@ -145,3 +154,31 @@ TEST(Config, CommandLineErrors) {
 
 }  // namespace
 }  // namespace tern::vmm
+
+namespace {
+
+using tern::vmm::CpuProfile;
+using tern::vmm::guest_cmdline;
+using tern::vmm::HostKvm;
+using tern::vmm::resolve_cpu_profile;
+
+TEST(HostKvm, AutoProfileFollowsTheHost) {
+  EXPECT_EQ(resolve_cpu_profile(CpuProfile::Auto, HostKvm::Emulated), CpuProfile::Emulated);
+  EXPECT_EQ(resolve_cpu_profile(CpuProfile::Auto, HostKvm::Hardware), CpuProfile::Host);
+  EXPECT_EQ(resolve_cpu_profile(CpuProfile::Host, HostKvm::Emulated), CpuProfile::Host);
+  EXPECT_EQ(resolve_cpu_profile(CpuProfile::Emulated, HostKvm::Hardware), CpuProfile::Emulated);
+}
+
+TEST(HostKvm, EmulatedProfileAddsLinuxParametersOnce) {
+  EXPECT_EQ(guest_cmdline("console=ttyS0", CpuProfile::Host), "console=ttyS0");
+  EXPECT_EQ(guest_cmdline("console=ttyS0", CpuProfile::Emulated),
+            std::string("console=ttyS0 noxsave ") + tern::vmm::kLinuxClearCpuid + " cryptomgr.notests");
+  // What the user wrote wins.
+  EXPECT_EQ(guest_cmdline("noxsave clearcpuid=151 cryptomgr.notests=0", CpuProfile::Emulated),
+            "noxsave clearcpuid=151 cryptomgr.notests=0");
+  // A word that merely contains a name is not that parameter.
+  EXPECT_NE(guest_cmdline("x.noxsave=1", CpuProfile::Emulated).find(" noxsave "), std::string::npos);
+  EXPECT_EQ(guest_cmdline("", CpuProfile::Emulated).front(), 'n');
+}
+
+}  // namespace

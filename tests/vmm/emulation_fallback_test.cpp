@@ -59,6 +59,10 @@ class FakeCpu : public FallbackCpu {
     return t;
   }
   bool mxcsr_reachable() const override { return fpu_reachable; }
+  SysResult<void> inject_interrupt(uint8_t vector) override {
+    interrupts.push_back(vector);
+    return {};
+  }
   SysResult<void> inject_exception(uint8_t vector, std::optional<uint32_t> error_code) override {
     injected.push_back(vector);
     last_error_code = error_code;
@@ -72,6 +76,7 @@ class FakeCpu : public FallbackCpu {
   bool fpu_reachable = true;
   int set_regs_calls = 0;
   std::vector<uint8_t> injected;
+  std::vector<uint8_t> interrupts;
   std::optional<uint32_t> last_error_code;
 };
 
@@ -100,6 +105,43 @@ TEST_F(EmulationFallback, Int3AdvancesRipThenRaisesBreakpoint) {
   EXPECT_EQ(cpu.regs.rip, rip + 1);  // the handler sees RIP after the int3
   EXPECT_EQ(cpu.injected, std::vector<uint8_t>{3});
   EXPECT_FALSE(cpu.last_error_code);
+}
+
+// INT n from user mode (a 32-bit process's system call): the IDT gate's
+// checks, then the interrupt with RIP past the instruction.
+TEST_F(EmulationFallback, IntNChecksTheGateThenRaisesTheInterrupt) {
+  const uint64_t idt = kKernelBase + 0x6000;
+  cpu.sregs.idt.base = idt;
+  cpu.sregs.idt.limit = 0x82 * 16 - 1;  // gates 0..0x81
+  auto gate = [&](uint8_t vec, unsigned dpl, bool present) {
+    uint64_t lo = (uint64_t{present} << 47) | (uint64_t{dpl} << 45) | (0xeull << 40);  // 64-bit interrupt gate
+    std::memcpy(ram.data() + (idt - kKernelBase) + vec * 16, &lo, 8);
+  };
+  gate(0x80, 3, true);
+  gate(0x81, 0, true);
+  gate(0x7f, 3, false);
+  cpu.sregs.ss.dpl = 3;
+  cpu.regs.rip = kKernelBase + 0x1000;
+  auto r = complete({0xcd, 0x80});
+  ASSERT_TRUE(r) << r.error().message();
+  EXPECT_EQ(r->op, ax::FallbackOp::IntN);
+  EXPECT_EQ(cpu.interrupts, std::vector<uint8_t>{0x80});
+  EXPECT_EQ(cpu.regs.rip, kKernelBase + 0x1002);
+  EXPECT_TRUE(cpu.injected.empty());
+
+  r = complete({0xcd, 0x81});  // DPL 0 gate from CPL 3
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->fault, 13);
+  EXPECT_EQ(cpu.last_error_code, 0x81u * 8 + 2);
+  EXPECT_EQ(cpu.regs.rip, kKernelBase + 0x1002) << "a fault leaves RIP on the int";
+  r = complete({0xcd, 0x7f});  // not present
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->fault, 11);
+  r = complete({0xcd, 0x90});  // beyond the IDT's limit
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->fault, 13);
+  EXPECT_EQ(cpu.last_error_code, 0x90u * 8 + 2);
+  EXPECT_EQ(cpu.interrupts.size(), 1u);
 }
 
 TEST_F(EmulationFallback, ClacAndStacFlipAcOnly) {

@@ -8,7 +8,9 @@
  *   "fault" a triple fault: ud2 with no IDT (exit 2)
  *   "hang"  hlt with interrupts off, until the VMM is killed
  *   "mmio"  jumps into unbacked MMIO space: KVM cannot fetch or emulate
- *           code there, an internal error (exit 3, registers on stderr) */
+ *           code there, an internal error (exit 3, registers on stderr)
+ *   "spam"  4096 lines of 64 bytes (256 KiB, four pipes' worth) on COM1,
+ *           then ACPI S5 (exit 0): for console readers that go or stall */
   .section .text.start, "ax"
   .globl _start
 _start:
@@ -40,6 +42,8 @@ _start:
   je hang
   cmp $'m', %al
   je mmio
+  cmp $'s', %al
+  je spam
 power_off:
   mov $0x600, %dx
   mov $0x34, %al
@@ -61,6 +65,14 @@ fault:
 mmio:
   mov $0xd0000000, %rax
   jmp *%rax
+spam:
+  mov $4096, %r13d
+3:
+  lea spam_line(%rip), %rdi
+  call puts
+  dec %r13d
+  jnz 3b
+  jmp power_off
 hang:
   hlt
   jmp hang
@@ -81,6 +93,7 @@ puts:
   .section .rodata
 banner: .asciz "power-guest: cmdline="
 e820:   .asciz " e820="
+spam_line: .asciz "power-guest: spam spam spam spam spam spam spam spam spam spam.\n"
   .balign 8
 null_idt: .word 0
           .quad 0

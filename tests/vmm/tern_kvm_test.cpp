@@ -80,6 +80,52 @@ TEST_F(TernKvm, SerialToFile) {
   ::unlink(tmpl);
 }
 
+// The console's reader exits after the first line while the guest goes on
+// writing (256 KiB): tern must not die of SIGPIPE (leaving its disks dirty)
+// but run the guest to its end and exit with its status.
+TEST_F(TernKvm, ConsoleReaderThatExitsKillsNothing) {
+  Shell r = sh("bash -c 'timeout -k 10 120 " + build_dir() + "/tern --kernel " + build_dir() +
+               "/tests/guest/tern-power-guest --memory size=64M --cmdline spam | head -1; "
+               "echo tern=${PIPESTATUS[0]}'");
+  EXPECT_NE(r.out.find("power-guest: cmdline=spam e820=4\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("tern=0\n"), std::string::npos) << r.out;
+}
+
+// A console reader that never reads (a FIFO held open): the vCPU must not
+// block on the console, so the guest powers off and tern exits, counting
+// what it dropped. The timeout only bounds the test on a broken tern.
+TEST_F(TernKvm, StalledConsoleReaderBlocksNeitherGuestNorExit) {
+  char tmpl[] = "/tmp/tern-fifo-XXXXXX";
+  ASSERT_NE(::mkdtemp(tmpl), nullptr);
+  std::string fifo = std::string(tmpl) + "/console";
+  Shell r = sh("bash -c 'mkfifo " + fifo + " && exec 3<>" + fifo + " && timeout -k 10 120 " + build_dir() +
+               "/tern --kernel " + build_dir() + "/tests/guest/tern-power-guest --memory size=64M --cmdline spam >" +
+               fifo + "; echo tern=$?'");
+  EXPECT_NE(r.out.find("tern=0\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("serial console: "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("bytes dropped"), std::string::npos) << r.out;
+  ::unlink(fifo.c_str());
+  ::rmdir(tmpl);
+}
+
+// --serial file=PATH,max_size=N: the file stops at N bytes, the rest is
+// counted as dropped, and the guest runs on to its power-off.
+TEST_F(TernKvm, SerialFileStopsAtMaxSize) {
+  char tmpl[] = "/tmp/tern-serial-XXXXXX";
+  int fd = ::mkstemp(tmpl);
+  ASSERT_GE(fd, 0);
+  ::close(fd);
+  Shell r = boot("spam", std::string("--serial file=") + tmpl + ",max_size=4K");
+  EXPECT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("bytes dropped: "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("past max_size=4096"), std::string::npos) << r.out;
+  std::ifstream f(tmpl);
+  std::string text((std::istreambuf_iterator<char>(f)), {});
+  EXPECT_EQ(text.size(), 4096u);
+  EXPECT_TRUE(text.starts_with("power-guest: cmdline=spam")) << text.substr(0, 80);
+  ::unlink(tmpl);
+}
+
 TEST_F(TernKvm, SigtermShutsDownInOrder) {
   // The guest hangs after its banner; SIGTERM then ends the VM like a
   // power-off (status 0). The banner shows the signal mask is in place.

@@ -20,6 +20,8 @@ TEST(FuzzRegressions, ReplayWithoutCrashing) {
     std::vector<uint8_t> data(std::istreambuf_iterator<char>(in), {});
     fuzz::exercise(data.data(), data.size(), false);
     fuzz::exercise(data.data(), data.size(), true);
+    fuzz::exercise_dirty(data.data(), data.size());
+    fuzz::exercise_backing(data.data(), data.size());
     ++replayed;
   }
   EXPECT_GT(replayed, 0);

@@ -249,7 +249,11 @@ TEST(Check, VerdictsAgreeWithQemu) {
 
 // A writer killed with SIGKILL at random points: every reopen works (dirty
 // bit, rebuild), flushed data is intact, and qemu-img check is clean after
-// Tern reopens and closes the image.
+// Tern reopens and closes the image. The kill point does not depend on how
+// busy the machine is: every third writer is killed with the image open
+// before it writes anything, every third after its first flush
+// was reported, the rest after a random delay. A block must hold at least
+// the last round actually flushed, in this iteration or an earlier one.
 TEST(Crash, KilledWriterLosesNothingFlushed) {
   TempDir dir;
   std::string img = dir.file("k.qcow2");
@@ -264,9 +268,12 @@ TEST(Crash, KilledWriterLosesNothingFlushed) {
   if (const char* env = std::getenv("TERN_CRASH_ITERATIONS")) iterations = std::atoi(env);
   std::mt19937 rng(1234);
   uint64_t base_round = 0;
+  uint64_t last_flushed = 0;  // the newest round any writer reported flushed
+  int iterations_with_a_flush = 0;
   for (int it = 0; it < iterations; ++it) {
-    int report[2];
+    int report[2], go[2];
     ASSERT_EQ(::pipe(report), 0);
+    ASSERT_EQ(::pipe(go), 0);
     pid_t pid = ::fork();
     ASSERT_GE(pid, 0);
     if (pid == 0) {
@@ -279,6 +286,10 @@ TEST(Crash, KilledWriterLosesNothingFlushed) {
       if (!disk) ::_exit(10);
       auto ctx = (*disk)->make_io_context(8);
       if (!ctx) ::_exit(11);
+      uint64_t opened = 0;  // "open", before any write
+      if (::write(report[1], &opened, sizeof opened) != sizeof opened) ::_exit(15);
+      char start;
+      if (::read(go[0], &start, 1) != 1) ::_exit(16);  // the parent's go
       std::vector<uint8_t> buf(kBlock);
       for (uint64_t round = base_round + 1;; ++round) {
         for (uint64_t b = 0; b < kBlocks; ++b) {
@@ -298,14 +309,35 @@ TEST(Crash, KilledWriterLosesNothingFlushed) {
       }
     }
     ::close(report[1]);
-    ::usleep(std::uniform_int_distribution<useconds_t>(2000, 60000)(rng));
+    ::close(go[0]);
+    // Reports: 0 once the image is open, then each flushed round.
+    uint64_t flushed = last_flushed, r;
+    bool flushed_here = false;
+    auto next_report = [&] {
+      if (::read(report[0], &r, sizeof r) != sizeof r) return false;
+      if (r != 0) {
+        flushed = r;
+        flushed_here = true;
+      }
+      return true;
+    };
+    uint32_t delay_us = std::uniform_int_distribution<uint32_t>(2000, 60000)(rng);
+    bool opened = next_report();
+    // Every third writer dies with the image open and nothing written.
+    if (opened && it % 3 != 0) opened = ::write(go[1], "g", 1) == 1;
+    bool reported = opened && (it % 3 != 1 || next_report());
+    if (opened && it % 3 == 2) ::usleep(delay_us);
     ::kill(pid, SIGKILL);
+    ::close(go[1]);
+    EXPECT_TRUE(opened) << "the writer did not open the image";
+    EXPECT_TRUE(reported) << "the writer did not flush";
     int wstatus = 0;
     ::waitpid(pid, &wstatus, 0);
     ASSERT_TRUE(WIFSIGNALED(wstatus)) << "writer exited with " << WEXITSTATUS(wstatus);
-    uint64_t flushed = base_round, r;
-    while (::read(report[0], &r, sizeof r) == sizeof r) flushed = r;
+    while (next_report()) {
+    }
     ::close(report[0]);
+    if (flushed_here) ++iterations_with_a_flush;
     // Reopen: must work, rebuild, and show every block at least as new as
     // the last flushed round.
     {
@@ -330,8 +362,10 @@ TEST(Crash, KilledWriterLosesNothingFlushed) {
     }
     std::string out;
     ASSERT_EQ(sh("qemu-img check '" + img + "'", &out), 0) << "iteration " << it << "\n" << out;
-    base_round = flushed + 1000;  // rounds stay increasing across iterations
+    last_flushed = flushed;
+    base_round = std::max(base_round, flushed) + 1000;  // rounds stay increasing across iterations
   }
+  EXPECT_GE(iterations_with_a_flush, iterations / 3) << "too few iterations checked flushed data";
 }
 
 }  // namespace

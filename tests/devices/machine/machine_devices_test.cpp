@@ -59,7 +59,7 @@ struct Uart {
     int fds[2];
     EXPECT_EQ(::pipe2(fds, O_CLOEXEC | O_NONBLOCK), 0);
     reader.reset(fds[0]);
-    serial = std::make_unique<Serial16550>(UniqueFd(fds[1]), [this](bool l) {
+    serial = std::make_unique<Serial16550>(*ConsoleOutput::start(UniqueFd(fds[1])), [this](bool l) {
       level = l;
       ++edges;
     });
@@ -71,6 +71,7 @@ struct Uart {
   }
   void out(uint64_t reg, uint8_t v) { serial->write(reg, std::span<const uint8_t>(&v, 1)); }
   std::string output() {
+    EXPECT_TRUE(serial->output()->drain(std::chrono::seconds(30)));  // the writer thread has passed it on
     char buf[256];
     ssize_t n = ::read(reader.get(), buf, sizeof buf);
     return n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();

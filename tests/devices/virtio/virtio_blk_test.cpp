@@ -208,6 +208,36 @@ TEST_F(BlkFixture, UnknownTypeOutOfRangeAndBackendError) {
   EXPECT_EQ(blk->counters().errors, 4u);
 }
 
+// A backend error reaches the host: one log line per kind with the
+// backend's message (repeats are rate-limited), and the disk's counters say
+// which kind each error was.
+TEST_F(BlkFixture, BackendErrorIsLoggedWithItsMessageAndCountedByKind) {
+  VirtioBlkOptions o;
+  o.id = "disk7";
+  make(o);
+  start();
+  ::testing::internal::CaptureStderr();
+  for (uint16_t i = 0; i < 3; ++i) {
+    disk->fail_next = true;
+    send(kBlkTOut, 2, 512, false);
+    ASSERT_TRUE(wait_used(i + 1));
+  }
+  send(99, 0, 0, false);               // unknown type: UNSUPP
+  send(kBlkTIn, 63, 1024, true);       // past the end: refused
+  ASSERT_TRUE(wait_used(5));
+  std::string log = ::testing::internal::GetCapturedStderr();
+  const std::string line =
+      "tern: virtio-blk disk7: write of 512 bytes at offset 1024 failed: write failed: Input/output error\n";
+  EXPECT_NE(log.find(line), std::string::npos) << log;
+  EXPECT_EQ(log.find(line), log.rfind(line)) << "repeats of one kind must be rate-limited:\n" << log;
+  BlkCounters c = blk->counters();
+  EXPECT_EQ(c.errors, 5u);
+  EXPECT_EQ(c.errors_io, 3u);
+  EXPECT_EQ(c.errors_unsupported, 1u);
+  EXPECT_EQ(c.errors_invalid, 1u);
+  EXPECT_EQ(c.errors_no_space + c.errors_image + c.errors_other, 0u);
+}
+
 TEST_F(BlkFixture, CompletesOutOfOrder) {
   make();
   disk->hold = true;

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Boot times, side by side in one run: the same kernel, initramfs and command
+# line under tern and under QEMU (KVM), and how far each gets in one budget.
+#
+#   bench/boot.sh [-k small|stock] [-t BUDGET_S] [-b BUILD_DIR]
+#
+# Kernels (scripts/make-guest.sh, scripts/make-small-kernel.sh):
+#   small  build/guest/small/{bzImage,vmlinux}: the small kernel from Debian's
+#          linux-source (default; about a minute to its disk probe on an
+#          emulated KVM)
+#   stock  build/guest/{bzImage,vmlinux}: Debian's cloud kernel (about 16
+#          minutes to init on an emulated KVM: give -t 1500 or more)
+# Runs, each with the budget:
+#   tern-vmlinux  tern --kernel vmlinux (ELF64, no decompressor)
+#   tern-bzImage  tern --kernel bzImage (64-bit boot protocol)
+#   qemu-microvm  qemu-system-x86_64 -M microvm -accel kvm -kernel bzImage
+#   qemu-q35      qemu-system-x86_64 -M q35 -accel kvm -kernel bzImage
+# Milestones (wall seconds from start): the kernel's first console line,
+# "Run /init as init process", and the end (exit status; "budget" when the
+# run was stopped). Every run gets 2 vCPUs, 512 MiB, `console=ttyS0 panic=-1`
+# and the guest initramfs; tern adds what its CPU profile adds (docs/vmm.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+kernel=small budget=300 build=build
+while getopts "k:t:b:" opt; do
+  case $opt in
+    k) kernel=$OPTARG ;; t) budget=$OPTARG ;; b) build=$OPTARG ;; *) exit 2 ;;
+  esac
+done
+case $kernel in
+  small) kdir=$build/guest/small ;;
+  stock) kdir=$build/guest ;;
+  *) echo "boot.sh: -k small|stock" >&2; exit 2 ;;
+esac
+initrd=$build/guest/initramfs.cpio.gz
+for f in "$kdir/vmlinux" "$kdir/bzImage" "$initrd" "$build/tern"; do
+  [ -e "$f" ] || { echo "boot.sh: missing $f (scripts/make-guest.sh, scripts/make-small-kernel.sh, scripts/build.sh)" >&2; exit 1; }
+done
+qemu=$(command -v qemu-system-x86_64 || true)
+
+work=$(mktemp -d "${TMPDIR:-/var/tmp}/tern-boot.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+cmdline="console=ttyS0 panic=-1"
+
+# Runs "$@" for at most $budget seconds; writes "<elapsed> <line>" per output
+# line to $work/$name.log and prints the milestones.
+measure() {
+  local name=$1; shift
+  local log=$work/$name.log start status
+  start=$(date +%s.%N)
+  set +e
+  timeout --signal=KILL "$budget" "$@" </dev/null 2>&1 |
+    while IFS= read -r line; do
+      printf '%.2f %s\n' "$(echo "$(date +%s.%N) - $start" | bc)" "$line"
+    done >"$log"
+  status=${PIPESTATUS[0]}
+  set -e
+  local end first init
+  end=$(echo "$(date +%s.%N) - $start" | bc)
+  # The first line the kernel printed (tern's own lines start with "tern:").
+  first=$(grep -v -m1 -E '^[0-9.]+ (tern:|qemu-system)' "$log" | awk '{print $1}')
+  init=$(grep -m1 'Run /init as init process' "$log" | awk '{print $1}')
+  local how="exit $status"
+  [ "$status" -eq 137 ] && how="budget"
+  printf '%-14s %10s %10s %10.2f  %s\n' "$name" "${first:--}" "${init:--}" "$end" "$how"
+  [ "$status" -eq 137 ] || grep -E 'tern: |internal error|KVM: entry failed|emulation failure' "$log" | tail -2 | sed 's/^/                 /' || true
+}
+
+echo "kernel: $kernel ($kdir), budget ${budget}s per run, $(nproc) host CPUs, /dev/kvm: $( [ -e /sys/module/kvm_pvm ] && echo 'kvm_pvm (emulated)' || echo hardware)"
+printf '%-14s %10s %10s %10s  %s\n' run first-line init end how
+measure tern-vmlinux "$build/tern" --kernel "$kdir/vmlinux" --initramfs "$initrd" --cmdline "$cmdline" \
+  --cpus boot=2 --memory size=512M --serial tty
+measure tern-bzImage "$build/tern" --kernel "$kdir/bzImage" --initramfs "$initrd" --cmdline "$cmdline" \
+  --cpus boot=2 --memory size=512M --serial tty
+if [ -n "$qemu" ]; then
+  measure qemu-microvm "$qemu" -M microvm -accel kvm -cpu host -smp 2 -m 512M -nographic -nodefaults \
+    -serial stdio -no-reboot -kernel "$kdir/bzImage" -initrd "$initrd" -append "$cmdline"
+  measure qemu-q35 "$qemu" -M q35 -accel kvm -cpu host -smp 2 -m 512M -nographic -nodefaults \
+    -serial stdio -no-reboot -kernel "$kdir/bzImage" -initrd "$initrd" -append "$cmdline"
+else
+  echo "qemu-system-x86_64 not installed (scripts/setup.sh installs it): QEMU rows skipped"
+fi
