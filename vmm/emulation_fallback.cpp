@@ -44,6 +44,12 @@ std::array<uint64_t, 16> encoding_order(const kvm_regs& r) {
           r.r8,  r.r9,  r.r10, r.r11, r.r12, r.r13, r.r14, r.r15};
 }
 
+__u64& gpr(kvm_regs& r, int index) {
+  __u64* order[16] = {&r.rax, &r.rcx, &r.rdx, &r.rbx, &r.rsp, &r.rbp, &r.rsi, &r.rdi,
+                      &r.r8,  &r.r9,  &r.r10, &r.r11, &r.r12, &r.r13, &r.r14, &r.r15};
+  return *order[index & 15];
+}
+
 uint64_t segment_base(const kvm_sregs& s, const ax::MemOperand& m, ax::CodeMode mode) {
   ax::SegmentReg seg = m.segment;
   if (seg == ax::SegmentReg::None) {
@@ -340,6 +346,42 @@ std::expected<FallbackDone, FallbackError> complete_failed_instruction(std::span
       } else {
         value = fpu->mxcsr;
         if (auto r = access_linear(cpu, memory, linear, bytes4, true); !r) return Fail(r.error());
+      }
+      return retire(cpu, insn->op, *regs, *insn);
+    }
+    case ax::FallbackOp::Lsl: {
+      // LSL (SDM vol. 2A): ZF=1 and the limit when the selector names a
+      // descriptor LSL may read at this privilege, else ZF=0 and the
+      // destination untouched. The present bit is not checked.
+      constexpr uint64_t kRflagsZf = 1ull << 6;
+      const uint16_t sel = static_cast<uint16_t>(gpr(*regs, insn->rm));
+      if (sel & 4) return Fail(FallbackError{FallbackErrorKind::Decode, ax::DecodeError::Unsupported, {}, 0});  // LDT
+      bool valid = false;
+      uint64_t desc = 0;
+      const uint64_t index = sel >> 3;
+      if (index != 0 && index * 8 + 7 <= sregs->gdt.limit) {
+        auto bytes8 = std::span<uint8_t>(reinterpret_cast<uint8_t*>(&desc), sizeof desc);
+        if (auto r = access_linear(cpu, memory, sregs->gdt.base + index * 8, bytes8, false); !r) {
+          return Fail(r.error());
+        }
+        const unsigned type = (desc >> 40) & 0xf, dpl = (desc >> 45) & 3;
+        const bool code_or_data = (desc >> 44) & 1;
+        const bool conforming_code = code_or_data && (type & 0xc) == 0xc;
+        const bool system_ok = mode == ax::CodeMode::Bits64
+                                   ? (type == 2 || type == 9 || type == 11)
+                                   : (type == 1 || type == 2 || type == 3 || type == 9 || type == 11);
+        const bool privilege_ok = conforming_code || (dpl >= cpl(*sregs) && dpl >= (sel & 3u));
+        valid = (code_or_data || system_ok) && privilege_ok;
+      }
+      if (valid) {
+        uint64_t limit = (desc & 0xffff) | ((desc >> 32) & 0xf0000);
+        if ((desc >> 55) & 1) limit = (limit << 12) | 0xfff;
+        __u64& dst = gpr(*regs, insn->reg);
+        if (insn->operand_bits == 16) dst = (dst & ~uint64_t{0xffff}) | (limit & 0xffff);
+        else dst = limit & 0xffffffffull;  // 32- and 64-bit forms zero-extend the 32-bit limit
+        regs->rflags |= kRflagsZf;
+      } else {
+        regs->rflags &= ~kRflagsZf;
       }
       return retire(cpu, insn->op, *regs, *insn);
     }

@@ -137,6 +137,7 @@ const char* fallback_op_name(FallbackOp op) {
     case FallbackOp::Fwait: return "fwait";
     case FallbackOp::Ldmxcsr: return "ldmxcsr";
     case FallbackOp::Stmxcsr: return "stmxcsr";
+    case FallbackOp::Lsl: return "lsl";
     case FallbackOp::Count: break;
   }
   return "?";
@@ -147,7 +148,7 @@ std::string decode_error_text(DecodeError e) {
     case DecodeError::Truncated: return "instruction bytes end early";
     case DecodeError::TooLong: return "instruction longer than 15 bytes";
     case DecodeError::NotInTable: return "not an instruction tern completes";
-    case DecodeError::Unsupported: return "16-bit addressing is not completed";
+    case DecodeError::Unsupported: return "a form tern does not complete (16-bit addressing, lsl from memory)";
     case DecodeError::InvalidForm: return "invalid encoding (#UD)";
   }
   return "?";
@@ -185,6 +186,16 @@ std::expected<DecodedInsn, DecodeError> decode_fallback_insn(std::span<const uin
     if (*modrm != 0xca && *modrm != 0xcb) return std::unexpected(DecodeError::NotInTable);
     if (!no_simd_prefix) return std::unexpected(DecodeError::InvalidForm);
     return done(*modrm == 0xca ? FallbackOp::Clac : FallbackOp::Stac);
+  }
+  if (*op2 == 0x03) {
+    // lsl r, r/m16: only the register form is completed.
+    if (p.rep || p.repne) return std::unexpected(DecodeError::NotInTable);
+    if (mod != 3) return std::unexpected(DecodeError::Unsupported);
+    DecodedInsn d = done(FallbackOp::Lsl);
+    d.reg = reg | ((p.rex & 4) ? 8 : 0);
+    d.rm = (*modrm & 7) | ((p.rex & 1) ? 8 : 0);
+    d.operand_bits = (p.rex & 8) ? 64 : (p.opsize ? 16 : 32);
+    return d;
   }
   if (*op2 == 0xae && (reg == 2 || reg == 3)) {
     // NP 0f ae /2 ldmxcsr m32, NP 0f ae /3 stmxcsr m32. With F3 and a

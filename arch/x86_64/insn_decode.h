@@ -25,6 +25,7 @@ enum class FallbackOp : uint8_t {
   Fwait,    // 9b                 wait for x87 (no pending x87 state under KVM)
   Ldmxcsr,  // 0f ae /2 m32       load MXCSR
   Stmxcsr,  // 0f ae /3 m32       store MXCSR
+  Lsl,      // 0f 03 /r (register form) load segment limit: Linux's CPU-number read with FSGSBASE
   Count,
 };
 
@@ -55,6 +56,11 @@ struct DecodedInsn {
   std::optional<MemOperand> mem;
   bool lock = false;  // an F0 prefix (#UD for every entry of the table)
   uint8_t vector = 0; // IntN: the immediate
+  // Lsl: destination (ModRM.reg) and source (ModRM.rm) registers in
+  // encoding order, and the operand size (16, 32 or 64 bits).
+  int reg = -1;
+  int rm = -1;
+  uint8_t operand_bits = 32;
 };
 
 enum class DecodeError : uint8_t {

@@ -30,6 +30,20 @@ TEST(InsnDecode, NoOperandEntries) {
   EXPECT_EQ(i->length, 2);
   EXPECT_EQ(dec({0xcd}).error(), ax::DecodeError::Truncated);
 
+  i = dec({0x48, 0x0f, 0x03, 0xc0});  // lsl %rax,%rax
+  ASSERT_TRUE(i);
+  EXPECT_EQ(i->op, ax::FallbackOp::Lsl);
+  EXPECT_EQ(i->reg, 0);
+  EXPECT_EQ(i->rm, 0);
+  EXPECT_EQ(i->operand_bits, 64);
+  EXPECT_EQ(i->length, 4);
+  i = dec({0x45, 0x0f, 0x03, 0xc8});  // lsl %r8d,%r9d
+  ASSERT_TRUE(i);
+  EXPECT_EQ(i->reg, 9);
+  EXPECT_EQ(i->rm, 8);
+  EXPECT_EQ(i->operand_bits, 32);
+  EXPECT_EQ(dec({0x0f, 0x03, 0x08}).error(), ax::DecodeError::Unsupported);
+
   i = dec({0x9b, 0xdb, 0xe3});  // fwait; fninit: only the fwait is taken
   ASSERT_TRUE(i);
   EXPECT_EQ(i->op, ax::FallbackOp::Fwait);

@@ -17,7 +17,7 @@
  * reqs=N (requests of the throughput run).
  *
  * Before the device checks it executes each instruction of tern's emulation
- * fallback table (vmm/emulation_fallback.h: int3, int n, clac/stac, fwait,
+ * fallback table (vmm/emulation_fallback.h: int3, int n, clac/stac, fwait, lsl,
  * ldmxcsr, and ldmxcsr raising #GP) and checks the architectural
  * result: on an emulated KVM these exit to tern, which completes them; on
  * hardware they run natively, with the same results.
@@ -783,6 +783,12 @@ static void cpu_checks(void) {
 
   __asm__ volatile("fwait" ::: "memory");
   check(1, "fwait retires");
+
+  /* lsl of tern's flat boot data segment (selector 0x18, G=1): limit 4 GiB - 1, ZF=1. */
+  u64 limit = 0, sel = 0x18;
+  u8 zf = 0;
+  __asm__ volatile("lsl %2, %0\n\tsetz %1" : "+r"(limit), "=q"(zf) : "r"(sel) : "cc");
+  check(zf && limit == 0xffffffffull, "lsl reads the boot data segment's limit");
 
   /* SSE state needs CR4.OSFXSR (tern enters with only PAE in CR4). */
   u64 cr4;

@@ -144,6 +144,59 @@ TEST_F(EmulationFallback, IntNChecksTheGateThenRaisesTheInterrupt) {
   EXPECT_EQ(cpu.interrupts.size(), 1u);
 }
 
+// lsl %rax,%rax as Linux's paranoid entry reads its CPU number from the
+// CPUNODE descriptor (GDT entry 15, DPL 3, limit = node << 12 | cpu).
+TEST_F(EmulationFallback, LslLoadsTheLimitOrClearsZf) {
+  const uint64_t gdt = kKernelBase + 0x7000;
+  cpu.sregs.gdt.base = gdt;
+  cpu.sregs.gdt.limit = 16 * 8 - 1;
+  auto put_desc = [&](int index, uint64_t d) { std::memcpy(ram.data() + (gdt - kKernelBase) + index * 8, &d, 8); };
+  auto data_desc = [](uint32_t limit, unsigned dpl, bool g) {
+    return (limit & 0xffffull) | (uint64_t{(limit >> 16) & 0xf} << 48) | (0x5ull << 40) | (1ull << 44) |
+           (uint64_t{dpl} << 45) | (1ull << 47) | (uint64_t{g} << 55);
+  };
+  put_desc(15, data_desc(0x1003, 3, false));
+  put_desc(2, data_desc(0xfffff, 0, true));
+  const uint64_t zf = 1u << 6;
+  cpu.regs.rax = 15 * 8 + 3;
+  cpu.regs.rflags = 0x2;
+  uint64_t rip = cpu.regs.rip;
+  auto r = complete({0x48, 0x0f, 0x03, 0xc0});  // lsl %rax,%rax
+  ASSERT_TRUE(r) << r.error().message();
+  EXPECT_EQ(r->op, ax::FallbackOp::Lsl);
+  EXPECT_EQ(cpu.regs.rax, 0x1003u);
+  EXPECT_TRUE(cpu.regs.rflags & zf);
+  EXPECT_EQ(cpu.regs.rip, rip + 4);
+
+  cpu.regs.rcx = 2 * 8;  // a flat data segment, G=1: the limit in bytes
+  cpu.regs.rdx = 0xdeadbeefcafef00d;
+  ASSERT_TRUE(complete({0x0f, 0x03, 0xd1}));  // lsl %ecx,%edx
+  EXPECT_EQ(cpu.regs.rdx, 0xffffffffu);
+  EXPECT_TRUE(cpu.regs.rflags & zf);
+
+  cpu.regs.rdx = 0x1111222233334444;
+  ASSERT_TRUE(complete({0x66, 0x0f, 0x03, 0xd1}));  // lsl %cx,%dx keeps the upper bits
+  EXPECT_EQ(cpu.regs.rdx, 0x111122223333ffffu);
+
+  cpu.sregs.ss.dpl = 3;  // a DPL 0 data segment is invisible from CPL 3
+  cpu.regs.rdx = 7;
+  ASSERT_TRUE(complete({0x0f, 0x03, 0xd1}));
+  EXPECT_EQ(cpu.regs.rdx, 7u);
+  EXPECT_FALSE(cpu.regs.rflags & zf);
+
+  cpu.regs.rflags |= zf;
+  cpu.regs.rcx = 0;  // the null selector
+  ASSERT_TRUE(complete({0x0f, 0x03, 0xd1}));
+  EXPECT_FALSE(cpu.regs.rflags & zf);
+  cpu.regs.rcx = 40 * 8;  // beyond the GDT's limit
+  ASSERT_TRUE(complete({0x0f, 0x03, 0xd1}));
+  EXPECT_FALSE(cpu.regs.rflags & zf);
+  cpu.regs.rcx = 15 * 8 + 4;  // an LDT selector: not completed
+  EXPECT_FALSE(complete({0x0f, 0x03, 0xd1}));
+  EXPECT_FALSE(complete({0x0f, 0x03, 0x08}));  // lsl (%rax),%ecx: not completed
+  EXPECT_TRUE(cpu.injected.empty());
+}
+
 TEST_F(EmulationFallback, ClacAndStacFlipAcOnly) {
   cpu.regs.rflags = 0x46 | (1u << 18);
   uint64_t rip = cpu.regs.rip;
