@@ -784,9 +784,10 @@ static void cpu_checks(void) {
   __asm__ volatile("fwait" ::: "memory");
   check(1, "fwait retires");
 
-  /* lsl of tern's flat boot data segment (selector 0x18, G=1): limit 4 GiB - 1, ZF=1. */
-  u64 limit = 0, sel = 0x18;
+  /* lsl of the flat boot data segment we run on (G=1): limit 4 GiB - 1, ZF=1. */
+  u64 limit = 0, sel = 0;
   u8 zf = 0;
+  __asm__ volatile("mov %%ds, %0" : "=r"(sel));
   __asm__ volatile("lsl %2, %0\n\tsetz %1" : "+r"(limit), "=q"(zf) : "r"(sel) : "cc");
   check(zf && limit == 0xffffffffull, "lsl reads the boot data segment's limit");
 
