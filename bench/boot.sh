@@ -29,11 +29,10 @@ while getopts "k:t:b:" opt; do
   esac
 done
 case $kernel in
-  small) kdir=$build/guest/small ;;
-  stock) kdir=$build/guest ;;
+  small) kdir=$build/guest/small initrd=$build/guest/small/initramfs.cpio ;;
+  stock) kdir=$build/guest initrd=$build/guest/initramfs.cpio.gz ;;
   *) echo "boot.sh: -k small|stock" >&2; exit 2 ;;
 esac
-initrd=$build/guest/initramfs.cpio.gz
 for f in "$kdir/vmlinux" "$kdir/bzImage" "$initrd" "$build/tern"; do
   [ -e "$f" ] || { echo "boot.sh: missing $f (scripts/make-guest.sh, scripts/make-small-kernel.sh, scripts/build.sh)" >&2; exit 1; }
 done
@@ -50,6 +49,8 @@ measure() {
   local log=$work/$name.log start status
   start=$(date +%s.%N)
   set +e
+  # A crashing peer (QEMU aborts on some emulation failures) is a result, not
+  # the end of the benchmark: its status is recorded below.
   timeout --signal=KILL "$budget" "$@" </dev/null 2>&1 |
     while IFS= read -r line; do
       printf '%.2f %s\n' "$(echo "$(date +%s.%N) - $start" | bc)" "$line"
@@ -59,12 +60,15 @@ measure() {
   local end first init
   end=$(echo "$(date +%s.%N) - $start" | bc)
   # The first line the kernel printed (tern's own lines start with "tern:").
-  first=$(grep -v -m1 -E '^[0-9.]+ (tern:|qemu-system)' "$log" | awk '{print $1}')
-  init=$(grep -m1 'Run /init as init process' "$log" | awk '{print $1}')
+  first=$( (grep -v -m1 -E '^[0-9.]+ (tern:|qemu-system)' "$log" || true) | awk '{print $1}')
+  init=$( (grep -m1 'Run /init as init process' "$log" || true) | awk '{print $1}')
   local how="exit $status"
   [ "$status" -eq 137 ] && how="budget"
   printf '%-14s %10s %10s %10.2f  %s\n' "$name" "${first:--}" "${init:--}" "$end" "$how"
-  [ "$status" -eq 137 ] || grep -E 'tern: |internal error|KVM: entry failed|emulation failure' "$log" | tail -2 | sed 's/^/                 /' || true
+  if [ "$status" -ne 137 ]; then
+    (grep -E 'tern: |internal error|KVM: entry failed|emulation failure|qemu-system' "$log" || true) | tail -2 | cut -c1-160 |
+      sed 's/^/                 /'
+  fi
 }
 
 echo "kernel: $kernel ($kdir), budget ${budget}s per run, $(nproc) host CPUs, /dev/kvm: $( [ -e /sys/module/kvm_pvm ] && echo 'kvm_pvm (emulated)' || echo hardware)"
