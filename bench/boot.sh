@@ -50,13 +50,22 @@ measure() {
   local log=$work/$name.log start status
   start=$(date +%s.%N)
   set +e
-  # A crashing peer (QEMU aborts on some emulation failures) is a result, not
-  # the end of the benchmark: its status is recorded below.
+  # QEMU does not exit on a KVM internal error: it stops the VM and waits.
+  # That line ends its run (the process is killed two seconds later).
+  local watcher=
+  if [[ $name == qemu-* ]]; then
+    (until grep -q 'KVM internal error' "$log" 2>/dev/null; do sleep 1; done
+     sleep 2; pkill -KILL -f -- "$qemu -M ${name#qemu-} ") &
+    watcher=$!
+  fi
+  # A crashing peer is a result, not the end of the benchmark: its status is
+  # recorded below.
   timeout --signal=KILL "$budget" "$@" </dev/null 2>&1 |
     while IFS= read -r line; do
       printf '%.2f %s\n' "$(echo "$(date +%s.%N) - $start" | bc)" "$line"
     done >"$log"
   status=${PIPESTATUS[0]}
+  [ -n "$watcher" ] && kill "$watcher" 2>/dev/null
   set -e
   local end first init
   end=$(echo "$(date +%s.%N) - $start" | bc)
@@ -65,9 +74,10 @@ measure() {
   init=$( (grep -m1 'Run /init as init process' "$log" || true) | awk '{print $1}')
   local how="exit $status"
   [ "$status" -eq 137 ] && how="budget"
+  grep -q 'KVM internal error' "$log" && how="KVM internal error (stopped)"
   printf '%-14s %10s %10s %10.2f  %s\n' "$name" "${first:--}" "${init:--}" "$end" "$how"
-  if [ "$status" -ne 137 ]; then
-    (grep -E 'tern: |internal error|KVM: entry failed|emulation failure|qemu-system' "$log" || true) | tail -2 | cut -c1-160 |
+  if [ "$status" -ne 137 ] || [[ $how == KVM* ]]; then
+    (grep -E 'tern: |internal error|KVM: entry failed|emulation failure|qemu-system|^[0-9.]+ Code=' "$log" || true) | tail -2 | cut -c1-160 |
       sed 's/^/                 /'
   fi
 }
