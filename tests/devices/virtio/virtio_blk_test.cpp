@@ -315,6 +315,12 @@ TEST_F(BlkFixture, TwoQueuesServeIndependently) {
   make({.read_only = false, .num_queues = 2, .queue_size = kSize, .serial = "", .id = "d"});
   DriverQueue q1(ram, kSize, 0x3000);
   EventFd notify1 = *EventFd::create();
+  // Queue 1's worker polls notify1: stop the workers before it closes,
+  // however the test ends (TSan saw the close race the worker's read).
+  struct StopWorkersFirst {
+    VirtioBlk* device;
+    ~StopWorkersFirst() { device->reset(); }
+  } stop_workers_first{blk.get()};
   blk->activate(ram.memory(), features | blk->device_features(),
                 {ActiveQueue{0, driver.config(), notify.fd()},
                  ActiveQueue{1, q1.config(), notify1.fd()}},
