@@ -21,30 +21,15 @@
 #include <string>
 #include <vector>
 
+#include "tests/vmm/tern_test_util.h"
+
 namespace tern::it {
 
 inline constexpr uint64_t kDisk = 64ull << 20;
 
-inline std::string build_dir() {
-  const char* b = std::getenv("TERN_BUILD_DIR");
-  return b ? b : "build";
-}
-
-struct Shell {
-  int status = -1;
-  std::string out;
-};
-inline Shell sh(const std::string& cmd) {
-  Shell r;
-  FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
-  if (!p) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-  int st = ::pclose(p);
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-  return r;
-}
+using tern::testing::build_dir;
+using tern::testing::sh;
+using tern::testing::Shell;
 
 // Every 512-byte sector N holds 64 little-endian words N*64+k.
 inline std::vector<uint8_t> pattern_image() {

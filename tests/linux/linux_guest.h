@@ -19,15 +19,17 @@
 #include <thread>
 #include <vector>
 
+#include "tests/vmm/tern_test_util.h"
+
 namespace tern::linux_test {
 
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
-inline std::string build_dir() {
-  const char* b = std::getenv("TERN_BUILD_DIR");
-  return b ? b : "build";
-}
+using tern::testing::build_dir;
+using tern::testing::sh;
+using tern::testing::Shell;
+
 inline std::string source_dir() {
   const char* s = std::getenv("TERN_SOURCE_DIR");
   return s ? s : ".";
@@ -35,22 +37,6 @@ inline std::string source_dir() {
 inline int env_int(const char* var, int fallback) {
   const char* v = std::getenv(var);
   return v ? std::atoi(v) : fallback;
-}
-
-struct Shell {
-  int status = -1;
-  std::string out;  // stdout and stderr
-};
-inline Shell sh(const std::string& cmd) {
-  Shell r;
-  FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
-  if (!p) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-  int st = ::pclose(p);
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-  return r;
 }
 
 inline std::string slurp(const std::string& path) {
