@@ -1,5 +1,4 @@
-// The guest's ways to power off and reset (CONTRACTS.md "I/O ports and
-// power"):
+// The guest's ways to power off and reset (docs/vmm.md, "Exit status"):
 //   AcpiPowerDevice: the hardware-reduced ACPI registers the FADT points at
 //     (ACPI 6.x, 4.8.3.7 sleep control/status, 4.8.3.6 reset register):
 //     port +0 SLEEP_CONTROL_REG (SLP_TYPx in bits 2..4, SLP_EN bit 5),

@@ -1,5 +1,5 @@
 // The VMM's configuration, parsed from the cloud-hypervisor style command
-// line (SPEC.md section 1):
+// line (docs/vmm.md, "Command line"):
 //   --kernel PATH --initramfs PATH --cmdline STR --cpus boot=N[,profile=auto|host|emulated]
 //   --memory size=SIZE --serial tty|file=PATH[,max_size=SIZE]|off --api-socket PATH
 //   --disk path=P[,readonly=on][,id=NAME][,num_queues=N][,queue_size=N]

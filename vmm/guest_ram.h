@@ -1,5 +1,5 @@
 // GuestRam: the guest's RAM as anonymous host mappings registered with KVM
-// (KVM_SET_USER_MEMORY_REGION), laid out per CONTRACTS.md: [0, min(size,
+// (KVM_SET_USER_MEMORY_REGION), laid out per docs/vmm.md: [0, min(size,
 // 3 GiB)) and the rest from 4 GiB. It owns the mappings (RAII munmap) and
 // hands out the bounds-checked devices::GuestMemory view. It must outlive
 // every device and vCPU that uses that view.

@@ -7,7 +7,7 @@
 // thread per vCPU, waits until the guest powers off or resets, a vCPU
 // reports a crash, or shutdown() is called (the API's control path), then
 // stops and joins every vCPU thread, closes the disks and returns the exit
-// status of CONTRACTS.md.
+// status of docs/vmm.md.
 //
 // Threads: create() and run() on the main thread; finish()/request() from
 // vCPU threads; shutdown(), disks() and the VirtioBlk methods from any thread.

@@ -1,5 +1,5 @@
 // tern: boots one guest, serves the API, exits when the guest powers off.
-// Exit status (CONTRACTS.md): 0 guest power-off, 1 VMM failure (bad
+// Exit status (docs/vmm.md): 0 guest power-off, 1 VMM failure (bad
 // options, host or KVM errors), 2 guest reset, 3 guest crash seen by KVM.
 #include <csignal>
 #include <cstdio>

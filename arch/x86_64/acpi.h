@@ -1,7 +1,7 @@
 // ACPI tables for the guest: RSDP, XSDT, FADT (hardware-reduced), MADT,
 // MCFG and a DSDT describing the PCI host bridge, COM1 and _S5_. An
 // unmodified distribution kernel without MP-table support finds every vCPU
-// and the PCI root through them. Addresses follow CONTRACTS.md's map.
+// and the PCI root through them. Addresses follow docs/vmm.md's memory map.
 #pragma once
 
 #include <cstdint>

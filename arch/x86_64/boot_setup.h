@@ -1,5 +1,5 @@
 // The boot structures tern writes into low guest memory before vCPU 0 runs
-// (CONTRACTS.md memory map): the e820 map, boot_params (the "zero page" of
+// (docs/vmm.md memory map): the e820 map, boot_params (the "zero page" of
 // the Linux boot protocol, boot.rst and arch/x86/include/uapi/asm/bootparam.h),
 // the command line, a GDT and identity page tables for 64-bit entry.
 #pragma once

@@ -1,6 +1,6 @@
 // Loading the guest kernel into RAM: a Linux bzImage through the 64-bit boot
 // protocol (Documentation/arch/x86/boot.rst), or an ELF64 executable whose
-// PT_LOAD segments go to their physical addresses (CONTRACTS.md). The kernel
+// PT_LOAD segments go to their physical addresses (docs/vmm.md). The kernel
 // image is host input, but it is still bounds-checked everywhere: a bad
 // image is an error, never a write outside guest RAM.
 #pragma once

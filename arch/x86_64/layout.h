@@ -1,4 +1,4 @@
-// The guest physical memory map of CONTRACTS.md, in one place. Everything
+// The guest physical memory map of docs/vmm.md, in one place. Everything
 // that places something in guest memory (loaders, boot_params, ACPI, PCI)
 // takes its addresses from here.
 #pragma once

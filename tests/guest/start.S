@@ -1,5 +1,5 @@
 /* Entry of the test guest. tern starts us in 64-bit mode with identity
- * paging, interrupts off, RSI = boot_params (CONTRACTS.md). Switch to our
+ * paging, interrupts off, RSI = boot_params (docs/vmm.md). Switch to our
  * own stack and call guest_main(boot_params); it never returns. */
   .section .text.start, "ax"
   .globl _start

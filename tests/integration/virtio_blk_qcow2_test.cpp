@@ -59,7 +59,7 @@ TEST_F(VirtioBlkGuest, HostileChainsOnQcow2) {
   EXPECT_EQ(c.status, 0) << c.out;
 }
 
-// A failed check resets the machine, so tern exits 2 (CONTRACTS.md): here
+// A failed check resets the machine, so tern exits 2 (docs/vmm.md): here
 // the guest is told to expect a read-only disk and gets a writable one.
 TEST_F(VirtioBlkGuest, FailedCheckMakesTernExitNonZero) {
   std::string img = qcow2_image();

@@ -33,9 +33,9 @@ bool emulated_kvm() { return ::access("/sys/module/kvm_pvm", F_OK) == 0; }
 
 // Kernel parameters for every boot. On an emulated KVM (kvm_pvm):
 // - noxsave and clearcpuid for the features KVM's emulator cannot execute
-//   (xsave, cx16, popcnt, SIMD past SSE2; the numbers are in
-//   ../shared/LINUX-ON-EMULATED-KVM.md), since tern's CPU profile does not
-//   yet keep them from this host's guests, plus 110,111 (SYSCALL32 and
+//   (xsave, cx16, popcnt, SIMD past SSE2: what tern's emulated CPU profile
+//   adds by itself, vmm/host_kvm.h, which steps aside when the command line
+//   already has a clearcpuid=), plus 110,111 (SYSCALL32 and
 //   SYSENTER32): the 32-bit vDSO then makes system calls with `int $0x80`,
 //   which the small kernel takes from the #UD it arrives as
 //   (scripts/small-kernel-patches/);

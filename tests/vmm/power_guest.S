@@ -1,5 +1,5 @@
 /* power_guest: the smallest ELF64 kernel for tern's KVM tests. Entered in
- * 64-bit mode with RSI = boot_params (CONTRACTS.md), it prints
+ * 64-bit mode with RSI = boot_params (docs/vmm.md), it prints
  * "power-guest: cmdline=<command line> e820=<entries>" on COM1 and then
  * ends the VM the way its command line's first word says:
  *   "off"   ACPI S5: 0x34 to the sleep control port 0x600 (exit 0)

@@ -1,7 +1,7 @@
 // build/tern under KVM with a tiny ELF64 kernel (power_guest.S): serial
 // output on stdout, the command line and e820 map reach the guest through
 // boot_params, and every way the guest ends the VM gives the exit status of
-// CONTRACTS.md. Where /dev/kvm exists these run; they skip only without it.
+// docs/vmm.md. Where /dev/kvm exists these run; they skip only without it.
 #include <gtest/gtest.h>
 #include <unistd.h>
 

@@ -212,7 +212,7 @@ MiniVmResult run_mini_vm(const MiniVmOptions& opt, std::unique_ptr<VirtioBlk> bl
   }
 
   // GDT at 0x500, identity map of 4 GiB (PML4 0x9000), boot_params 0x7000,
-  // command line 0x20000 (CONTRACTS.md).
+  // command line 0x20000 (docs/vmm.md).
   uint64_t gdt[3] = {0, 0x00af9a000000ffffull, 0x00cf92000000ffffull};
   std::memcpy(mem + 0x500, gdt, sizeof gdt);
   auto put64 = [&](uint64_t gpa, uint64_t v) { std::memcpy(mem + gpa, &v, 8); };

@@ -1,5 +1,5 @@
 // MiniVm: a deliberately small KVM machine for the device-level KVM tests.
-// It boots the freestanding test guest exactly as CONTRACTS.md says tern
+// It boots the freestanding test guest exactly as docs/vmm.md says tern
 // does (64-bit mode, identity map, boot_params at 0x7000 with the command
 // line), with the virtio-pci function behind the real PciRoot (type-1
 // config ports, BAR placement in the MMIO window), and real ioeventfds and
