@@ -37,17 +37,18 @@ ax::CodeMode code_mode(const kvm_sregs& s) {
 // get_cpl), 0 in real mode.
 unsigned cpl(const kvm_sregs& s) { return (s.cr0 & kCr0Pe) ? s.ss.dpl : 0; }
 
-// General-purpose registers in encoding order (rax, rcx, rdx, rbx, rsp,
-// rbp, rsi, rdi, r8..r15).
-std::array<uint64_t, 16> encoding_order(const kvm_regs& r) {
-  return {r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi,
-          r.r8,  r.r9,  r.r10, r.r11, r.r12, r.r13, r.r14, r.r15};
-}
-
+// General-purpose register `index` in encoding order (rax, rcx, rdx, rbx,
+// rsp, rbp, rsi, rdi, r8..r15): the one place that order is spelled.
 __u64& gpr(kvm_regs& r, int index) {
   __u64* order[16] = {&r.rax, &r.rcx, &r.rdx, &r.rbx, &r.rsp, &r.rbp, &r.rsi, &r.rdi,
                       &r.r8,  &r.r9,  &r.r10, &r.r11, &r.r12, &r.r13, &r.r14, &r.r15};
   return *order[index & 15];
+}
+
+std::array<uint64_t, 16> encoding_order(kvm_regs r) {
+  std::array<uint64_t, 16> out{};
+  for (int i = 0; i < 16; ++i) out[static_cast<size_t>(i)] = gpr(r, i);
+  return out;
 }
 
 uint64_t segment_base(const kvm_sregs& s, const ax::MemOperand& m, ax::CodeMode mode) {
