@@ -289,3 +289,15 @@ TEST(MakeVirtioBlk, RefusesBadOptionsAndNamesTheDisk) {
 
 }  // namespace
 }  // namespace tern::devices
+
+namespace tern::devices {
+namespace {
+
+TEST(VirtioPciClass, FollowsTheDeviceType) {
+  EXPECT_EQ(virtio_pci_class(2), 0x0180);  // block: mass storage
+  EXPECT_EQ(virtio_pci_class(1), 0x0200);  // net: ethernet
+  EXPECT_EQ(virtio_pci_class(4), 0x00ff);  // entropy: unclassified
+}
+
+}  // namespace
+}  // namespace tern::devices
