@@ -78,15 +78,46 @@ ApiResponse resize_disk(const std::string& body, VmmControl& control) {
   return no_content();
 }
 
+ApiResponse ping(const ApiRequest&, VmmControl&) { return ok_json({{"version", kTernVersion}}); }
+
+ApiResponse vm_info(const ApiRequest&, VmmControl& control) {
+  auto info = control.info();
+  return info ? ok_json(to_json(*info)) : from_error(info.error());
+}
+
+ApiResponse vm_counters(const ApiRequest&, VmmControl& control) {
+  auto counters = control.counters();
+  return counters ? ok_json(to_json(*counters)) : from_error(counters.error());
+}
+
+ApiResponse vm_resize_disk(const ApiRequest& request, VmmControl& control) {
+  return resize_disk(request.body, control);
+}
+
+ApiResponse vm_shutdown(const ApiRequest&, VmmControl& control) {
+  auto done = control.shutdown_vm();
+  return done ? no_content() : from_error(done.error());
+}
+
+ApiResponse vmm_shutdown(const ApiRequest&, VmmControl& control) {
+  auto done = control.shutdown_vmm();
+  return done ? no_content() : from_error(done.error());
+}
+
+// The one route table: each path, the one method it takes, its handler.
 struct Route {
   const char* path;
   const char* method;
+  ApiResponse (*handler)(const ApiRequest&, VmmControl&);
 };
 
 constexpr Route kRoutes[] = {
-    {"/api/v1/vmm.ping", "GET"},       {"/api/v1/vm.info", "GET"},
-    {"/api/v1/vm.counters", "GET"},    {"/api/v1/vm.resize-disk", "PUT"},
-    {"/api/v1/vm.shutdown", "PUT"},    {"/api/v1/vmm.shutdown", "PUT"},
+    {"/api/v1/vmm.ping", "GET", ping},
+    {"/api/v1/vm.info", "GET", vm_info},
+    {"/api/v1/vm.counters", "GET", vm_counters},
+    {"/api/v1/vm.resize-disk", "PUT", vm_resize_disk},
+    {"/api/v1/vm.shutdown", "PUT", vm_shutdown},
+    {"/api/v1/vmm.shutdown", "PUT", vmm_shutdown},
 };
 
 }  // namespace
@@ -108,18 +139,7 @@ ApiResponse handle_request(const ApiRequest& request, VmmControl& control) {
     return r;
   }
 
-  if (path == "/api/v1/vmm.ping") return ok_json({{"version", kTernVersion}});
-  if (path == "/api/v1/vm.info") {
-    auto info = control.info();
-    return info ? ok_json(to_json(*info)) : from_error(info.error());
-  }
-  if (path == "/api/v1/vm.counters") {
-    auto counters = control.counters();
-    return counters ? ok_json(to_json(*counters)) : from_error(counters.error());
-  }
-  if (path == "/api/v1/vm.resize-disk") return resize_disk(request.body, control);
-  auto done = path == "/api/v1/vm.shutdown" ? control.shutdown_vm() : control.shutdown_vmm();
-  return done ? no_content() : from_error(done.error());
+  return route->handler(request, control);
 }
 
 }  // namespace tern::api

@@ -33,6 +33,15 @@ class MsiIrq {
   virtual int eventfd() const = 0;
 };
 
+// An edge on a legacy interrupt line (an IOAPIC input), raised through an
+// irqfd bound to that GSI, so KVM injects it without a trip through user
+// space. Destroying it removes the irqfd.
+class IrqLine {
+ public:
+  virtual ~IrqLine() = default;
+  virtual void trigger() = 0;
+};
+
 class VmServices {
  public:
   virtual ~VmServices() = default;
@@ -48,6 +57,9 @@ class VmServices {
 
   // Allocates a GSI with an MSI route and an irqfd bound to it.
   [[nodiscard]] virtual SysResult<std::unique_ptr<MsiIrq>> create_msi_irq() = 0;
+
+  // Binds an irqfd to IOAPIC input `gsi` (virtio-mmio's interrupt line).
+  [[nodiscard]] virtual SysResult<std::unique_ptr<IrqLine>> create_irq_line(uint32_t gsi) = 0;
 
   // Sets the level of a legacy IOAPIC input (the UART's IRQ 4).
   virtual void set_irq_line(uint32_t irq, bool level) = 0;

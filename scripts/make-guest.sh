@@ -153,7 +153,7 @@ else
   # The cloud kernel's virtio modules, in load order, for /init to insmod
   # when it runs on that kernel (the small kernel has them built in).
   moddir="$kdir/root/lib/modules/$kver"
-  for m in virtio virtio_ring virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk; do
+  for m in virtio virtio_ring virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_mmio virtio_blk; do
     f=$(find "$moddir/kernel" \( -name "$m.ko" -o -name "$m.ko.xz" -o -name "$m.ko.zst" \) | head -n1)
     if [ -z "$f" ]; then
       if grep -q "/$m.ko\$" "$moddir/modules.builtin" 2>/dev/null; then

@@ -191,10 +191,14 @@ std::expected<DiskConfig, std::string> parse_disk(std::string_view text, size_t 
       else if (v == "native") d.aio = block::AioMode::Native;
       else if (v == "threads") d.aio = block::AioMode::Threads;
       else return Unexpected(what + ": expected sync, native or threads, got \"" + v + "\"");
+    } else if (k == "transport") {
+      if (v == "pci") d.transport = DiskTransport::Pci;
+      else if (v == "mmio") d.transport = DiskTransport::Mmio;
+      else return Unexpected(what + ": expected pci or mmio, got \"" + v + "\"");
     } else {
       return Unexpected("--disk: unknown key \"" + k +
                         "\" (known: path, readonly, id, num_queues, queue_size, image_type, "
-                        "backing_files, direct, serial, lock, aio)");
+                        "backing_files, direct, serial, lock, aio, transport)");
     }
     if (!r) return Unexpected(r.error());
   }
@@ -217,8 +221,13 @@ std::expected<VmConfig, ParseExit> parse_command_line(int argc, const char* cons
   app.add_option("--serial", serial, "tty | file=PATH[,max_size=SIZE] (default 64M, 0: no cap) | off");
   app.add_option("--disk", disks,
                  "path=P[,readonly=on][,id=NAME][,num_queues=N][,queue_size=N][,image_type=raw|qcow2]"
-                 "[,backing_files=on][,direct=on][,serial=STR][,lock=on|off][,aio=sync|native|threads]")
+                 "[,backing_files=on][,direct=on][,serial=STR][,lock=on|off][,aio=sync|native|threads]"
+                 "[,transport=pci|mmio]")
       ->take_all();
+  std::string mmio_cmdline = "on";
+  app.add_option("--virtio-mmio-cmdline", mmio_cmdline,
+                 "on|off: append virtio_mmio.device= for each transport=mmio disk to a Linux command line "
+                 "(the DSDT describes them either way)");
   app.add_option("--api-socket", api_socket, "path of the API's Unix socket");
   try {
     app.parse(argc, argv);
@@ -240,11 +249,18 @@ std::expected<VmConfig, ParseExit> parse_command_line(int argc, const char* cons
   auto s = parse_serial(serial);
   if (!s) return bad(s.error());
   c.serial = *s;
+  auto mc = parse_on_off("--virtio-mmio-cmdline", mmio_cmdline);
+  if (!mc) return bad(mc.error());
+  c.virtio_mmio_cmdline = *mc;
   std::set<std::string> ids;
+  size_t mmio_disks = 0;
   for (size_t i = 0; i < disks.size(); ++i) {
     auto d = parse_disk(disks[i], i);
     if (!d) return bad(d.error());
     if (!ids.insert(d->id).second) return bad("--disk: id \"" + d->id + "\" used twice");
+    if (d->transport == DiskTransport::Mmio && ++mmio_disks > kMaxMmioDisks) {
+      return bad("--disk " + d->id + ": at most " + std::to_string(kMaxMmioDisks) + " disks with transport=mmio");
+    }
     c.disks.push_back(std::move(*d));
   }
   return c;

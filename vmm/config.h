@@ -4,7 +4,12 @@
 //   --memory size=SIZE --serial tty|file=PATH[,max_size=SIZE]|off --api-socket PATH
 //   --disk path=P[,readonly=on][,id=NAME][,num_queues=N][,queue_size=N]
 //          [,image_type=raw|qcow2][,backing_files=on][,direct=on][,serial=STR]
-//          [,lock=on|off][,aio=sync|native|threads]      (repeatable)
+//          [,lock=on|off][,aio=sync|native|threads][,transport=pci|mmio]  (repeatable)
+//   --virtio-mmio-cmdline on|off
+// --disk transport=mmio puts the disk on virtio-mmio (docs/virtio.md); the
+// DSDT describes every MMIO device, and for a Linux kernel tern also
+// appends virtio_mmio.device=SIZE@BASE:IRQ to the command line unless
+// --virtio-mmio-cmdline off (kernels without ACPI find them that way).
 // Every value is validated here; a bad option is a message naming it.
 #pragma once
 
@@ -19,6 +24,8 @@
 
 namespace tern::vmm {
 
+enum class DiskTransport { Pci, Mmio };
+
 struct DiskConfig {
   std::string path;
   std::string id;  // "disk0", "disk1"... unless id= is given
@@ -31,6 +38,7 @@ struct DiskConfig {
   std::string serial;
   bool lock = true;
   block::AioMode aio = block::AioMode::Native;
+  DiskTransport transport = DiskTransport::Pci;
 };
 
 // Which CPU the guest is shown (vmm/host_kvm.h): `host` passes KVM's
@@ -66,12 +74,14 @@ struct VmConfig {
   SerialConfig serial;
   std::vector<DiskConfig> disks;
   std::optional<std::string> api_socket;
+  bool virtio_mmio_cmdline = true;  // --virtio-mmio-cmdline
 };
 
 inline constexpr uint32_t kMaxCpus = 254;  // xAPIC IDs 0..253 (0xff is broadcast)
 inline constexpr uint64_t kMinMemory = 16ull << 20;
 inline constexpr uint64_t kMaxMemory = 1ull << 40;
 inline constexpr uint16_t kMaxQueues = 16;
+inline constexpr size_t kMaxMmioDisks = 16;  // one IOAPIC input each (arch/x86_64/layout.h)
 inline constexpr uint16_t kMaxQueueSize = 32768;  // virtio 1.x 2.6: split ring limit
 
 // Result of parsing argv: a config to run, or the process should exit with

@@ -3,6 +3,8 @@
 #include <sys/ioctl.h>
 
 #include <atomic>
+#include <cerrno>
+#include <string>
 #include <cstdio>
 #include <cstring>
 #include <vector>
@@ -58,7 +60,40 @@ class KvmMsiIrq final : public devices::MsiIrq {
   std::atomic<bool> armed_{false};
 };
 
+// An irqfd on a legacy GSI, which install_legacy_routes() sends to the
+// IOAPIC pin of the same number: each trigger() is one edge.
+class KvmIrqLine final : public devices::IrqLine {
+ public:
+  KvmIrqLine(int vm_fd, uint32_t gsi, EventFd fd) : vm_fd_(vm_fd), gsi_(gsi), fd_(std::move(fd)) {}
+  ~KvmIrqLine() override {
+    kvm_irqfd f{};
+    f.fd = static_cast<uint32_t>(fd_.fd());
+    f.gsi = gsi_;
+    f.flags = KVM_IRQFD_FLAG_DEASSIGN;
+    (void)kvm_ioctl(vm_fd_, KVM_IRQFD, "KVM_IRQFD deassign", &f);  // the VM is going away
+  }
+  void trigger() override { fd_.signal(); }
+
+ private:
+  const int vm_fd_;
+  const uint32_t gsi_;
+  EventFd fd_;
+};
+
 }  // namespace
+
+SysResult<std::unique_ptr<devices::IrqLine>> KvmVmServices::create_irq_line(uint32_t gsi) {
+  if (gsi == 0 || gsi == 2 || gsi >= kLegacyGsis) {
+    return std::unexpected(SysError{"irq line: GSI must be 1 or 3..23", EINVAL});
+  }
+  auto fd = EventFd::create();
+  if (!fd) return std::unexpected(fd.error());
+  kvm_irqfd f{};
+  f.fd = static_cast<uint32_t>(fd->fd());
+  f.gsi = gsi;
+  if (auto r = kvm_ioctl(vm_fd_, KVM_IRQFD, "KVM_IRQFD", &f); !r) return std::unexpected(r.error());
+  return std::make_unique<KvmIrqLine>(vm_fd_, gsi, std::move(*fd));
+}
 
 SysResult<void> KvmVmServices::ioeventfd(devices::AddressSpace space, uint64_t addr, uint32_t len, int fd,
                                          std::optional<uint64_t> datamatch, uint32_t flags) {

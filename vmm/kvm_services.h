@@ -9,7 +9,8 @@
 //     the PICs and GSIs 1..23 to the same IOAPIC pins, except that the PIT's
 //     IRQ 0 goes to IOAPIC pin 2, as the MADT's interrupt source override
 //     (ISA IRQ 0 -> GSI 2) tells the guest, and as PC firmware wires it.
-//   - legacy lines: KVM_IRQ_LINE.
+//   - legacy lines: KVM_IRQ_LINE, or an irqfd on the GSI (create_irq_line,
+//     virtio-mmio's edge-triggered interrupts).
 //
 // Threads: any; the routing table is guarded by mutex_.
 #pragma once
@@ -34,6 +35,7 @@ class KvmVmServices final : public devices::VmServices {
   SysResult<void> remove_ioeventfd(devices::AddressSpace space, uint64_t addr, uint32_t len, int fd,
                                    std::optional<uint64_t> datamatch) override;
   SysResult<std::unique_ptr<devices::MsiIrq>> create_msi_irq() override;
+  SysResult<std::unique_ptr<devices::IrqLine>> create_irq_line(uint32_t gsi) override;
   void set_irq_line(uint32_t irq, bool level) override;
 
   // Replaces KVM's identity default routes with the PC wiring above.

@@ -14,7 +14,7 @@
 #include "arch/x86_64/kernel_loader.h"
 #include "arch/x86_64/layout.h"
 #include "block/open.h"
-#include "devices/virtio/virtio_pci.h"
+#include "devices/virtio/blk_factory.h"
 #include "vmm/host_kvm.h"
 
 namespace tern::vmm {
@@ -52,6 +52,33 @@ std::expected<UniqueFd, std::string> serial_output(const SerialConfig& c) {
 }
 
 }  // namespace
+
+std::vector<std::optional<MmioSlot>> mmio_slots(const std::vector<DiskConfig>& disks) {
+  std::vector<std::optional<MmioSlot>> out;
+  size_t n = 0;
+  for (const DiskConfig& d : disks) {
+    if (d.transport != DiskTransport::Mmio || n >= ax::kVirtioMmioMaxDevices) {
+      out.emplace_back();
+      continue;
+    }
+    out.push_back(MmioSlot{ax::kVirtioMmioStart + n * ax::kVirtioMmioStride, ax::kVirtioMmioIrqs[n]});
+    ++n;
+  }
+  return out;
+}
+
+std::string virtio_mmio_cmdline(const std::vector<DiskConfig>& disks) {
+  std::string out;
+  char buf[80];
+  for (const auto& slot : mmio_slots(disks)) {
+    if (!slot) continue;
+    std::snprintf(buf, sizeof buf, " virtio_mmio.device=%lluK@0x%llx:%u",
+                  static_cast<unsigned long long>(ax::kVirtioMmioStride / 1024),
+                  static_cast<unsigned long long>(slot->base), slot->gsi);
+    out += buf;
+  }
+  return out;
+}
 
 Machine::Machine(VmConfig config, Kvm kvm, VmFd vm, GuestRam ram)
     : config_(std::move(config)),
@@ -93,8 +120,11 @@ std::expected<void, std::string> Machine::load_guest() {
   kernel_entry_ = kernel->entry;
 
   ax::BootParamsConfig bp;
-  const std::string cmdline =  // bp.cmdline views it
-      kernel->linux_kernel ? guest_cmdline(config_.cmdline, cpu_profile_) : config_.cmdline;
+  std::string cmdline = config_.cmdline;  // bp.cmdline views it
+  if (kernel->linux_kernel) {
+    cmdline = guest_cmdline(cmdline, cpu_profile_);
+    if (config_.virtio_mmio_cmdline) cmdline += virtio_mmio_cmdline(config_.disks);
+  }
   bp.cmdline = cmdline;
   if (cpu_profile_ == CpuProfile::Emulated) {
     std::fprintf(stderr,
@@ -121,6 +151,13 @@ std::expected<void, std::string> Machine::load_guest() {
   acpi.mmio_window_size = static_cast<uint32_t>(ax::kPciMmioEnd - ax::kPciMmioStart);
   acpi.com1_port = ax::kCom1Port;
   acpi.com1_irq = ax::kCom1Irq;
+  for (const auto& slot : mmio_slots(config_.disks)) {
+    if (slot) {
+      acpi.virtio_mmio.push_back(ax::VirtioMmioAcpi{.base = static_cast<uint32_t>(slot->base),
+                                                    .size = static_cast<uint32_t>(ax::kVirtioMmioStride),
+                                                    .gsi = slot->gsi});
+    }
+  }
   auto rsdp = ax::write_acpi_tables(low.subspan(ax::kAcpiStart, ax::kAcpiEnd - ax::kAcpiStart), ax::kAcpiStart,
                                     acpi);
   if (!rsdp) return Unexpected(std::string("ACPI tables: ") + ax::acpi_error_text(rsdp.error()));
@@ -158,7 +195,9 @@ std::expected<void, std::string> Machine::build_devices() {
   if (!ok) std::abort();  // fixed, disjoint ranges: a broken invariant
 
   devices::GuestMemory memory = ram_.memory();
-  for (const DiskConfig& d : config_.disks) {
+  auto slots = mmio_slots(config_.disks);
+  for (size_t i = 0; i < config_.disks.size(); ++i) {
+    const DiskConfig& d = config_.disks[i];
     block::OpenOptions o;
     o.path = d.path;
     o.type = d.image_type;
@@ -167,21 +206,31 @@ std::expected<void, std::string> Machine::build_devices() {
     o.lock = d.lock;
     o.allow_backing = d.backing_files;
     o.aio = d.aio;
-    auto file = block::open_disk(o);
-    if (!file) return Unexpected("--disk " + d.id + ": " + file.error().message());
     devices::VirtioBlkOptions bo;
     bo.read_only = d.readonly;
     bo.num_queues = d.num_queues;
     bo.queue_size = d.queue_size;
     bo.serial = d.serial;
     bo.id = d.id;
-    auto blk = std::make_unique<devices::VirtioBlk>(std::move(*file), bo);
-    devices::VirtioBlk* raw = blk.get();
-    auto fn = devices::VirtioPciDevice::create(std::move(blk), services_, memory, "virtio-blk " + d.id);
-    if (!fn) return Unexpected("--disk " + d.id + ": virtio-pci: " + fn.error().message());
-    auto slot = pci_->add_device(std::move(*fn));
-    if (!slot) return Unexpected("--disk " + d.id + ": PCI: " + devices::pci_error_text(slot.error()));
-    disks_.push_back(Disk{d, raw, *slot});
+    bool mmio = d.transport == DiskTransport::Mmio;
+    if (mmio && !slots[i]) return Unexpected("--disk " + d.id + ": no virtio-mmio slot left");
+    devices::MmioPlacement place;
+    if (mmio) place = {.base = slots[i]->base, .gsi = slots[i]->gsi};
+    auto made = devices::make_virtio_blk(o, bo, mmio ? devices::VirtioTransport::Mmio : devices::VirtioTransport::Pci,
+                                         place, services_, memory);
+    if (!made) return Unexpected("--" + made.error().message);
+    Disk disk{d, made->blk};
+    if (made->mmio) {
+      if (!mmio_.add(place.base, devices::kVirtioMmioSize, *made->mmio)) std::abort();  // disjoint fixed slots
+      disk.mmio_base = place.base;
+      disk.mmio_gsi = place.gsi;
+      virtio_mmio_.push_back(std::move(made->mmio));
+    } else {
+      auto slot = pci_->add_device(std::move(made->pci));
+      if (!slot) return Unexpected("--disk " + d.id + ": PCI: " + devices::pci_error_text(slot.error()));
+      disk.pci_slot = *slot;
+    }
+    disks_.push_back(disk);
   }
   pio_.seal();
   mmio_.seal();

@@ -3,7 +3,8 @@
 // It owns, in construction order (destroyed in reverse, vCPU threads first):
 // the KVM fds, guest RAM, the VmServices over KVM, the devices (COM1, the
 // ACPI power registers, i8042, the PCI root with one virtio-blk function per
-// --disk), the port-I/O and MMIO buses, and the vCPUs. run() starts one
+// transport=pci --disk, one virtio-mmio device per transport=mmio --disk),
+// the port-I/O and MMIO buses, and the vCPUs. run() starts one
 // thread per vCPU, waits until the guest powers off or resets, a vCPU
 // reports a crash, or shutdown() is called (the API's control path), then
 // stops and joins every vCPU thread, closes the disks and returns the exit
@@ -27,6 +28,7 @@
 #include "devices/power_devices.h"
 #include "devices/serial.h"
 #include "devices/virtio/virtio_blk.h"
+#include "devices/virtio/virtio_mmio.h"
 #include "vmm/config.h"
 #include "vmm/console_input.h"
 #include "vmm/guest_ram.h"
@@ -39,9 +41,21 @@ namespace tern::vmm {
 // A disk as the VMM and the API see it.
 struct Disk {
   DiskConfig config;
-  devices::VirtioBlk* device = nullptr;  // owned by its virtio-pci function in the PCI root
-  uint8_t pci_slot = 0;
+  devices::VirtioBlk* device = nullptr;  // owned by its transport (PCI root, or Machine's MMIO list)
+  uint8_t pci_slot = 0;                  // transport=pci
+  uint64_t mmio_base = 0;                // transport=mmio
+  uint32_t mmio_gsi = 0;                 // transport=mmio
 };
+
+// Where the i-th --disk sits if it is transport=mmio (base, IOAPIC input):
+// MMIO disks take the slots of arch/x86_64/layout.h in command-line order.
+struct MmioSlot {
+  uint64_t base = 0;
+  uint32_t gsi = 0;
+};
+std::vector<std::optional<MmioSlot>> mmio_slots(const std::vector<DiskConfig>& disks);
+// " virtio_mmio.device=4K@0x...:IRQ" for each MMIO disk.
+std::string virtio_mmio_cmdline(const std::vector<DiskConfig>& disks);
 
 class Machine final : public VmControl, public devices::PowerSink {
  public:
@@ -81,6 +95,7 @@ class Machine final : public VmControl, public devices::PowerSink {
   std::unique_ptr<devices::AcpiPowerDevice> acpi_power_;
   std::unique_ptr<devices::I8042> i8042_;
   std::unique_ptr<devices::PciRoot> pci_;
+  std::vector<std::unique_ptr<devices::VirtioMmioDevice>> virtio_mmio_;
   devices::IoBus pio_;
   devices::IoBus mmio_;
   std::vector<Disk> disks_;

@@ -1,6 +1,7 @@
 #include "arch/x86_64/acpi.h"
 
 #include <cstring>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -141,8 +142,19 @@ Bytes make_dsdt(const AcpiConfig& c) {
       name("_UID", integer(1)),
       name("_CRS", resource_template({io_port(c.com1_port, 8), irq(c.com1_irq)})),
   });
+  std::vector<Bytes> sb = {pci0, resources, com1};
+  for (size_t i = 0; i < c.virtio_mmio.size(); ++i) {
+    const VirtioMmioAcpi& m = c.virtio_mmio[i];
+    static constexpr char kHex[] = "0123456789ABCDEF";
+    std::string dev_name = {'V', 'R', kHex[(i >> 4) & 15], kHex[i & 15]};
+    sb.push_back(device(dev_name, {
+        name("_HID", string("LNRO0005")),
+        name("_UID", integer(i)),
+        name("_CRS", resource_template({memory32_fixed(m.base, m.size), interrupt(m.gsi)})),
+    }));
+  }
   Bytes aml_body = join({
-      scope("\\_SB_", {pci0, resources, com1}),
+      scope("\\_SB_", sb),
       // \_S5: SLP_TYPa, SLP_TYPb for power-off (7.4.2).
       name("\\_S5_", package({integer(c.s5_sleep_type), integer(c.s5_sleep_type)})),
   });

@@ -1,5 +1,6 @@
 // ACPI tables for the guest: RSDP, XSDT, FADT (hardware-reduced), MADT,
-// MCFG and a DSDT describing the PCI host bridge, COM1 and _S5_. An
+// MCFG and a DSDT describing the PCI host bridge, COM1, each virtio-mmio
+// device and _S5_. An
 // unmodified distribution kernel without MP-table support finds every vCPU
 // and the PCI root through them. Addresses follow docs/vmm.md's memory map.
 #pragma once
@@ -7,8 +8,17 @@
 #include <cstdint>
 #include <expected>
 #include <span>
+#include <vector>
 
 namespace tern::arch::x86_64 {
+
+// A virtio-mmio device, described in the DSDT as "LNRO0005" with its
+// register window and interrupt, which Linux's virtio_mmio driver binds.
+struct VirtioMmioAcpi {
+  uint32_t base = 0;
+  uint32_t size = 0x1000;
+  uint32_t gsi = 0;
+};
 
 struct AcpiConfig {
   uint32_t num_cpus = 1;  // APIC ids 0..num_cpus-1
@@ -25,6 +35,7 @@ struct AcpiConfig {
   uint8_t s5_sleep_type = 5;  // SLP_TYP written to the sleep control register
   uint16_t com1_port = 0x3f8;
   uint8_t com1_irq = 4;
+  std::vector<VirtioMmioAcpi> virtio_mmio;
 };
 
 enum class AcpiError { AreaTooSmall, TooManyCpus, AreaAbove4G };

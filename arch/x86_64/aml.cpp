@@ -176,6 +176,14 @@ Bytes irq(uint8_t line) {
   return out;
 }
 
+Bytes interrupt(uint32_t gsi) {
+  // Extended Interrupt Descriptor (6.4.3.6): length 6, flags consumer |
+  // edge (active high, exclusive), one interrupt number.
+  Bytes out{0x89, 0x06, 0x00, 0x03, 0x01};
+  put_le(out, gsi, 4);
+  return out;
+}
+
 Bytes memory32_fixed(uint32_t base, uint32_t length) {
   Bytes out{0x86, 0x09, 0x00, 0x01};  // read-write
   put_le(out, base, 4);

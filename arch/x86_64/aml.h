@@ -27,6 +27,7 @@ Bytes resource_template(const std::vector<Bytes>& descriptors);
 Bytes io_port(uint16_t base, uint8_t length);              // IO(Decode16, base, base, 1, length)
 Bytes irq(uint8_t line);                                    // IRQNoFlags(){line}
 Bytes memory32_fixed(uint32_t base, uint32_t length);       // Memory32Fixed(ReadWrite, ...)
+Bytes interrupt(uint32_t gsi);  // Interrupt(ResourceConsumer, Edge, ActiveHigh, Exclusive){gsi}
 Bytes word_bus_number(uint16_t min, uint16_t max);          // WordBusNumber(ResourceProducer, ...)
 Bytes word_io(uint16_t min, uint16_t max);                  // WordIO(ResourceProducer, ..., EntireRange)
 Bytes dword_memory(uint32_t min, uint32_t max);             // DWordMemory(ResourceProducer, NonCacheable, ReadWrite)

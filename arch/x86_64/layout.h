@@ -34,6 +34,13 @@ inline constexpr uint64_t kPciMmioStart = 0xc000'0000;
 inline constexpr uint64_t kPciMmioEnd = 0xe000'0000;
 inline constexpr uint64_t kPciEcamStart = 0xe000'0000;
 inline constexpr uint64_t kPciEcamSize = 1 * kMiB;
+// virtio-mmio devices: 4 KiB each, right after ECAM, one interrupt line each
+// (IOAPIC inputs free of legacy devices: not 0-4 (timer, keyboard, cascade,
+// COM2, COM1), 8 (RTC), 12 (mouse), 13 (FPU)).
+inline constexpr uint64_t kVirtioMmioStart = 0xe010'0000;
+inline constexpr uint64_t kVirtioMmioStride = 0x1000;
+inline constexpr uint32_t kVirtioMmioIrqs[] = {5, 6, 7, 9, 10, 11, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23};
+inline constexpr uint32_t kVirtioMmioMaxDevices = sizeof kVirtioMmioIrqs / sizeof kVirtioMmioIrqs[0];
 inline constexpr uint64_t kIoapicAddr = 0xfec0'0000;
 inline constexpr uint64_t kLapicAddr = 0xfee0'0000;
 

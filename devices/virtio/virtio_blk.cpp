@@ -1,8 +1,5 @@
 #include "devices/virtio/virtio_blk.h"
 
-#include <poll.h>
-#include <sys/epoll.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -10,13 +7,11 @@
 #include <cstring>
 #include <optional>
 #include <string>
-#include <thread>
 #include <utility>
 
-#include "base/event_fd.h"
-#include "base/unique_fd.h"
 #include "block/disk.h"
 #include "devices/virtio/blk_errors.h"
+#include "devices/virtio/queue_runner.h"
 #include "devices/virtio/rate_limited_log.h"
 
 namespace tern::devices {
@@ -138,152 +133,36 @@ class BlkRequest {
 
 }  // namespace
 
-// One queue's worker: the virtqueue, the backend context and the loop thread.
-class BlkQueueWorker {
+// One queue of the disk, as the QueueRunner drives it. Each request goes
+// through three steps (Firecracker's split): parse() reads the chain into a
+// block::Request (or answers it at once), process() hands it to the
+// backend's IoContext, finish() turns the backend's verdict into the status
+// byte when complete() drains it.
+class BlkQueue final : public QueueHandler {
  public:
-  static std::unique_ptr<BlkQueueWorker> start(VirtioBlk::Shared& shared, const GuestMemory& memory,
-                                               uint64_t features, const ActiveQueue& active,
-                                               uint16_t max_size, VirtioInterrupt& interrupt) {
-    QueueFeatures qf{.event_idx = (features & kVirtioFRingEventIdx) != 0,
-                     .indirect = (features & kVirtioFRingIndirectDesc) != 0};
-    auto queue = Virtqueue::create(memory, active.config, qf, max_size);
-    if (!queue) {
-      interrupt.needs_reset("queue " + std::to_string(active.index) + ": " +
-                            queue_fault_name(queue.error()));
-      return nullptr;
-    }
-    auto ctx = shared.disk->make_io_context(active.config.size);
-    if (!ctx) {
-      interrupt.needs_reset("queue " + std::to_string(active.index) +
-                            ": cannot create I/O context: " + ctx.error().message());
-      return nullptr;
-    }
-    auto stop = EventFd::create();
-    UniqueFd epoll(::epoll_create1(EPOLL_CLOEXEC));
-    if (!stop || !epoll) {
-      interrupt.needs_reset("queue " + std::to_string(active.index) + ": cannot create fds");
-      return nullptr;
-    }
-    auto w = std::unique_ptr<BlkQueueWorker>(new BlkQueueWorker(
-        shared, active, std::move(*queue), std::move(*ctx), std::move(*stop), std::move(epoll),
-        interrupt));
-    if (!w->watch(active.notify_fd, kNotify) || !w->watch(w->ctx_->completion_fd(), kCompletion) ||
-        !w->watch(w->stop_.fd(), kStop)) {
-      interrupt.needs_reset("queue " + std::to_string(active.index) + ": epoll_ctl failed");
-      return nullptr;
-    }
-    // The queue's loop: serves notifications and completions of this one
-    // queue until the device is reset or destroyed.
-    w->thread_ = std::jthread([raw = w.get()](std::stop_token token) { raw->run(token); });
-    return w;
+  BlkQueue(VirtioBlk::Shared& shared, std::unique_ptr<block::IoContext> ctx, uint16_t size)
+      : shared_(shared), ctx_(std::move(ctx)), slots_(size) {}
+
+  void handle(DescriptorChain chain) override {
+    auto parsed = parse(std::move(chain));
+    if (parsed) process(std::move(parsed->first), parsed->second);
   }
-
-  // ~jthread requests stop (which signals stop_) and joins first.
-  ~BlkQueueWorker() = default;
-
- private:
-  enum Tag : uint32_t { kNotify, kCompletion, kStop };
-
-  BlkQueueWorker(VirtioBlk::Shared& shared, const ActiveQueue& active,
-                 std::unique_ptr<Virtqueue> queue, std::unique_ptr<block::IoContext> ctx,
-                 EventFd stop, UniqueFd epoll, VirtioInterrupt& interrupt)
-      : shared_(shared),
-        index_(active.index),
-        notify_fd_(active.notify_fd),
-        queue_(std::move(queue)),
-        ctx_(std::move(ctx)),
-        stop_(std::move(stop)),
-        epoll_(std::move(epoll)),
-        interrupt_(interrupt),
-        slots_(queue_->size()) {}
-
-  bool watch(int fd, Tag tag) {
-    epoll_event ev{};
-    ev.events = EPOLLIN;
-    ev.data.u32 = tag;
-    return ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev) == 0;
-  }
-
-  void run(std::stop_token token) {
-    std::stop_callback wake(token, [this] { stop_.signal(); });
-    // Notifications sent before activation are in the ring already.
-    serve_avail(token);
-    reap();
-    while (!token.stop_requested()) {
-      epoll_event events[3];
-      int n = ::epoll_wait(epoll_.get(), events, 3, -1);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        interrupt_.needs_reset("epoll_wait failed: " + errno_text(errno));
-        break;
-      }
-      bool notified = false;
-      for (int i = 0; i < n; ++i) {
-        if (events[i].data.u32 == kNotify) {
-          uint64_t v;
-          while (::read(notify_fd_, &v, sizeof v) < 0 && errno == EINTR) {
-          }
-          notified = true;
-        }
-      }
-      if (notified) serve_avail(token);
-      reap();
-    }
-    // Reset or teardown: nothing may reach the rings any more, but the
-    // backend may still be writing into guest memory, so wait for every
-    // request in flight before the context and the queue go away. What has
-    // not started is cancelled, so this waits for the few requests running,
-    // not for a queue full of large ones.
-    queue_->detach();
-    ctx_->cancel();
-    while (pending_ != 0) {
-      pollfd p{ctx_->completion_fd(), POLLIN, 0};
-      ::poll(&p, 1, 100);
-      reap();
-    }
-  }
-
-  void serve_avail(std::stop_token token) {
-    if (queue_->broken()) return;  // already reported; wait for the reset
-    for (;;) {
-      for (;;) {
-        // A reset or teardown stops serving between requests (a backend
-        // that runs requests inside submit() would otherwise run the whole
-        // ring first); what stays in the ring is the driver's again.
-        if (token.stop_requested()) return;
-        auto chain = queue_->pop();
-        if (!chain) {
-          interrupt_.needs_reset("queue " + std::to_string(index_) + ": " +
-                                 queue_fault_name(chain.error()));
-          return;
-        }
-        if (!*chain) break;
-        handle(std::move(**chain));
-      }
-      // EVENT_IDX: ask for the next notification, then look once more for
-      // chains that raced with it.
-      if (!queue_->arm_notification()) break;
-    }
-    signal_if_needed();
-  }
-
-  void reap() {
+  int completion_fd() const override { return ctx_->completion_fd(); }
+  bool complete() override {
     completions_.clear();
     ctx_->drain(completions_);
     for (block::Completion& c : completions_) {
       if (c.cookie >= slots_.size() || !slots_[c.cookie]) std::abort();  // backend broke its contract
-      BlkRequest& r = *slots_[c.cookie];
-      finish(r, c.status);
+      finish(*slots_[c.cookie], c.status);
       slots_[c.cookie].reset();  // status byte, then used ring
       --pending_;
     }
-    if (!completions_.empty()) signal_if_needed();
+    return !completions_.empty();
   }
+  void cancel() override { ctx_->cancel(); }
+  uint32_t in_flight() const override { return pending_; }
 
-  void signal_if_needed() {
-    if (queue_->needs_interrupt()) interrupt_.signal_queue(index_);
-  }
-
+ private:
   // The backend's verdict: counted by kind and, when it failed, logged
   // with the backend's message (rate-limited per kind); the guest sees
   // IOERR (5.2.6).
@@ -321,11 +200,12 @@ class BlkQueueWorker {
 
   // Completes a request now with `status` (the request object answers it).
   // The device refused it: malformed (IOERR) or not supported (UNSUPP).
-  void answer(BlkRequest& r, uint8_t status) {
+  std::nullopt_t answer(BlkRequest& r, uint8_t status) {
     if (status != kBlkSOk) {
       count_blk_error(shared_.counters, status == kBlkSUnsupp ? BlkErrorKind::Unsupported : BlkErrorKind::Invalid);
     }
     r.finish(status);
+    return std::nullopt;
   }
 
   bool in_capacity(uint64_t sector, uint64_t bytes) const {
@@ -346,14 +226,19 @@ class BlkQueueWorker {
   }
   uint64_t max_data_bytes() const { return uint64_t{shared_.seg_max} * kBlkSizeMax; }
 
-  void handle(DescriptorChain chain) {
+  // A parsed request: what it owes the guest and what the backend must do.
+  using Parsed = std::pair<BlkRequest, block::Request>;
+
+  // Reads the chain; answers a request it can finish without the backend
+  // (malformed, unsupported, GET_ID, a read-only flush) and returns nullopt.
+  std::optional<Parsed> parse(DescriptorChain chain) {
     ByteStream in, out;  // device-readable, device-writable
     for (const ChainBuffer& b : chain.buffers()) (b.device_writable ? out : in).add(b.bytes);
     if (out.size() == 0) {
       // 5.2.6: every request ends in a writable status byte. Without one
       // there is nowhere to answer; give the chain back untouched.
       request_log().log("virtio-blk", "request without a status byte");
-      return;
+      return std::nullopt;
     }
     uint16_t head = chain.head();
     bool within = within_limits(chain.buffers());
@@ -414,7 +299,7 @@ class BlkQueueWorker {
         size_t n = std::min<uint64_t>(data_out, kBlkIdBytes);
         if (!out.write(0, std::span<const uint8_t>(id, n))) return answer(local, kBlkSIoErr);
         local.finish(kBlkSOk, static_cast<uint32_t>(n));
-        return;
+        return std::nullopt;
       }
       case kBlkTDiscard:
       case kBlkTWriteZeroes: {
@@ -451,10 +336,15 @@ class BlkQueueWorker {
     }
     local.op = req.op;
     local.offset = req.offset;
-    // Park the request by head (unique while the device owns it), then hand
-    // it to the backend; the completion finds it by cookie.
-    std::optional<BlkRequest>& slot = slots_[head];
-    slot.emplace(std::move(local));
+    return std::optional<Parsed>(std::in_place, std::move(local), req);
+  }
+
+  // Parks the request by head (unique while the device owns it), then hands
+  // it to the backend; the completion finds it by cookie. req.iov points
+  // into iov_, filled by the parse() just before.
+  void process(BlkRequest request, const block::Request& req) {
+    std::optional<BlkRequest>& slot = slots_[req.cookie];
+    slot.emplace(std::move(request));
     if (auto r = ctx_->submit(req); !r) {
       finish(*slot, r);
       slot.reset();
@@ -464,18 +354,11 @@ class BlkQueueWorker {
   }
 
   VirtioBlk::Shared& shared_;
-  uint16_t index_;
-  int notify_fd_;
-  std::unique_ptr<Virtqueue> queue_;
   std::unique_ptr<block::IoContext> ctx_;
-  EventFd stop_;
-  UniqueFd epoll_;
-  VirtioInterrupt& interrupt_;
-  std::vector<std::optional<BlkRequest>> slots_;  // by head; loop thread only
+  std::vector<std::optional<BlkRequest>> slots_;  // by head; queue thread only
   uint32_t pending_ = 0;                          // submitted, not completed
   std::vector<block::Completion> completions_;
   std::vector<iovec> iov_;
-  std::jthread thread_;  // last: joined before the members it uses go away
 };
 
 VirtioBlk::VirtioBlk(std::unique_ptr<block::DiskFile> disk, VirtioBlkOptions options)
@@ -538,21 +421,26 @@ void VirtioBlk::write_config(uint32_t, std::span<const uint8_t>) {
 void VirtioBlk::activate(const GuestMemory& memory, uint64_t features,
                          std::vector<ActiveQueue> queues, VirtioInterrupt& interrupt) {
   std::lock_guard lock(mutex_);
-  workers_.clear();
+  runners_.clear();
   interrupt_ = &interrupt;
+  auto make_queue = [this](uint16_t size) -> std::expected<std::unique_ptr<QueueHandler>, std::string> {
+    auto ctx = disk_->make_io_context(size);
+    if (!ctx) return std::unexpected("cannot create I/O context: " + ctx.error().message());
+    return std::make_unique<BlkQueue>(shared_, std::move(*ctx), size);
+  };
   for (const ActiveQueue& q : queues) {
-    auto w = BlkQueueWorker::start(shared_, memory, features, q, options_.queue_size, interrupt);
-    if (!w) {
-      workers_.clear();
+    auto r = QueueRunner::start(memory, features, q, options_.queue_size, interrupt, make_queue);
+    if (!r) {
+      runners_.clear();
       return;
     }
-    workers_.push_back(std::move(w));
+    runners_.push_back(std::move(r));
   }
 }
 
 void VirtioBlk::reset() {
   std::lock_guard lock(mutex_);
-  workers_.clear();  // stops and joins every queue thread
+  runners_.clear();  // stops and joins every queue thread
   interrupt_ = nullptr;
 }
 

@@ -1,9 +1,10 @@
 // VirtioBlk: the virtio-blk device (virtio 1.x section 5.2) over a
-// block::DiskFile. Each enabled queue gets its own worker: an epoll loop
-// thread that waits on the queue's notify eventfd and on its IoContext's
-// completion eventfd, parses requests straight from guest memory, submits
-// them asynchronously and completes them in whatever order the backend
-// finishes them.
+// block::DiskFile. It knows requests only: each enabled queue gets a
+// QueueRunner (queue_runner.h: the thread, epoll, notifications, EVENT_IDX,
+// waiting on reset) with a BlkQueue handler that parses requests straight
+// from guest memory, submits them to the queue's IoContext and finishes
+// them in whatever order the backend completes them. Transports
+// (virtio_pci.h, virtio_mmio.h) reach it through VirtioCore.
 //
 // Threads: resize() and counters() from any thread (the API's control
 // thread); the VirtioDevice methods as documented in virtio_device.h.
@@ -70,7 +71,7 @@ struct VirtioBlkOptions {
 // What the disk did, errors by kind: base/block_counters.h.
 using BlkCounters = BlockCounters;
 
-class BlkQueueWorker;
+class QueueRunner;
 
 class VirtioBlk final : public VirtioDevice {
  public:
@@ -123,7 +124,7 @@ class VirtioBlk final : public VirtioDevice {
   Shared shared_;
   std::mutex mutex_;
   VirtioInterrupt* interrupt_ = nullptr;  // guarded by mutex_; set while active
-  std::vector<std::unique_ptr<BlkQueueWorker>> workers_;  // guarded by mutex_
+  std::vector<std::unique_ptr<QueueRunner>> runners_;  // guarded by mutex_
 };
 
 }  // namespace tern::devices

@@ -1,7 +1,9 @@
-// VirtioDevice: a virtio device as its transport sees it, and VirtioInterrupt:
-// the transport as the device sees it. The transport (virtio_pci.h) owns the
-// device, runs the status state machine and feature negotiation, and moves
-// the queue set-up into the device on DRIVER_OK:
+// VirtioDevice: a virtio device as the virtio core sees it, and
+// VirtioInterrupt: the core (and through it the transport) as the device
+// sees it. VirtioCore (virtio_core.h) owns the device, runs the status state
+// machine and feature negotiation for whichever transport decodes the
+// registers (virtio_pci.h, virtio_mmio.h), and moves the queue set-up into
+// the device on DRIVER_OK:
 //
 //   construct --(driver: ACK, DRIVER, FEATURES_OK, queue set-up, DRIVER_OK)-->
 //   activate(memory, features, queues, interrupt)   device serves its queues
@@ -10,7 +12,7 @@
 //
 // Threads: activate()/reset() come from a vCPU thread under the transport's
 // lock; read_config()/write_config() from vCPU threads; the device calls the
-// VirtioInterrupt from its own threads.
+// VirtioInterrupt from its own threads (QueueRunner, queue_runner.h).
 #pragma once
 
 #include <cstdint>

@@ -1,9 +1,9 @@
 // VirtioPciDevice: the modern virtio-pci transport (virtio 1.x section 4.1)
-// as one PCI function. It owns the VirtioDevice (Firecracker's transport
-// shape): it runs the device status state machine and feature negotiation,
-// keeps the queue set-up the driver writes into the common configuration,
-// and on DRIVER_OK moves it into the device; the device sees only the
-// VirtioInterrupt this class implements.
+// as one PCI function, over a VirtioCore (virtio_core.h), which owns the
+// device and runs the status machine, feature negotiation and queue set-up.
+// This class only decodes PCI: configuration space with the virtio
+// capabilities (class code from the device type), the common configuration
+// registers, ISR status, the notify area and MSI-X (devices/pci/msix.h).
 //
 // BAR 0 (64-bit MMIO, 32 KiB):
 //   0x0000 common configuration   0x1000 ISR status    0x2000 device config
@@ -11,10 +11,10 @@
 // Queue notifications are ioeventfds at the notify addresses (registered in
 // bar_placed()); interrupts are MSI-X vectors backed by irqfds.
 //
-// Threads: config/BAR accesses from vCPU threads (mutex_); interrupts from
-// the device's queue threads (msix_mutex_ and atomics only, so a reset that
-// joins those threads while holding mutex_ cannot deadlock). Lock order:
-// mutex_, then msix_mutex_.
+// Threads: config/BAR accesses from vCPU threads (mutex_, which also guards
+// the core); interrupts from the device's queue threads (the MsixTable's own
+// lock and atomics only, so a reset that joins those threads while holding
+// mutex_ cannot deadlock). Lock order: mutex_, then the MsixTable's.
 #pragma once
 
 #include <array>
@@ -28,9 +28,10 @@
 #include "base/error.h"
 #include "base/event_fd.h"
 #include "devices/guest_memory.h"
+#include "devices/pci/msix.h"
 #include "devices/pci/pci_device.h"
 #include "devices/virtio/rate_limited_log.h"
-#include "devices/virtio/virtio_device.h"
+#include "devices/virtio/virtio_core.h"
 #include "devices/vm_services.h"
 
 namespace tern::devices {
@@ -50,7 +51,10 @@ inline constexpr uint64_t kMsixTableOffset = 0x4000;
 inline constexpr uint64_t kMsixPbaOffset = 0x5000;
 inline constexpr uint16_t kVirtioPciMaxQueues = 64;
 
-class VirtioPciDevice final : public PciDevice, private VirtioInterrupt {
+// PCI class code (class << 8 | subclass) for a virtio device type (5).
+uint16_t virtio_pci_class(uint32_t device_id);
+
+class VirtioPciDevice final : public PciDevice, private TransportSignals {
  public:
   // Creates the notify eventfds and one MSI irq per vector (queues + config).
   [[nodiscard]] static SysResult<std::unique_ptr<VirtioPciDevice>> create(
@@ -66,81 +70,49 @@ class VirtioPciDevice final : public PciDevice, private VirtioInterrupt {
   void bar_write(uint8_t bar, uint64_t offset, std::span<const uint8_t> data) override;
   void bar_placed(uint8_t bar, uint64_t gpa) override;
 
-  VirtioDevice& device() { return *device_; }
+  VirtioDevice& device() { return core_->device(); }
   uint8_t device_status() const;
 
  private:
-  struct QueueState {
-    uint16_t size = 0;
-    bool enabled = false;
-    uint64_t desc = 0, driver = 0, device = 0;
-  };
-  struct MsixEntry {
-    uint32_t addr_lo = 0, addr_hi = 0, data = 0, control = 1;  // masked at reset
-  };
-
-  VirtioPciDevice(std::unique_ptr<VirtioDevice> device, VmServices& vm, const GuestMemory& memory,
-                  std::string name);
+  VirtioPciDevice(VmServices& vm, std::string name, uint16_t num_queues);
   void build_config_space();
 
-  // VirtioInterrupt (queue threads, vCPU threads).
-  void signal_queue(uint16_t queue) override;
-  void signal_config() override;
-  void needs_reset(std::string_view reason) override;
+  // TransportSignals (queue threads, vCPU threads).
+  void queue_interrupt(uint16_t queue) override;
+  void config_interrupt() override;
 
   void common_read(uint64_t offset, std::span<uint8_t> data);
   void common_write(uint64_t offset, std::span<const uint8_t> data);
   void snapshot_common(std::array<uint8_t, kCommonCfgSize>& out) const;
-  void write_status(uint8_t value);
-  void activate();
-  void reset_locked();
-  void msix_read(uint64_t offset, std::span<uint8_t> data);
-  void msix_write(uint64_t offset, std::span<const uint8_t> data);
-  void deliver(uint16_t vector);         // msix_mutex_ held
-  void fire(uint16_t vector);            // msix_mutex_ held
-  void deliver_unmasked_pending();       // msix_mutex_ held
-  void sync_msix_control();              // mutex_ held
+  void reset_transport();  // mutex_ held, after the core reset
   void register_ioeventfds(uint64_t bar_gpa);
   void unregister_ioeventfds();
   bool pci_cfg_window(uint32_t offset, size_t len, uint8_t& bar, uint32_t& bar_offset,
                       uint32_t& length) const;
 
-  const std::unique_ptr<VirtioDevice> device_;
   VmServices& vm_;
-  const GuestMemory memory_;
   const std::string name_;
   const uint16_t num_queues_;
   const uint16_t num_vectors_;
   uint8_t msix_cap_ = 0;     // config-space offset of the MSI-X capability
   uint8_t pci_cfg_cap_ = 0;  // config-space offset of VIRTIO_PCI_CAP_PCI_CFG
-  std::vector<EventFd> notify_;  // one per queue; fds fixed for the device's life
   RateLimitedLog log_;
+  std::unique_ptr<MsixTable> msix_;  // made in create(), before the core
 
   mutable std::mutex mutex_;
+  std::unique_ptr<VirtioCore> core_;    // its state guarded by mutex_
   std::array<uint8_t, 4096> config_{};  // guarded by mutex_
   std::array<uint8_t, 4096> wmask_{};   // bits the guest may write; constant after build
   uint64_t bar_gpa_ = 0;                // guarded by mutex_
   bool ioeventfds_registered_ = false;  // guarded by mutex_
   uint32_t device_feature_select_ = 0;  // guarded by mutex_
   uint32_t driver_feature_select_ = 0;  // guarded by mutex_
-  uint64_t driver_features_ = 0;        // guarded by mutex_
-  uint8_t status_ = 0;                  // guarded by mutex_ (driver-written bits)
   uint16_t queue_select_ = 0;           // guarded by mutex_
-  std::vector<QueueState> queues_;      // guarded by mutex_
 
   // Read by queue threads without mutex_.
-  std::atomic<bool> needs_reset_{false};
   std::atomic<uint8_t> isr_{0};
   std::atomic<uint16_t> config_vector_{kVirtioNoVector};
   std::unique_ptr<std::atomic<uint16_t>[]> queue_vectors_;
-
-  mutable std::mutex msix_mutex_;
-  bool msix_enabled_ = false;                 // guarded by msix_mutex_
-  bool msix_function_masked_ = false;         // guarded by msix_mutex_
-  std::vector<MsixEntry> msix_table_;         // guarded by msix_mutex_
-  std::vector<bool> msix_pending_;            // guarded by msix_mutex_
-  std::vector<bool> msix_dirty_;              // guarded by msix_mutex_
-  std::vector<std::unique_ptr<MsiIrq>> irqs_;  // guarded by msix_mutex_
 };
 
 }  // namespace tern::devices

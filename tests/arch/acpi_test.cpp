@@ -157,3 +157,29 @@ TEST(Acpi, RejectsTooSmallAreaAndBadCpuCounts) {
 
 }  // namespace
 }  // namespace tern::arch::x86_64
+
+namespace tern::arch::x86_64 {
+namespace {
+
+TEST(AcpiVirtioMmio, EachDeviceIsLnro0005WithItsWindowAndInterrupt) {
+  std::vector<uint8_t> area(0x10000);
+  AcpiConfig config;
+  config.virtio_mmio = {{.base = 0xe0100000, .size = 0x1000, .gsi = 5}, {.base = 0xe0101000, .size = 0x1000, .gsi = 16}};
+  auto rsdp = write_acpi_tables(area, kAreaGpa, config);
+  ASSERT_TRUE(rsdp.has_value());
+  auto tables = walk(area, *rsdp);
+  char tmpl[] = "/tmp/tern-acpi-XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  std::string dsl = disassemble(tmpl, "DSDT", tables.at("DSDT"));
+  std::filesystem::remove_all(tmpl);
+  for (const char* want : {"Device (VR00)", "Device (VR01)", "Name (_HID, \"LNRO0005\")",
+                           "0xE0100000,         // Address Base", "0xE0101000,         // Address Base",
+                           "0x00001000,         // Address Length",
+                           "Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, )",
+                           "0x00000005,", "0x00000010,"}) {
+    EXPECT_NE(dsl.find(want), std::string::npos) << want << "\n" << dsl;
+  }
+}
+
+}  // namespace
+}  // namespace tern::arch::x86_64

@@ -3,9 +3,12 @@
  * "ok N what" / "not ok N what". It powers off when every check passed and
  * resets the machine (tern exit status 2) when one failed.
  *
- * It finds the device by PCI enumeration (ports 0xcf8/0xcfc), initializes it
- * per virtio 1.x section 3.1.1, takes MSI-X interrupts through its own IDT
- * and the LAPIC, and does real I/O against a disk the host test prepared:
+ * It finds the device by PCI enumeration (ports 0xcf8/0xcfc) and takes
+ * MSI-X interrupts, or (transport=mmio) by probing tern's virtio-mmio window
+ * for the magic value and takes the device's interrupt line through the
+ * IOAPIC; either way it initializes it per virtio 1.x section 3.1.1, handles
+ * interrupts through its own IDT and the LAPIC, and does real I/O against a
+ * disk the host test prepared:
  * every 512-byte sector N holds 64 little-endian words, word k = N * 64 + k.
  *
  * Without "prepared" on the command line the guest first writes that pattern
@@ -14,7 +17,9 @@
  * Command line words: prepared (the host wrote the pattern), idle (after the checks, wait for configuration-change
  * interrupts and print "capacity N"), hostile (send malformed chains, expect
  * NEEDS_RESET, reset and recover), expect_ro, expect_queues=N, serial=STR,
- * reqs=N (requests of the throughput run).
+ * reqs=N (requests of the throughput run), transport=pci|mmio|both (which
+ * device to drive; both: the PCI disk, then the MMIO disk, each through
+ * every check).
  *
  * Before the device checks it executes each instruction of tern's emulation
  * fallback table (vmm/emulation_fallback.h: int3, int n, clac/stac, fwait, lsl,
@@ -160,6 +165,8 @@ static u64 get_number(const char* key, u64 dflt) {
 #define LAPIC 0xfee00000ull
 #define VEC_CONFIG 0x40
 #define VEC_QUEUE0 0x41
+#define VEC_MMIO 0x48
+#define IOAPIC 0xfec00000ull
 
 struct idt_entry {
   u16 off_lo, sel;
@@ -174,6 +181,7 @@ static volatile u32 queue_irqs[2];
 
 struct interrupt_frame;
 static void eoi(void) { mmio_w32(LAPIC + 0xb0, 0); }
+static u64 mmio_base; /* the virtio-mmio device in use, for its interrupt handler */
 
 __attribute__((interrupt)) static void config_isr(struct interrupt_frame* f) {
   (void)f;
@@ -188,6 +196,19 @@ __attribute__((interrupt)) static void queue0_isr(struct interrupt_frame* f) {
 __attribute__((interrupt)) static void queue1_isr(struct interrupt_frame* f) {
   (void)f;
   queue_irqs[1] = queue_irqs[1] + 1;
+  eoi();
+}
+/* virtio-mmio: one line for the whole device; InterruptStatus says why
+ * (bit 0 used buffers on some queue, bit 1 configuration change). */
+__attribute__((interrupt)) static void mmio_isr(struct interrupt_frame* f) {
+  (void)f;
+  u32 why = mmio_r32(mmio_base + 0x60);
+  mmio_w32(mmio_base + 0x64, why);
+  if (why & 2) config_irqs = config_irqs + 1;
+  if (why & 1) {
+    queue_irqs[0] = queue_irqs[0] + 1;
+    queue_irqs[1] = queue_irqs[1] + 1;
+  }
   eoi();
 }
 
@@ -223,6 +244,7 @@ static void setup_interrupts(void) {
   set_gate(VEC_CONFIG, config_isr);
   set_gate(VEC_QUEUE0, queue0_isr);
   set_gate(VEC_QUEUE0 + 1, queue1_isr);
+  set_gate(VEC_MMIO, mmio_isr);
   set_gate(3, bp_isr);
   set_gate(0x81, sw_isr);
   set_gate_raw(13, (u64)gp_isr);
@@ -317,6 +339,9 @@ static struct queue queues[2];
 static u8 data_buf[SLOTS * 2][4096] __attribute__((aligned(4096)));
 
 static struct {
+  int mmio; /* the virtio-mmio transport (else virtio-pci) */
+  u64 base; /* virtio-mmio registers */
+  u32 gsi;  /* virtio-mmio interrupt line */
   u32 pci;  /* bus 0 device number */
   u64 bar, common, notify_base, isr, devcfg, msix_table;
   u32 notify_mult;
@@ -373,8 +398,89 @@ static int find_device(void) {
   return 0;
 }
 
-static u8 status(void) { return mmio_r8(dev.common + C_STATUS); }
-static void set_status(u8 s) { mmio_w8(dev.common + C_STATUS, s); }
+/* ---- virtio-mmio (4.2.2) ---- */
+
+#define M_DFEAT 0x010
+#define M_DFSEL 0x014
+#define M_GFEAT 0x020
+#define M_GFSEL 0x024
+#define M_QSEL 0x030
+#define M_QNUMMAX 0x034
+#define M_QNUM 0x038
+#define M_QREADY 0x044
+#define M_QNOTIFY 0x050
+#define M_STATUS 0x070
+#define M_QDESC 0x080
+#define M_QDRIVER 0x090
+#define M_QDEVICE 0x0a0
+#define M_GEN 0x0fc
+#define M_CONFIG 0x100
+
+/* tern's virtio-mmio window and the interrupt line of each slot
+ * (arch/x86_64/layout.h: kVirtioMmioStart, kVirtioMmioIrqs). */
+#define MMIO_WINDOW 0xe0100000ull
+static const u8 mmio_irqs[16] = {5, 6, 7, 9, 10, 11, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23};
+
+static int find_mmio_device(void) {
+  for (u32 i = 0; i < 16; ++i) {
+    u64 b = MMIO_WINDOW + 0x1000ull * i;
+    if (mmio_r32(b) != 0x74726976 || mmio_r32(b + 4) != 2 || mmio_r32(b + 8) != 2) continue;
+    dev.mmio = 1;
+    dev.base = b;
+    dev.gsi = mmio_irqs[i];
+    dev.devcfg = b + M_CONFIG;
+    mmio_base = b;
+    return 1;
+  }
+  return 0;
+}
+
+static void ioapic_write(u32 reg, u32 v) {
+  mmio_w32(IOAPIC, reg);
+  mmio_w32(IOAPIC + 0x10, v);
+}
+/* The device's line: edge, active high, fixed delivery to this CPU. The
+ * legacy PICs stay masked (KVM wires ISA lines to them too). */
+static void route_mmio_irq(void) {
+  outb(0x21, 0xff);
+  outb(0xa1, 0xff);
+  u32 dest = mmio_r32(LAPIC + 0x20) >> 24;
+  ioapic_write(0x11 + 2 * dev.gsi, dest << 24);
+  ioapic_write(0x10 + 2 * dev.gsi, VEC_MMIO);
+}
+
+static u8 status(void) {
+  return dev.mmio ? (u8)mmio_r32(dev.base + M_STATUS) : mmio_r8(dev.common + C_STATUS);
+}
+static void set_status(u8 s) {
+  if (dev.mmio) mmio_w32(dev.base + M_STATUS, s);
+  else mmio_w8(dev.common + C_STATUS, s);
+}
+static u32 device_features(u32 sel) {
+  mmio_w32(dev.mmio ? dev.base + M_DFSEL : dev.common + C_DFSEL, sel);
+  return mmio_r32(dev.mmio ? dev.base + M_DFEAT : dev.common + C_DF);
+}
+static void driver_features(u32 sel, u32 v) {
+  mmio_w32(dev.mmio ? dev.base + M_GFSEL : dev.common + C_GFSEL, sel);
+  mmio_w32(dev.mmio ? dev.base + M_GFEAT : dev.common + C_GF, v);
+}
+static u8 config_generation(void) {
+  return dev.mmio ? (u8)mmio_r32(dev.base + M_GEN) : mmio_r8(dev.common + C_GEN);
+}
+
+/* Queue set-up on virtio-mmio; 0 on success. */
+static int mmio_setup_queue(int q, struct queue* Q) {
+  u64 b = dev.base;
+  mmio_w32(b + M_QSEL, (u32)q);
+  if (mmio_r32(b + M_QREADY) != 0 || mmio_r32(b + M_QNUMMAX) < QSZ) return 3;
+  mmio_w32(b + M_QNUM, QSZ);
+  mmio_w64(b + M_QDESC, (u64)Q->m->desc);
+  mmio_w64(b + M_QDRIVER, (u64)&Q->m->avail_flags);
+  mmio_w64(b + M_QDEVICE, (u64)&Q->m->used_flags);
+  Q->notify = b + M_QNOTIFY;
+  mmio_w32(b + M_QREADY, 1);
+  return mmio_r32(b + M_QREADY) == 1 ? 0 : 4;
+}
 
 /* 3.1.1 device initialization; returns 0 on success. */
 static int dev_init(int quiet) {
@@ -383,20 +489,34 @@ static int dev_init(int quiet) {
   }
   set_status(1);
   set_status(1 | 2);
-  mmio_w32(dev.common + C_DFSEL, 0);
-  u64 f = mmio_r32(dev.common + C_DF);
-  mmio_w32(dev.common + C_DFSEL, 1);
-  f |= (u64)mmio_r32(dev.common + C_DF) << 32;
+  u64 f = device_features(0);
+  f |= (u64)device_features(1) << 32;
   u64 want = F_VERSION_1 | F_RO | F_BLK_SIZE | F_SEG_MAX | F_FLUSH | F_MQ | F_DISCARD |
              F_WRITE_ZEROES | F_INDIRECT | F_EVENT_IDX;
   dev.features = f & want;
-  mmio_w32(dev.common + C_GFSEL, 0);
-  mmio_w32(dev.common + C_GF, (u32)dev.features);
-  mmio_w32(dev.common + C_GFSEL, 1);
-  mmio_w32(dev.common + C_GF, (u32)(dev.features >> 32));
+  driver_features(0, (u32)dev.features);
+  driver_features(1, (u32)(dev.features >> 32));
   set_status(1 | 2 | 8);
   if (!(status() & 8)) return 1;
   if (!quiet) check((f & F_VERSION_1) != 0, "features negotiated (VERSION_1, FEATURES_OK)");
+
+  if (dev.mmio) {
+    /* 4.2.3.1: no queue count register; the device offers what it has
+     * (QueueNumMax 0 past the last queue). */
+    mmio_w32(dev.base + M_QSEL, 1);
+    int two = (dev.features & F_MQ) && mmio_r32(dev.base + M_QNUMMAX) != 0;
+    dev.nqueues = two ? 2 : 1;
+    for (int q = 0; q < dev.nqueues; ++q) {
+      memset(&qmem[q], 0, sizeof qmem[q]);
+      memset(&queues[q], 0, sizeof queues[q]);
+      queues[q].m = &qmem[q];
+      int r = mmio_setup_queue(q, &queues[q]);
+      if (r) return r;
+    }
+    set_status(1 | 2 | 8 | 4);
+    dev.capacity = mmio_r32(dev.devcfg) | (u64)mmio_r32(dev.devcfg + 4) << 32;
+    return (status() & 0x40) ? 5 : 0;
+  }
 
   /* MSI-X: enable, program vector 0 (config) and 1.. (queues), unmask. */
   u32 dest = mmio_r32(LAPIC + 0x20) >> 24;
@@ -474,7 +594,8 @@ static void kick(struct queue* Q, int q) {
     if ((u16)(Q->next_avail - ev - 1) >= (u16)(Q->next_avail - old)) return;
   }
   ++kicks;
-  mmio_w16(Q->notify, (u16)q);
+  if (dev.mmio) mmio_w32(Q->notify, (u32)q);
+  else mmio_w16(Q->notify, (u16)q);
 }
 
 static u64 completed;
@@ -602,13 +723,15 @@ static void io_checks(int ro) {
   check(ok, "8 reads in flight at once");
 
   if (dev.nqueues == 2) {
+    if (dev.mmio) queue_irqs[1] = 0; /* the line is shared: count only what follows */
     st = request(1, T_IN, 80, b, 4096, 1, 0);
     check(st == S_OK && matches(b, 80, 8, 0), "read sectors 80-87 on queue 1");
     /* The completion may have been reaped before its interrupt arrived
      * (irqfd injection can lag); the first completion on a queue always
      * interrupts (used_event 0), so wait for it. */
     while (queue_irqs[1] == 0) wait_irq();
-    check(queue_irqs[1] > 0, "queue 1 completes on its own MSI-X vector");
+    check(queue_irqs[1] > 0, dev.mmio ? "queue 1 completion raises the device's interrupt line"
+                                      : "queue 1 completes on its own MSI-X vector");
     if (!ro) {
       pattern(b, 96, 8, 1);
       check(request(1, T_OUT, 96, b, 4096, 0, 0) == S_OK, "write sectors 96-103 on queue 1");
@@ -739,9 +862,9 @@ static void hostile_checks(void) {
 
 static u64 read_capacity(void) {
   for (;;) {
-    u8 gen = mmio_r8(dev.common + C_GEN);
+    u8 gen = config_generation();
     u64 c = mmio_r32(dev.devcfg) | (u64)mmio_r32(dev.devcfg + 4) << 32;
-    if (mmio_r8(dev.common + C_GEN) == gen) return c;
+    if (config_generation() == gen) return c;
   }
 }
 
@@ -829,22 +952,22 @@ static void idle_loop(int ro) {
   }
 }
 
-void guest_main(u8* boot_params) {
-  u32 cmd = *(u32*)(boot_params + 0x228);
-  if (cmd) cmdline = (const char*)(u64)cmd;
-  puts_("tern-test-guest: ");
-  puts_(cmdline);
-  putc_('\n');
-  setup_interrupts();
-  cpu_checks();
-  int found = find_device();
-  check(found, "virtio-blk found by PCI enumeration");
+/* Finds, initializes and checks one device; returns whether it is read-only. */
+static int drive_device(int mmio) {
+  int found = mmio ? find_mmio_device() : find_device();
+  check(found, mmio ? "virtio-blk found by probing the virtio-mmio window" : "virtio-blk found by PCI enumeration");
   if (!found) reset_machine();
-  puts_("# bar0 ");
-  puthex(dev.bar);
+  puts_(mmio ? "# virtio-mmio " : "# bar0 ");
+  puthex(mmio ? dev.base : dev.bar);
+  if (mmio) {
+    puts_(" irq ");
+    putu(dev.gsi);
+    route_mmio_irq();
+  }
   putc_('\n');
   int r = dev_init(0);
-  check(r == 0, "device initialized (MSI-X, queues, DRIVER_OK)");
+  check(r == 0, mmio ? "device initialized (interrupt line, queues, DRIVER_OK)"
+                     : "device initialized (MSI-X, queues, DRIVER_OK)");
   if (r != 0) reset_machine();
   int ro = (dev.features & F_RO) != 0;
   check(ro == has_word("expect_ro"), ro ? "device is read-only" : "device is writable");
@@ -861,7 +984,27 @@ void guest_main(u8* boot_params) {
   io_checks(ro);
   throughput(get_number("reqs", 256));
   if (has_word("hostile")) hostile_checks();
+  return ro;
+}
 
+void guest_main(u8* boot_params) {
+  u32 cmd = *(u32*)(boot_params + 0x228);
+  if (cmd) cmdline = (const char*)(u64)cmd;
+  puts_("tern-test-guest: ");
+  puts_(cmdline);
+  putc_('\n');
+  setup_interrupts();
+  cpu_checks();
+  char transport[8] = "pci";
+  get_value("transport", transport, sizeof transport);
+  int both = transport[0] == 'b';
+  int ro = 0;
+  for (int pass = 0; pass < (both ? 2 : 1); ++pass) {
+    int mmio = both ? pass == 1 : transport[0] == 'm';
+    memset(&dev, 0, sizeof dev);
+    queue_irqs[0] = queue_irqs[1] = 0;
+    ro = drive_device(mmio);
+  }
   puts_("done passed ");
   putu(checks - failures);
   puts_(" failed ");

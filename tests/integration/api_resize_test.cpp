@@ -54,7 +54,7 @@ void send_raw(const std::string& socket_path, const std::string& bytes, bool hal
 class ApiResize : public VirtioBlkGuest {
  protected:
   // Starts tern in the background with the guest idle after its checks.
-  void start(const std::string& disk_arg) {
+  void start(const std::string& disk_arg, const std::string& guest_cmdline = "idle") {
     sock_ = dir_ + "/api.sock";
     serial_ = dir_ + "/serial.log";
     std::string tern = build_dir() + "/tern";
@@ -62,7 +62,7 @@ class ApiResize : public VirtioBlkGuest {
     pid_ = ::fork();
     if (pid_ == 0) {
       ::execl(tern.c_str(), tern.c_str(), "--kernel", guest.c_str(), "--memory", "size=128M", "--cmdline",
-              "idle", "--disk", disk_arg.c_str(), "--api-socket", sock_.c_str(), "--serial",
+              guest_cmdline.c_str(), "--disk", disk_arg.c_str(), "--api-socket", sock_.c_str(), "--serial",
               ("file=" + serial_).c_str(), static_cast<char*>(nullptr));
       ::_exit(127);
     }
@@ -147,6 +147,16 @@ class ApiResize : public VirtioBlkGuest {
 TEST_F(ApiResize, RawDiskGrowsWhileTheGuestRuns) {
   std::string disk = raw_image();
   start("path=" + disk + ",id=data,num_queues=2");
+  grow_twice("data");
+  EXPECT_EQ(stop_with_tern_remote(), 0);
+  expect_past_end_writes(read_file(disk));
+}
+
+// The configuration-change interrupt over virtio-mmio: InterruptStatus bit 1
+// on the device's one line, then the new capacity under a new generation.
+TEST_F(ApiResize, MmioRawDiskGrowsWhileTheGuestRuns) {
+  std::string disk = raw_image();
+  start("path=" + disk + ",id=data,num_queues=2,transport=mmio", "idle transport=mmio");
   grow_twice("data");
   EXPECT_EQ(stop_with_tern_remote(), 0);
   expect_past_end_writes(read_file(disk));

@@ -76,7 +76,8 @@ class SmallKernel : public ::testing::Test {
   }
 
   // Boots the small kernel with one disk (id disk0) and the API socket.
-  void boot(const std::string& disk_arg, const std::string& cmdline_extra, bool initramfs = true) {
+  void boot(const std::string& disk_arg, const std::string& cmdline_extra, bool initramfs = true,
+            const std::vector<std::string>& tern_extra = {}) {
     std::vector<std::string> args{"--kernel", build_dir() + "/guest/small/vmlinux"};
     if (initramfs) {
       args.push_back("--initramfs");
@@ -86,6 +87,7 @@ class SmallKernel : public ::testing::Test {
     std::vector<std::string> more{"--cmdline", base_cmdline() + " " + cmdline_extra, "--cpus", "boot=2",
                                   "--memory", "size=256M", "--disk", disk_arg, "--api-socket", sock_};
     args.insert(args.end(), more.begin(), more.end());
+    args.insert(args.end(), tern_extra.begin(), tern_extra.end());
     tern_.start(args, dir_ + "/console.log", dir_ + "/tern.log");
   }
 
@@ -233,6 +235,35 @@ class SmallKernelDisk : public SmallKernel {
 
 TEST_F(SmallKernelDisk, RawProbeWriteReadDiscardLiveResizePowerOff) { run("raw"); }
 TEST_F(SmallKernelDisk, Qcow2ProbeWriteReadDiscardLiveResizePowerOff) { run("qcow2"); }
+
+// A virtio-mmio disk that Linux finds through ACPI alone: tern's command
+// line hint is off (--virtio-mmio-cmdline off, as Debian's kernel, which
+// lacks virtio_mmio.device=, would need), so the kernel binds the DSDT's
+// LNRO0005 device; the guest says its vda sits under that platform device,
+// writes and reads patterns, and sees a live resize through the API.
+TEST_F(SmallKernel, MmioDiskFoundThroughAcpiDoesIoAndSeesALiveResize) {
+  std::string disk = image("disk.raw", "raw");
+  boot("path=" + disk + ",id=disk0,transport=mmio", "tern.run=/tests/where.sh&&/tests/rw.sh&&/tests/resize.sh",
+       /*initramfs=*/true, {"--virtio-mmio-cmdline", "off"});
+  expect_line(probe_line(kDiskSectors));
+  expect_line("tern-guest: disk vda " + std::to_string(kDiskSectors) + " sectors");
+  expect_line("tern-test: vda device /sys/devices/platform/LNRO0005:00/virtio0");
+  expect_line("tern-test: rw done");
+  ASSERT_TRUE(tern_.wait_for("tern-test: size " + std::to_string(kDiskSectors) + " sectors; waiting for a resize",
+                             limit()))
+      << tern_.report();
+  EXPECT_EQ(curl("PUT", "vm.resize-disk", R"({"id":"disk0","desired_size":)" + std::to_string(kGrown) + "}"), "204");
+  expect_line("vda: detected capacity change from " + std::to_string(kDiskSectors) + " to " +
+              std::to_string(kGrown / 512));
+  expect_line("tern-test: resize done");
+  expect_line("tern-guest: powering off");
+  EXPECT_EQ(finish(), 0);
+  EXPECT_EQ(tern_.console().find("virtio_mmio.device="), std::string::npos) << "the command line named the device";
+  expect_host_pattern(disk, "raw", 0, 8 * 512, "0x5a");
+  expect_host_pattern(disk, "raw", kDiskBytes - 512, 512, "0xc3");
+  expect_host_pattern(disk, "raw", kDiskBytes, 8 * 512, "0x6b");
+  expect_host_pattern(disk, "raw", kGrown - 512, 512, "0x9d");
+}
 
 // A read-only disk: the guest's kernel marks it read-only, reads return
 // the host's bytes, a write fails in the guest, and the image is untouched.

@@ -1,5 +1,6 @@
 // The command line: cloud-hypervisor style options, every value validated.
 #include "vmm/config.h"
+#include "vmm/machine.h"
 #include "vmm/host_kvm.h"
 
 #include <gtest/gtest.h>
@@ -130,6 +131,40 @@ TEST(Config, WholeCommandLine) {
   EXPECT_EQ(c->disks[0].id, "disk0");
   EXPECT_EQ(c->disks[1].id, "b");
   EXPECT_EQ(c->api_socket, "/tmp/api.sock");
+}
+
+TEST(Config, DiskTransportAndTheMmioCommandLine) {
+  auto c = parse({"--kernel", "/etc/hostname", "--disk", "path=/a.img", "--disk", "path=/b.img,transport=mmio",
+                  "--disk", "path=/c.img,transport=pci", "--disk", "path=/d.img,transport=mmio"});
+  ASSERT_TRUE(c.has_value()) << c.error().message;
+  EXPECT_EQ(c->disks[0].transport, DiskTransport::Pci);
+  EXPECT_EQ(c->disks[1].transport, DiskTransport::Mmio);
+  EXPECT_EQ(c->disks[2].transport, DiskTransport::Pci);
+  EXPECT_TRUE(c->virtio_mmio_cmdline);
+  // MMIO disks take the slots in order; PCI disks take none.
+  auto slots = mmio_slots(c->disks);
+  ASSERT_EQ(slots.size(), 4u);
+  EXPECT_FALSE(slots[0] || slots[2]);
+  ASSERT_TRUE(slots[1] && slots[3]);
+  EXPECT_EQ(slots[1]->base, 0xe0100000u);
+  EXPECT_EQ(slots[1]->gsi, 5u);
+  EXPECT_EQ(slots[3]->base, 0xe0101000u);
+  EXPECT_EQ(slots[3]->gsi, 6u);
+  EXPECT_EQ(virtio_mmio_cmdline(c->disks),
+            " virtio_mmio.device=4K@0xe0100000:5 virtio_mmio.device=4K@0xe0101000:6");
+
+  auto off = parse({"--kernel", "/etc/hostname", "--virtio-mmio-cmdline", "off"});
+  ASSERT_TRUE(off.has_value());
+  EXPECT_FALSE(off->virtio_mmio_cmdline);
+  EXPECT_FALSE(parse({"--kernel", "/etc/hostname", "--virtio-mmio-cmdline", "maybe"}).has_value());
+  EXPECT_FALSE(parse_disk("path=/a,transport=usb", 0).has_value());
+  std::vector<std::string> many;
+  std::vector<const char*> args = {"--kernel", "/etc/hostname"};
+  for (size_t i = 0; i <= kMaxMmioDisks; ++i) many.push_back("path=/x" + std::to_string(i) + ",transport=mmio");
+  for (auto& m : many) args.insert(args.end(), {"--disk", m.c_str()});
+  auto too_many = parse(args);
+  ASSERT_FALSE(too_many.has_value());
+  EXPECT_NE(too_many.error().message.find("transport=mmio"), std::string::npos);
 }
 
 TEST(Config, CommandLineErrors) {

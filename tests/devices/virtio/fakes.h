@@ -327,6 +327,14 @@ class FakeMsiIrq final : public MsiIrq {
   std::optional<MsiMessage> message;  // guarded by mutex
 };
 
+class FakeIrqLine final : public IrqLine {
+ public:
+  explicit FakeIrqLine(uint32_t g) : gsi(g) {}
+  void trigger() override { triggers.fetch_add(1); }
+  const uint32_t gsi;
+  std::atomic<int> triggers{0};
+};
+
 class FakeVmServices final : public VmServices {
  public:
   struct IoEventFd {
@@ -353,8 +361,15 @@ class FakeVmServices final : public VmServices {
     return irq;
   }
   void set_irq_line(uint32_t, bool) override {}
+  SysResult<std::unique_ptr<IrqLine>> create_irq_line(uint32_t gsi) override {
+    auto line = std::make_unique<FakeIrqLine>(gsi);
+    std::lock_guard lock(mutex);
+    lines.push_back(line.get());
+    return line;
+  }
 
   std::mutex mutex;
+  std::vector<FakeIrqLine*> lines;    // guarded by mutex
   std::vector<IoEventFd> ioeventfds;  // guarded by mutex
   std::vector<FakeMsiIrq*> irqs;      // guarded by mutex
 };

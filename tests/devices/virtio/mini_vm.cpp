@@ -67,6 +67,10 @@ class KvmServices final : public VmServices {
     return std::make_unique<KvmMsiIrq>(*this, next_gsi_++, std::move(*fd));
   }
   void set_irq_line(uint32_t, bool) override {}
+  // MiniVm has no IOAPIC routes: its device is virtio-pci with MSI-X only.
+  SysResult<std::unique_ptr<IrqLine>> create_irq_line(uint32_t) override {
+    return std::unexpected(SysError{"MiniVm: no legacy interrupt lines", ENOSYS});
+  }
 
   SysResult<void> route(uint32_t gsi, std::optional<MsiMessage> m) {
     std::lock_guard lock(mutex_);

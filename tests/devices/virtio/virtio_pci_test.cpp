@@ -3,7 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "devices/virtio/virtio_blk.h"
-#include "devices/virtio/virtio_blk_pci.h"
+#include "devices/virtio/blk_factory.h"
 #include "tests/devices/virtio/fakes.h"
 
 namespace tern::devices {
@@ -267,24 +267,36 @@ TEST_F(PciFixture, PciCfgWindowReachesTheBar) {
   EXPECT_EQ(cfg<uint32_t>(cap + 16) & 0xffff, 2u);
 }
 
-TEST(MakeVirtioBlkPci, RefusesBadOptionsAndNamesTheDisk) {
+TEST(MakeVirtioBlk, RefusesBadOptionsAndNamesTheDisk) {
   TestRam ram(1 << 20);
   FakeVmServices vm;
   VirtioBlkOptions o{.read_only = false, .num_queues = 0, .queue_size = 128, .serial = "", .id = "d0"};
-  auto r = make_virtio_blk_pci({.path = "/nonexistent/x.img"}, o, vm, ram.memory());
+  auto r = make_virtio_blk({.path = "/nonexistent/x.img"}, o, VirtioTransport::Pci, {}, vm, ram.memory());
   ASSERT_FALSE(r.has_value());
   EXPECT_EQ(r.error().step, VirtioBlkSetupError::Step::BadOptions);
   o.num_queues = 1;
   o.queue_size = 100;
-  r = make_virtio_blk_pci({.path = "/nonexistent/x.img"}, o, vm, ram.memory());
+  r = make_virtio_blk({.path = "/nonexistent/x.img"}, o, VirtioTransport::Pci, {}, vm, ram.memory());
   ASSERT_FALSE(r.has_value());
   EXPECT_EQ(r.error().step, VirtioBlkSetupError::Step::BadOptions);
   o.queue_size = 128;
-  r = make_virtio_blk_pci({.path = "/nonexistent/x.img"}, o, vm, ram.memory());
+  r = make_virtio_blk({.path = "/nonexistent/x.img"}, o, VirtioTransport::Pci, {}, vm, ram.memory());
   ASSERT_FALSE(r.has_value());
   EXPECT_EQ(r.error().step, VirtioBlkSetupError::Step::OpenDisk);
   EXPECT_NE(r.error().message.find("d0"), std::string::npos);
   EXPECT_NE(r.error().message.find("/nonexistent/x.img"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace tern::devices
+
+namespace tern::devices {
+namespace {
+
+TEST(VirtioPciClass, FollowsTheDeviceType) {
+  EXPECT_EQ(virtio_pci_class(2), 0x0180);  // block: mass storage
+  EXPECT_EQ(virtio_pci_class(1), 0x0200);  // net: ethernet
+  EXPECT_EQ(virtio_pci_class(4), 0x00ff);  // entropy: unclassified
 }
 
 }  // namespace

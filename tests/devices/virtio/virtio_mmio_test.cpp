@@ -1,0 +1,292 @@
+// The virtio-mmio transport, register by register, then what a hostile
+// driver may write (odd sizes and offsets, queue select out of range, ready
+// with bad addresses, status moving backwards, random writes): every access
+// is answered and the device still works after a reset.
+#include "devices/virtio/virtio_mmio.h"
+
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "devices/virtio/blk_factory.h"
+#include "devices/virtio/virtio_blk.h"
+#include "tests/devices/virtio/fakes.h"
+
+namespace tern::devices {
+namespace {
+
+using testing::DriverQueue;
+using testing::FakeVmServices;
+using testing::MemDisk;
+using testing::TestRam;
+using testing::wait_for;
+namespace r = mmio_reg;
+
+constexpr uint16_t kSize = 16;
+constexpr uint64_t kBase = 0xe0100000;
+constexpr uint32_t kGsi = 5;
+constexpr uint8_t kAll = kStatusAcknowledge | kStatusDriver | kStatusFeaturesOk | kStatusDriverOk;
+
+struct MmioFixture : ::testing::Test {
+  TestRam ram{4 << 20};
+  FakeVmServices vm;
+  std::unique_ptr<VirtioMmioDevice> dev;
+  VirtioBlk* blk = nullptr;
+  MemDisk* disk = nullptr;
+
+  void SetUp() override {
+    auto d = std::make_unique<MemDisk>(64 * 512);
+    disk = d.get();
+    auto made = make_virtio_blk({}, VirtioBlkOptions{.num_queues = 2, .queue_size = kSize, .serial = "s", .id = "m"},
+                                VirtioTransport::Mmio, {.base = kBase, .gsi = kGsi}, vm, ram.memory(), std::move(d));
+    ASSERT_TRUE(made.has_value()) << made.error().message;
+    dev = std::move(made->mmio);
+    blk = made->blk;
+  }
+
+  uint32_t rd(uint64_t off) {
+    uint32_t v = 0;
+    dev->read(off, std::span<uint8_t>(reinterpret_cast<uint8_t*>(&v), 4));
+    return v;
+  }
+  void wr(uint64_t off, uint32_t v) {
+    dev->write(off, std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(&v), 4));
+  }
+  int irq_triggers() {
+    std::lock_guard lock(vm.mutex);
+    return vm.lines.at(0)->triggers.load();
+  }
+  uint64_t features() {
+    wr(r::kDeviceFeaturesSel, 0);
+    uint64_t lo = rd(r::kDeviceFeatures);
+    wr(r::kDeviceFeaturesSel, 1);
+    return lo | uint64_t{rd(r::kDeviceFeatures)} << 32;
+  }
+  void negotiate(uint64_t f) {
+    wr(r::kStatus, kStatusAcknowledge);
+    wr(r::kStatus, kStatusAcknowledge | kStatusDriver);
+    wr(r::kDriverFeaturesSel, 0);
+    wr(r::kDriverFeatures, static_cast<uint32_t>(f));
+    wr(r::kDriverFeaturesSel, 1);
+    wr(r::kDriverFeatures, static_cast<uint32_t>(f >> 32));
+    wr(r::kStatus, kStatusAcknowledge | kStatusDriver | kStatusFeaturesOk);
+  }
+  void setup_queue(uint32_t q, const QueueConfig& c) {
+    wr(r::kQueueSel, q);
+    wr(r::kQueueNum, c.size);
+    wr(r::kQueueDescLow, static_cast<uint32_t>(c.desc_addr));
+    wr(r::kQueueDescHigh, static_cast<uint32_t>(c.desc_addr >> 32));
+    wr(r::kQueueDriverLow, static_cast<uint32_t>(c.avail_addr));
+    wr(r::kQueueDriverHigh, static_cast<uint32_t>(c.avail_addr >> 32));
+    wr(r::kQueueDeviceLow, static_cast<uint32_t>(c.used_addr));
+    wr(r::kQueueDeviceHigh, static_cast<uint32_t>(c.used_addr >> 32));
+    wr(r::kQueueReady, 1);
+  }
+  // A read of sector 7 on queue `q`, notified through the register.
+  void read_sector_7(DriverQueue& dq, uint32_t q) {
+    disk->bytes()[512 * 7] = 0x77;
+    ram.put<uint32_t>(0x100000, kBlkTIn);
+    ram.put<uint64_t>(0x100008, 7);
+    dq.add_chain({{0x100000, 16, false}, {0x200000, 512, true}, {0x300000, 1, true}});
+    wr(r::kQueueNotify, q);
+  }
+  void expect_works_after_reset() {
+    wr(r::kStatus, 0);
+    ASSERT_EQ(rd(r::kStatus), 0u);
+    DriverQueue dq(ram, kSize, 0x20000);
+    negotiate(features());
+    setup_queue(0, dq.config());
+    wr(r::kStatus, kAll);
+    ASSERT_EQ(rd(r::kStatus) & kStatusNeedsReset, 0u);
+    read_sector_7(dq, 0);
+    ASSERT_TRUE(wait_for([&] { return dq.used_idx() == 1; }));
+    EXPECT_EQ(ram.get<uint8_t>(0x300000), kBlkSOk);
+    EXPECT_EQ(ram.get<uint8_t>(0x200000), 0x77);
+  }
+};
+
+TEST_F(MmioFixture, IdentityRegisters) {
+  EXPECT_EQ(rd(r::kMagic), 0x74726976u);
+  EXPECT_EQ(rd(r::kVersion), 2u);
+  EXPECT_EQ(rd(r::kDeviceId), 2u);
+  EXPECT_EQ(rd(r::kVendorId), kVirtioMmioVendor);
+  EXPECT_EQ(rd(r::kConfigGeneration), 0u);
+  EXPECT_EQ(rd(r::kStatus), 0u);
+  EXPECT_EQ(rd(r::kInterruptStatus), 0u);
+  wr(r::kShmSel, 0);
+  EXPECT_EQ(rd(r::kShmLenLow), 0xffffffffu);  // no shared memory regions
+  EXPECT_EQ(rd(r::kShmBaseHigh), 0xffffffffu);
+  EXPECT_EQ(dev->base(), kBase);
+  EXPECT_EQ(dev->gsi(), kGsi);
+  std::lock_guard lock(vm.mutex);
+  ASSERT_EQ(vm.lines.size(), 1u);
+  EXPECT_EQ(vm.lines[0]->gsi, kGsi);
+}
+
+TEST_F(MmioFixture, QueueNotifyIoeventfdsOnePerQueue) {
+  std::lock_guard lock(vm.mutex);
+  ASSERT_EQ(vm.ioeventfds.size(), 2u);
+  for (auto& e : vm.ioeventfds) {
+    EXPECT_EQ(e.addr, kBase + r::kQueueNotify);
+    EXPECT_EQ(e.len, 4u);
+  }
+  EXPECT_NE(vm.ioeventfds[0].fd, vm.ioeventfds[1].fd);
+}
+
+TEST_F(MmioFixture, FeatureSelectorsAndQueueRegisters) {
+  uint64_t f = features();
+  EXPECT_TRUE(f & kVirtioFVersion1);
+  EXPECT_TRUE(f & kBlkFMq);
+  wr(r::kDeviceFeaturesSel, 2);
+  EXPECT_EQ(rd(r::kDeviceFeatures), 0u);
+  wr(r::kQueueSel, 1);
+  EXPECT_EQ(rd(r::kQueueNumMax), kSize);
+  wr(r::kQueueNum, 8);
+  EXPECT_EQ(rd(r::kQueueNum), 8u);
+  wr(r::kQueueDescLow, 0x1234000);
+  wr(r::kQueueDescHigh, 1);
+  EXPECT_EQ(rd(r::kQueueDescLow), 0x1234000u);
+  EXPECT_EQ(rd(r::kQueueDescHigh), 1u);
+  wr(r::kQueueReady, 1);
+  EXPECT_EQ(rd(r::kQueueReady), 1u);
+  wr(r::kQueueNum, 4);  // ready: frozen
+  EXPECT_EQ(rd(r::kQueueNum), 8u);
+  wr(r::kQueueSel, 0);
+  EXPECT_EQ(rd(r::kQueueReady), 0u);
+  EXPECT_EQ(rd(r::kDriverFeatures), 0u);  // write-only registers read 0
+}
+
+TEST_F(MmioFixture, RequestOnQueue1RaisesTheLineAndAckClearsIt) {
+  DriverQueue q0(ram, kSize, 0x1000), q1(ram, kSize, 0x3000);
+  negotiate(features());
+  setup_queue(0, q0.config());
+  setup_queue(1, q1.config());
+  wr(r::kStatus, kAll);
+  ASSERT_EQ(rd(r::kStatus), kAll);
+  read_sector_7(q1, 1);
+  ASSERT_TRUE(wait_for([&] { return q1.used_idx() == 1 && irq_triggers() >= 1; }));
+  EXPECT_EQ(ram.get<uint8_t>(0x200000), 0x77);
+  EXPECT_EQ(q1.used_elem(0).second, 513u);
+  EXPECT_EQ(rd(r::kInterruptStatus), kMmioIntUsedBuffer);
+  wr(r::kInterruptAck, kMmioIntUsedBuffer);
+  EXPECT_EQ(rd(r::kInterruptStatus), 0u);
+}
+
+TEST_F(MmioFixture, ResizeChangesConfigAndGenerationAndRaisesConfigInterrupt) {
+  DriverQueue q0(ram, kSize, 0x1000);
+  negotiate(features());
+  setup_queue(0, q0.config());
+  wr(r::kStatus, kAll);
+  EXPECT_EQ(rd(r::kConfig), 64u);  // capacity, sectors
+  ASSERT_TRUE(blk->resize(128 * 512).has_value());
+  EXPECT_EQ(rd(r::kConfig), 128u);
+  EXPECT_EQ(rd(r::kConfigGeneration), 1u);
+  EXPECT_EQ(rd(r::kInterruptStatus) & kMmioIntConfig, kMmioIntConfig);
+  EXPECT_GE(irq_triggers(), 1);
+  uint8_t b = 0xaa;  // 8-bit config access
+  dev->read(r::kConfig + 1, std::span<uint8_t>(&b, 1));
+  EXPECT_EQ(b, 0);
+}
+
+// ---- hostile drivers ----
+
+TEST_F(MmioFixture, OddSizesAndOffsetsReadZeroAndWriteNothing) {
+  for (uint64_t off : {r::kMagic, r::kStatus, r::kQueueNumMax}) {
+    for (size_t len : {1u, 2u, 8u}) {
+      std::vector<uint8_t> buf(len, 0xaa);
+      dev->read(off, buf);
+      EXPECT_EQ(buf, std::vector<uint8_t>(len, 0)) << off << " " << len;
+    }
+  }
+  uint8_t one = kStatusAcknowledge;
+  dev->write(r::kStatus, std::span<const uint8_t>(&one, 1));
+  EXPECT_EQ(rd(r::kStatus), 0u);
+  uint64_t eight = 0xffffffffffffffff;
+  dev->write(r::kQueueSel, std::span<const uint8_t>(reinterpret_cast<uint8_t*>(&eight), 8));
+  wr(r::kQueueSel, 0);
+  EXPECT_EQ(rd(r::kQueueNumMax), kSize);
+  wr(r::kStatus + 1, 0xffffffff);  // misaligned
+  EXPECT_EQ(rd(r::kStatus), 0u);
+  EXPECT_EQ(rd(r::kStatus + 2), 0u);
+  // Past the region and straddling its end: nothing, no crash.
+  uint32_t v = 0x12345678;
+  dev->write(kVirtioMmioSize - 2, std::span<const uint8_t>(reinterpret_cast<uint8_t*>(&v), 4));
+  dev->write(kVirtioMmioSize + 0x100, std::span<const uint8_t>(reinterpret_cast<uint8_t*>(&v), 4));
+  dev->read(~uint64_t{0} - 1, std::span<uint8_t>(reinterpret_cast<uint8_t*>(&v), 4));
+  EXPECT_EQ(v, 0u);
+  wr(r::kMagic, 0);  // read-only
+  EXPECT_EQ(rd(r::kMagic), kVirtioMmioMagic);
+  expect_works_after_reset();
+}
+
+TEST_F(MmioFixture, QueueSelectOutOfRangeIsInert) {
+  negotiate(features());
+  for (uint32_t sel : {2u, 64u, 0xffffu, 0x10000u, 0xffffffffu}) {
+    wr(r::kQueueSel, sel);
+    EXPECT_EQ(rd(r::kQueueNumMax), 0u) << sel;
+    wr(r::kQueueNum, 8);
+    wr(r::kQueueDescLow, 0x1000);
+    wr(r::kQueueReady, 1);
+    EXPECT_EQ(rd(r::kQueueReady), 0u) << sel;
+    EXPECT_EQ(rd(r::kQueueNum), 0u) << sel;
+    wr(r::kQueueNotify, sel);  // names no queue
+  }
+  wr(r::kStatus, kAll);  // no queue ready: the device activates with none
+  EXPECT_EQ(rd(r::kStatus) & kStatusNeedsReset, 0u);
+  expect_works_after_reset();
+}
+
+TEST_F(MmioFixture, ReadyWithBadAddressesEndsInNeedsReset) {
+  negotiate(features());
+  setup_queue(0, QueueConfig{kSize, 0xfff00000000, 0x1000, 0x2000});  // outside RAM
+  wr(r::kStatus, kAll);
+  EXPECT_TRUE(rd(r::kStatus) & kStatusNeedsReset);
+  EXPECT_TRUE(rd(r::kInterruptStatus) & kMmioIntConfig);
+  expect_works_after_reset();
+
+  wr(r::kStatus, 0);
+  negotiate(features());
+  setup_queue(0, QueueConfig{3, 0x1000, 0x2000, 0x3000});  // not a power of two
+  wr(r::kStatus, kAll);
+  EXPECT_TRUE(rd(r::kStatus) & kStatusNeedsReset);
+  wr(r::kStatus, 0);
+  negotiate(features());
+  setup_queue(0, QueueConfig{kSize, 0x1001, 0x2000, 0x3000});  // misaligned ring
+  wr(r::kStatus, kAll);
+  EXPECT_TRUE(rd(r::kStatus) & kStatusNeedsReset);
+  expect_works_after_reset();
+}
+
+TEST_F(MmioFixture, StatusMovingBackwardsIsRefused) {
+  DriverQueue q0(ram, kSize, 0x1000);
+  negotiate(features());
+  setup_queue(0, q0.config());
+  wr(r::kStatus, kAll);
+  wr(r::kStatus, kStatusAcknowledge | kStatusDriver);  // clears FEATURES_OK and DRIVER_OK
+  EXPECT_EQ(rd(r::kStatus), kAll);
+  wr(r::kStatus, 0x1ff);  // more than a byte
+  EXPECT_EQ(rd(r::kStatus), kAll);
+  wr(r::kStatus, kAll | kStatusFailed);  // the driver gives up: allowed
+  EXPECT_EQ(rd(r::kStatus), kAll | kStatusFailed);
+  expect_works_after_reset();
+}
+
+TEST_F(MmioFixture, RandomWritesNeverCrashAndResetRecovers) {
+  std::mt19937_64 rng(13);
+  for (int i = 0; i < 20000; ++i) {
+    uint64_t off = rng() % (kVirtioMmioSize + 16);
+    size_t len = size_t{1} << (rng() % 4);
+    uint64_t value = rng();
+    if (rng() % 8 == 0) off = r::kStatus, len = 4, value = rng() % 256;
+    if (off == r::kQueueNotify && rng() % 2) value = rng() % 3;
+    if (rng() % 2) {
+      dev->write(off, std::span<const uint8_t>(reinterpret_cast<uint8_t*>(&value), len));
+    } else {
+      dev->read(off, std::span<uint8_t>(reinterpret_cast<uint8_t*>(&value), len));
+    }
+  }
+  expect_works_after_reset();
+}
+
+}  // namespace
+}  // namespace tern::devices
