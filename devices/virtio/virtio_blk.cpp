@@ -15,6 +15,7 @@
 
 #include "base/event_fd.h"
 #include "base/unique_fd.h"
+#include "base/thread_sandbox.h"
 #include "block/disk.h"
 #include "devices/virtio/blk_errors.h"
 #include "devices/virtio/rate_limited_log.h"
@@ -174,7 +175,7 @@ class BlkQueueWorker {
     }
     // The queue's loop: serves notifications and completions of this one
     // queue until the device is reset or destroyed.
-    w->thread_ = std::jthread([raw = w.get()](std::stop_token token) { raw->run(token); });
+    w->thread_ = start_thread(ThreadKind::VirtioQueue, [raw = w.get()](std::stop_token token) { raw->run(token); });
     return w;
   }
 
