@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <linux/kvm.h>
 #include <linux/landlock.h>
+#include <malloc.h>
 #include <sched.h>
 #include <seccomp.h>
 #include <signal.h>
@@ -11,10 +12,12 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/sysinfo.h>
 #include <sys/syscall.h>
 #include <ucontext.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <condition_variable>
@@ -534,6 +537,11 @@ std::expected<std::unique_ptr<Sandbox>, std::string> Sandbox::prepare(const VmCo
                    "(audit type=1326 in dmesg)\n");
     }
   }
+  // glibc's malloc reads /sys/devices/system/cpu/online and /proc/stat
+  // the first time a thread needs an arena of its own, unless the arena
+  // limit is set: set it to glibc's own default (8 per CPU on 64-bit), so
+  // that no confined thread has to open a file to allocate memory.
+  ::mallopt(M_ARENA_MAX, 8 * std::max(1, ::get_nprocs()));
   state.prepared = true;
   state.seccomp = c.seccomp;
   state.landlock = landlock;
