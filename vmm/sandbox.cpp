@@ -27,6 +27,10 @@
 #include <mutex>
 #include <span>
 
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/lsan_interface.h>
+#endif
+
 #include "base/error.h"
 #include "base/unique_fd.h"
 #include "block/qcow2/backing.h"
@@ -89,8 +93,10 @@ constexpr Allow kVcpu[] = {
     {"ioctl", Arg::VcpuIoctls},
     // Activating a virtio queue (the driver's DRIVER_OK): its eventfds,
     // epoll set and AIO context are made here (its thread by the
-    // launcher); a reset closes them and reads a last completion count.
-    {"eventfd2"}, {"epoll_create1"}, {"epoll_ctl"}, {"io_setup"}, {"io_destroy"}, {"close"}, {"read"},
+    // launcher); a reset closes them, reaps AIO transfers still in the
+    // kernel and reads a last completion count.
+    {"eventfd2"}, {"epoll_create1"}, {"epoll_ctl"}, {"io_setup"}, {"io_getevents"}, {"io_destroy"}, {"close"},
+    {"read"},
 };
 
 constexpr Allow kVirtioQueue[] = {
@@ -130,7 +136,7 @@ constexpr Allow kMain[] = {
     // Waking and joining the threads, closing the disks (QCOW2 writes back
     // its tables and clears its dirty bit; AIO contexts and OFD locks go),
     // unbinding the devices' irqfds and ioeventfds, removing the API socket.
-    {"read"},   {"close"},     {"epoll_ctl"}, {"io_destroy"}, {"pread64"}, {"pwrite64"}, {"fdatasync"},
+    {"read"},   {"close"},     {"epoll_ctl"}, {"io_getevents"}, {"io_destroy"}, {"pread64"}, {"pwrite64"}, {"fdatasync"},
     {"ftruncate"}, {"fcntl"},  {"lseek"},     {"newfstatat"}, {"unlink"},
     {"ioctl", Arg::TeardownIoctls},
 };
@@ -355,6 +361,12 @@ void hook(ThreadKind kind, std::stop_token stop) {
     if (!s.armed) return;  // stopped during set-up: the thread only ends
   }
   t_kind = kind;
+#if defined(__SANITIZE_ADDRESS__)
+  // LeakSanitizer's check at exit stops every thread with clone and ptrace
+  // and reads /proc/self/task: nothing a confined thread may do. It runs
+  // now instead, before the main thread confines itself (then not again).
+  if (kind == ThreadKind::Main) __lsan_do_leak_check();
+#endif
   if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) die(kind, "PR_SET_NO_NEW_PRIVS", errno);
   if (s.ruleset && ::syscall(SYS_landlock_restrict_self, s.ruleset.get(), 0) != 0) {
     die(kind, "landlock_restrict_self", errno);
