@@ -24,6 +24,7 @@
 #include "api/routes.h"
 #include "base/error.h"
 #include "base/unique_fd.h"
+#include "base/thread_sandbox.h"
 
 namespace tern::api {
 namespace {
@@ -200,6 +201,7 @@ HttpServer::~HttpServer() {
     impl->acceptor.close(ignored);
     impl->ioc.stop();
   });
+  impl_->thread.request_stop();  // ends a wait at the thread's sandbox entry (base/thread_sandbox.h)
   if (impl_->thread.joinable()) impl_->thread.join();
   // Remove the socket file only if it is still ours.
   struct stat st{};
@@ -246,7 +248,7 @@ std::expected<std::unique_ptr<HttpServer>, ServerError> HttpServer::start(
   // The API thread: runs the accept loop and every client connection; it
   // owns no VM state (commands go through VmmControl). Stopped by the
   // destructor, which closes the acceptor and stops the io_context.
-  impl->thread = std::jthread([impl = impl.get()] { impl->ioc.run(); });
+  impl->thread = start_thread(ThreadKind::Api, [impl = impl.get()](std::stop_token) { impl->ioc.run(); });
   return std::unique_ptr<HttpServer>(new HttpServer(std::move(impl)));
 }
 

@@ -9,6 +9,8 @@
 #include <cerrno>
 #include <string>
 
+#include "base/thread_sandbox.h"
+
 namespace tern::devices {
 
 namespace {
@@ -35,7 +37,7 @@ SysResult<std::unique_ptr<ConsoleOutput>> ConsoleOutput::start(UniqueFd fd, Cons
   if (!stop) return std::unexpected(stop.error());
   auto out = std::unique_ptr<ConsoleOutput>(new ConsoleOutput(non_blocking(std::move(fd)), std::move(*stop), options));
   // The writer: drains the buffer to the fd until stopped (see the header).
-  out->thread_ = std::jthread([raw = out.get()](std::stop_token token) { raw->loop(token); });
+  out->thread_ = start_thread(ThreadKind::ConsoleOutput, [raw = out.get()](std::stop_token token) { raw->loop(token); });
   return out;
 }
 

@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(
   build-essential g++ cmake ninja-build pkg-config git
-  linux-libc-dev
+  linux-libc-dev libseccomp-dev   # <linux/landlock.h>; the sandbox's seccomp filters
   zlib1g-dev libzstd-dev lz4
   libboost-dev nlohmann-json3-dev libcli11-dev
   libgtest-dev libgmock-dev

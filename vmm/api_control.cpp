@@ -4,6 +4,8 @@
 
 #include <chrono>
 
+#include "base/thread_sandbox.h"
+
 namespace tern::vmm {
 namespace {
 
@@ -38,7 +40,7 @@ SysResult<std::unique_ptr<ApiControl>> ApiControl::start(Machine& machine) {
   auto control = std::unique_ptr<ApiControl>(new ApiControl(machine, std::move(*channel), std::move(*stop)));
   // The control thread: runs the API's commands against the Machine, one at
   // a time, woken by the channel's eventfd; stopped through stop_.
-  control->thread_ = std::jthread([c = control.get()](std::stop_token st) { c->serve(st); });
+  control->thread_ = start_thread(ThreadKind::Control, [c = control.get()](std::stop_token st) { c->serve(st); });
   return control;
 }
 

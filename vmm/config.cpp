@@ -206,11 +206,35 @@ std::expected<DiskConfig, std::string> parse_disk(std::string_view text, size_t 
   return d;
 }
 
+std::expected<LandlockRule, std::string> parse_landlock_rule(std::string_view text) {
+  auto pairs = split_pairs("landlock-rules", text);
+  if (!pairs) return Unexpected(pairs.error());
+  LandlockRule rule;
+  bool access = false;
+  for (auto& [k, v] : *pairs) {
+    if (k == "path") {
+      if (v.empty()) return Unexpected("--landlock-rules path: empty");
+      rule.path = v;
+    } else if (k == "access") {
+      if (v == "ro") rule.writable = false;
+      else if (v == "rw") rule.writable = true;
+      else return Unexpected("--landlock-rules access: expected ro or rw, got \"" + v + "\"");
+      access = true;
+    } else {
+      return Unexpected("--landlock-rules: unknown key \"" + k + "\" (known: path, access)");
+    }
+  }
+  if (rule.path.empty()) return Unexpected("--landlock-rules: path= is required");
+  if (!access) return Unexpected("--landlock-rules: access=ro or access=rw is required");
+  return rule;
+}
+
 std::expected<VmConfig, ParseExit> parse_command_line(int argc, const char* const* argv) {
   CLI::App app{"tern: a minimal KVM virtual machine monitor"};
   VmConfig c;
   std::string initramfs, cpus = "boot=1", memory = "size=512M", serial = "tty", api_socket;
-  std::vector<std::string> disks;
+  std::vector<std::string> disks, landlock_rules;
+  std::string seccomp = "true", landlock;
   app.add_option("--kernel", c.kernel, "Linux bzImage or ELF64 kernel")->required()->check(CLI::ExistingFile);
   app.add_option("--initramfs", initramfs, "initramfs image")->check(CLI::ExistingFile);
   app.add_option("--cmdline", c.cmdline, "kernel command line");
@@ -229,6 +253,16 @@ std::expected<VmConfig, ParseExit> parse_command_line(int argc, const char* cons
                  "on|off: append virtio_mmio.device= for each transport=mmio disk to a Linux command line "
                  "(the DSDT describes them either way)");
   app.add_option("--api-socket", api_socket, "path of the API's Unix socket");
+  app.add_option("--seccomp", seccomp,
+                 "true | false | log: a seccomp filter per thread kind; true kills tern (status 1) on a forbidden "
+                 "system call, log lets it through and the kernel logs it (default true)");
+  app.add_option("--landlock", landlock,
+                 "true | false: after set-up, tern may open only its disks, their backing chains and the API "
+                 "socket's directory (default true where the kernel offers Landlock)");
+  app.add_option("--landlock-rules", landlock_rules, "path=P,access=ro|rw: one more path Landlock allows")
+      ->take_all();
+  // Test-only (docs/SECURITY.md, "Testing the sandbox"); hidden from --help.
+  app.add_option("--sandbox-test", c.sandbox.test)->group("")->take_all();
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -252,6 +286,23 @@ std::expected<VmConfig, ParseExit> parse_command_line(int argc, const char* cons
   auto mc = parse_on_off("--virtio-mmio-cmdline", mmio_cmdline);
   if (!mc) return bad(mc.error());
   c.virtio_mmio_cmdline = *mc;
+  if (seccomp == "true") c.sandbox.seccomp = SeccompMode::Kill;
+  else if (seccomp == "false") c.sandbox.seccomp = SeccompMode::Off;
+  else if (seccomp == "log") c.sandbox.seccomp = SeccompMode::Log;
+  else return bad("--seccomp: expected true, false or log, got \"" + seccomp + "\"");
+  if (landlock == "true") c.sandbox.landlock = LandlockMode::On;
+  else if (landlock == "false") c.sandbox.landlock = LandlockMode::Off;
+  else if (!landlock.empty()) return bad("--landlock: expected true or false, got \"" + landlock + "\"");
+  for (const std::string& text : landlock_rules) {
+    auto rule = parse_landlock_rule(text);
+    if (!rule) return bad(rule.error());
+    c.sandbox.rules.push_back(std::move(*rule));
+  }
+  for (const std::string& t : c.sandbox.test) {
+    if (t != "vcpu" && t != "virtio-queue" && t != "api" && !t.starts_with("open=")) {
+      return bad("--sandbox-test: expected vcpu, virtio-queue, api or open=PATH, got \"" + t + "\"");
+    }
+  }
   std::set<std::string> ids;
   size_t mmio_disks = 0;
   for (size_t i = 0; i < disks.size(); ++i) {

@@ -6,6 +6,8 @@
 //          [,image_type=raw|qcow2][,backing_files=on][,direct=on][,serial=STR]
 //          [,lock=on|off][,aio=sync|native|threads][,transport=pci|mmio]  (repeatable)
 //   --virtio-mmio-cmdline on|off
+//   --seccomp true|false|log --landlock true|false
+//   --landlock-rules path=P,access=ro|rw                  (repeatable)
 // --disk transport=mmio puts the disk on virtio-mmio (docs/virtio.md); the
 // DSDT describes every MMIO device, and for a Linux kernel tern also
 // appends virtio_mmio.device=SIZE@BASE:IRQ to the command line unless
@@ -64,6 +66,26 @@ struct SerialConfig {
   uint64_t max_size = kDefaultSerialFileMax;  // SerialMode::File; 0: no cap
 };
 
+// The sandbox (vmm/sandbox.h, docs/SECURITY.md "Sandbox").
+enum class SeccompMode { Off, Kill, Log };
+enum class LandlockMode { Auto, On, Off };  // Auto: on where the kernel offers Landlock
+
+struct LandlockRule {
+  std::string path;
+  bool writable = false;  // access=rw
+};
+
+struct SandboxConfig {
+  SeccompMode seccomp = SeccompMode::Kill;
+  LandlockMode landlock = LandlockMode::Auto;
+  std::vector<LandlockRule> rules;  // --landlock-rules
+  // Hidden --sandbox-test (docs/SECURITY.md, "Testing the sandbox"): thread
+  // kinds that make a forbidden call once confined ("vcpu",
+  // "virtio-queue", "api"), and "open=PATH" files the main thread tries
+  // to open once confined (/etc/passwd always).
+  std::vector<std::string> test;
+};
+
 struct VmConfig {
   std::string kernel;
   std::optional<std::string> initramfs;
@@ -75,6 +97,7 @@ struct VmConfig {
   std::vector<DiskConfig> disks;
   std::optional<std::string> api_socket;
   bool virtio_mmio_cmdline = true;  // --virtio-mmio-cmdline
+  SandboxConfig sandbox;
 };
 
 inline constexpr uint32_t kMaxCpus = 254;  // xAPIC IDs 0..253 (0xff is broadcast)
@@ -99,5 +122,6 @@ std::expected<DiskConfig, std::string> parse_disk(std::string_view text, size_t 
 std::expected<CpusConfig, std::string> parse_cpus(std::string_view text);
 std::expected<uint64_t, std::string> parse_memory(std::string_view text);
 std::expected<SerialConfig, std::string> parse_serial(std::string_view text);
+std::expected<LandlockRule, std::string> parse_landlock_rule(std::string_view text);
 
 }  // namespace tern::vmm

@@ -5,6 +5,8 @@
 
 #include <cerrno>
 
+#include "base/thread_sandbox.h"
+
 namespace tern::vmm {
 
 SysResult<std::unique_ptr<ConsoleInput>> ConsoleInput::start(int input_fd, devices::Serial16550& uart) {
@@ -13,7 +15,7 @@ SysResult<std::unique_ptr<ConsoleInput>> ConsoleInput::start(int input_fd, devic
   std::unique_ptr<ConsoleInput> c(new ConsoleInput(std::move(*stop), input_fd, uart));
   // The console input thread: copies stdin bytes into the UART's receive
   // FIFO until EOF or stop.
-  c->thread_ = std::jthread([p = c.get()](std::stop_token token) { p->loop(token); });
+  c->thread_ = start_thread(ThreadKind::ConsoleInput, [p = c.get()](std::stop_token token) { p->loop(token); });
   return c;
 }
 

@@ -13,6 +13,7 @@
 #include "arch/x86_64/cpu_setup.h"
 #include "arch/x86_64/kernel_loader.h"
 #include "arch/x86_64/layout.h"
+#include "base/thread_sandbox.h"
 #include "block/open.h"
 #include "devices/virtio/blk_factory.h"
 #include "vmm/host_kvm.h"
@@ -300,6 +301,8 @@ int Machine::run() {
     console_input_ = std::move(*input);
   }
   for (auto& v : vcpus_) v->start(VcpuEnv{pio_, mmio_, ram_.memory(), fallbacks_}, *this);
+  // Every thread of the VM runs: the main thread confines itself last (vmm/sandbox.h).
+  enter_thread_sandbox(ThreadKind::Main);
   int status;
   std::string why;
   {

@@ -5,9 +5,11 @@
 #include <cstdio>
 
 #include "api/http_server.h"
+#include "base/thread_sandbox.h"
 #include "vmm/api_control.h"
 #include "vmm/config.h"
 #include "vmm/machine.h"
+#include "vmm/sandbox.h"
 #include "vmm/signal_watcher.h"
 
 int main(int argc, char** argv) {
@@ -24,6 +26,20 @@ int main(int argc, char** argv) {
   if (auto r = tern::vmm::block_termination_signals(); !r) {
     std::fprintf(stderr, "tern: %s\n", r.error().message().c_str());
     return tern::vmm::kExitVmmFailure;
+  }
+  // The sandbox (vmm/sandbox.h): prepared before the first thread, armed
+  // once the set-up has opened every file. Declared first, it outlives
+  // every thread; the launcher creates the threads that confined threads
+  // ask for (a vCPU activating a virtio queue).
+  auto sandbox = tern::vmm::Sandbox::prepare(*config);
+  if (!sandbox) {
+    std::fprintf(stderr, "tern: %s\n", sandbox.error().c_str());
+    return tern::vmm::kExitVmmFailure;
+  }
+  std::unique_ptr<tern::ThreadLauncher> launcher;
+  if (*sandbox) {
+    launcher = tern::ThreadLauncher::start();
+    launcher->install();
   }
   auto machine = tern::vmm::Machine::create(*config);
   if (!machine) {
@@ -57,6 +73,12 @@ int main(int argc, char** argv) {
       return tern::vmm::kExitVmmFailure;
     }
     server = std::move(*listening);
+  }
+  if (*sandbox) {
+    if (auto armed = (*sandbox)->arm(); !armed) {
+      std::fprintf(stderr, "tern: %s\n", armed.error().c_str());
+      return tern::vmm::kExitVmmFailure;
+    }
   }
   int status = m.run();
   server.reset();  // no new commands, socket removed

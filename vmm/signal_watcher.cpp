@@ -7,6 +7,8 @@
 
 #include <cerrno>
 
+#include "base/thread_sandbox.h"
+
 namespace tern::vmm {
 
 namespace {
@@ -45,7 +47,7 @@ SysResult<std::unique_ptr<SignalWatcher>> SignalWatcher::start(std::function<voi
   if (!stop) return std::unexpected(stop.error());
   std::unique_ptr<SignalWatcher> w(new SignalWatcher(std::move(sfd), std::move(*stop), std::move(on_signal)));
   // The signal thread: waits for SIGINT/SIGTERM and asks the VM to shut down.
-  w->thread_ = std::jthread([p = w.get()](std::stop_token token) { p->loop(token); });
+  w->thread_ = start_thread(ThreadKind::Signal, [p = w.get()](std::stop_token token) { p->loop(token); });
   return w;
 }
 

@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "arch/x86_64/cpu_setup.h"
+#include "base/thread_sandbox.h"
 
 namespace tern::vmm {
 
@@ -108,7 +109,7 @@ void Vcpu::start(VcpuEnv env, VmControl& control) {
   // The vCPU thread: runs this vCPU's KVM_RUN loop until the VM ends or a
   // stop is requested, dispatching its I/O exits to the buses and
   // completing the instructions KVM's emulator gives up on.
-  thread_ = std::jthread([this, env = std::move(env), &control](std::stop_token stop) {
+  thread_ = start_thread(ThreadKind::Vcpu, [this, env = std::move(env), &control](std::stop_token stop) {
     run_loop(stop, env, control);
   });
 }

@@ -48,13 +48,6 @@ class Qcow2Backing final : public Backing {
   std::unique_ptr<Engine> engine_;
 };
 
-std::string resolve(const std::string& overlay_path, const std::string& name) {
-  if (name.starts_with('/')) return name;
-  auto slash = overlay_path.rfind('/');
-  if (slash == std::string::npos) return name;
-  return overlay_path.substr(0, slash + 1) + name;
-}
-
 // "top -> middle -> this" for errors.
 std::string chain_text(const BackingChain& chain, const std::string& last) {
   std::string text;
@@ -86,6 +79,13 @@ Result<std::unique_ptr<FdHostFile>> open_backing_file(const std::string& path, c
 
 }  // namespace
 
+std::string resolve_backing_name(const std::string& overlay_path, const std::string& name) {
+  if (name.starts_with('/')) return name;
+  auto slash = overlay_path.rfind('/');
+  if (slash == std::string::npos) return name;
+  return overlay_path.substr(0, slash + 1) + name;
+}
+
 ChainLink chain_link(int fd, const std::string& path) {
   struct stat st {};
   if (fd < 0 || ::fstat(fd, &st) != 0) return ChainLink{0, 0, false, path};
@@ -104,7 +104,7 @@ Result<void> Backing::read(uint64_t offset, std::span<uint8_t> buf) {
 
 Result<std::unique_ptr<Backing>> open_backing(const std::string& overlay_path, const std::string& name,
                                               const std::string& format, const BackingRules& rules) {
-  std::string path = resolve(overlay_path, name);
+  std::string path = resolve_backing_name(overlay_path, name);
   // rules.chain holds the overlay and every image above it: a file with
   // that many images above it is backing file number chain.size().
   if (rules.chain.size() > kMaxBackingDepth) {

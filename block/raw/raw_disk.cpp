@@ -22,6 +22,7 @@
 
 #include "base/event_fd.h"
 #include "block/image_lock.h"
+#include "base/thread_sandbox.h"
 
 namespace tern::block {
 namespace {
@@ -188,7 +189,7 @@ class WorkerPool {
     for (unsigned i = 0; i < threads; ++i) {
       // Worker: takes queued requests, runs them with preadv/pwritev/
       // fallocate/fdatasync, queues the completion; exits on stop.
-      threads_.emplace_back([this](std::stop_token stop) { run(stop); });
+      threads_.push_back(start_thread(ThreadKind::IoWorker, [this](std::stop_token stop) { run(stop); }));
     }
   }
   ~WorkerPool() {

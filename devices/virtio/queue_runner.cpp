@@ -6,6 +6,8 @@
 
 #include <cerrno>
 
+#include "base/thread_sandbox.h"
+
 namespace tern::devices {
 
 std::unique_ptr<QueueRunner> QueueRunner::start(const GuestMemory& memory, uint64_t features,
@@ -41,7 +43,7 @@ std::unique_ptr<QueueRunner> QueueRunner::start(const GuestMemory& memory, uint6
   }
   // The queue thread: serves this one queue's notifications and completions
   // until the device is reset or destroyed (QueueRunner::run).
-  r->thread_ = std::jthread([raw = r.get()](std::stop_token token) { raw->run(token); });
+  r->thread_ = start_thread(ThreadKind::VirtioQueue, [raw = r.get()](std::stop_token token) { raw->run(token); });
   return r;
 }
 

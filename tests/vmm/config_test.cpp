@@ -187,6 +187,44 @@ TEST(Config, CommandLineErrors) {
   EXPECT_NE(help.error().message.find("--disk"), std::string::npos);
 }
 
+TEST(Config, Sandbox) {
+  auto d = parse({"--kernel", "/etc/hostname"});
+  ASSERT_TRUE(d.has_value()) << d.error().message;
+  EXPECT_EQ(d->sandbox.seccomp, SeccompMode::Kill);
+  EXPECT_EQ(d->sandbox.landlock, LandlockMode::Auto);
+  EXPECT_TRUE(d->sandbox.rules.empty());
+
+  auto c = parse({"--kernel", "/etc/hostname", "--seccomp", "log", "--landlock", "false", "--landlock-rules",
+                  "path=/srv/a,access=ro", "--landlock-rules", "path=/srv/b,access=rw", "--sandbox-test", "api"});
+  ASSERT_TRUE(c.has_value()) << c.error().message;
+  EXPECT_EQ(c->sandbox.seccomp, SeccompMode::Log);
+  EXPECT_EQ(c->sandbox.landlock, LandlockMode::Off);
+  ASSERT_EQ(c->sandbox.rules.size(), 2u);
+  EXPECT_EQ(c->sandbox.rules[0].path, "/srv/a");
+  EXPECT_FALSE(c->sandbox.rules[0].writable);
+  EXPECT_TRUE(c->sandbox.rules[1].writable);
+  EXPECT_EQ(c->sandbox.test, std::vector<std::string>{"api"});
+  EXPECT_EQ(parse({"--kernel", "/etc/hostname", "--seccomp", "false"})->sandbox.seccomp, SeccompMode::Off);
+  EXPECT_EQ(parse({"--kernel", "/etc/hostname", "--landlock", "true"})->sandbox.landlock, LandlockMode::On);
+
+  for (auto args : std::vector<std::vector<const char*>>{
+           {"--seccomp", "yes"},
+           {"--landlock", "on"},
+           {"--landlock-rules", "path=/a"},
+           {"--landlock-rules", "access=rw"},
+           {"--landlock-rules", "path=/a,access=wo"},
+           {"--landlock-rules", "path=/a,access=ro,mode=1"},
+           {"--sandbox-test", "launcher"}}) {
+    args.insert(args.begin(), {"--kernel", "/etc/hostname"});
+    auto bad = parse(args);
+    ASSERT_FALSE(bad.has_value()) << args[2] << " " << args[3];
+    EXPECT_EQ(bad.error().exit_code, 1);
+    EXPECT_NE(bad.error().message.find(args[2]), std::string::npos) << bad.error().message;
+  }
+  // The trigger is for tests: not in --help.
+  EXPECT_EQ(parse({"--help"}).error().message.find("--sandbox-test"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace tern::vmm
 

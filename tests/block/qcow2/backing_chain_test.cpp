@@ -155,5 +155,35 @@ TEST(BackingChain, TernImgVerbsRefuseTheLoopWithoutCrashing) {
   }
 }
 
+// tern-img has no sandbox (docs/SECURITY.md, "Sandbox"), so the open path's
+// own rules are all that stands between an image and the host: a FIFO named
+// as backing file is refused without blocking, and a relative name is found
+// beside the image, never in the working directory.
+TEST(BackingChain, TernImgObeysTheBackingRulesWithoutASandbox) {
+  TempDir dir;
+  std::string fifo = dir.file("pipe"), top = dir.file("top.qcow2");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  SH_OK("qemu-img create -q -f qcow2 '" + top + "' 1M");
+  set_backing(top, "pipe", "raw");
+  for (std::string verb : {"check '" + top + "'", "convert -O raw '" + top + "' '" + dir.file("out.raw") + "'"}) {
+    std::string out;
+    int rc = sh("timeout 20 " + tern_img() + " " + verb, &out);
+    EXPECT_EQ(rc, 1) << verb << "\n" << out;  // refused, not hung (124) on the FIFO
+    EXPECT_NE(out.find(fifo), std::string::npos) << verb << "\n" << out;
+  }
+
+  // top names "base.qcow2"; the working directory has another base.qcow2
+  // full of 0x55, the image's directory the real one full of 0x17.
+  std::string sub = dir.file("cwd");
+  ASSERT_EQ(::mkdir(sub.c_str(), 0700), 0);
+  SH_OK("qemu-img create -q -f qcow2 '" + dir.file("base.qcow2") + "' 1M");
+  SH_OK("qemu-io -f qcow2 -c 'write -P 0x17 0 1M' '" + dir.file("base.qcow2") + "'");
+  SH_OK("qemu-img create -q -f qcow2 '" + sub + "/base.qcow2' 1M");
+  SH_OK("qemu-io -f qcow2 -c 'write -P 0x55 0 1M' '" + sub + "/base.qcow2'");
+  set_backing(top, "base.qcow2", "qcow2");
+  SH_OK("cd '" + sub + "' && " + tern_img() + " convert -O raw '" + top + "' '" + dir.file("out.raw") + "'");
+  SH_OK("qemu-io -f raw -c 'read -P 0x17 0 1M' '" + dir.file("out.raw") + "'");
+}
+
 }  // namespace
 }  // namespace tern::block::qcow2::test

@@ -1,0 +1,599 @@
+#include "vmm/sandbox.h"
+
+#include <fcntl.h>
+#include <linux/kvm.h>
+#include <linux/landlock.h>
+#include <malloc.h>
+#include <sched.h>
+#include <seccomp.h>
+#include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/sysinfo.h>
+#include <sys/syscall.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <span>
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/lsan_interface.h>
+#endif
+
+#include "base/error.h"
+#include "base/unique_fd.h"
+#include "block/qcow2/backing.h"
+#include "block/qcow2/info.h"
+#include "vmm/kvm.h"
+#include "vmm/vcpu.h"  // kExitVmmFailure
+
+// Newer than Debian 12's <linux/landlock.h> (ABI 2); values from the
+// kernel's uapi header.
+#ifndef LANDLOCK_ACCESS_FS_TRUNCATE
+#define LANDLOCK_ACCESS_FS_TRUNCATE (1ULL << 14)  // ABI 3
+#endif
+#ifndef LANDLOCK_ACCESS_FS_IOCTL_DEV
+#define LANDLOCK_ACCESS_FS_IOCTL_DEV (1ULL << 15)  // ABI 5
+#endif
+#ifndef LANDLOCK_ACCESS_NET_BIND_TCP
+#define LANDLOCK_ACCESS_NET_BIND_TCP (1ULL << 0)  // ABI 4
+#define LANDLOCK_ACCESS_NET_CONNECT_TCP (1ULL << 1)
+#endif
+#ifndef LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET
+#define LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET (1ULL << 0)  // ABI 6
+#endif
+
+namespace tern::vmm {
+namespace {
+
+using Unexpected = std::unexpected<std::string>;
+
+// ---- The allow-lists (docs/SECURITY.md, "Sandbox", gives each reason). ----
+
+// How a rule narrows a call's arguments.
+enum class Arg : uint8_t {
+  Any,
+  NoExec,        // mmap/mprotect: never PROT_EXEC (no new code)
+  OwnProcess,    // tgkill: only threads of this process
+  Threads,       // clone: only CLONE_THREAD (a thread, never a process)
+  SandboxPrctl,  // prctl: PR_SET_NAME and PR_SET_NO_NEW_PRIVS only
+  VcpuIoctls,    // ioctl: kVcpuIoctls
+  IrqIoctls,     // ioctl: kIrqIoctls (a device's MSI-X vector moves)
+  TeardownIoctls,  // ioctl: kTeardownIoctls (the devices go)
+  IrqLine,       // ioctl: KVM_IRQ_LINE only (the UART's interrupt)
+  ApiIoctls,     // ioctl: FIONBIO only (Asio makes accepted sockets non-blocking)
+};
+
+struct Allow {
+  const char* name;
+  Arg arg = Arg::Any;
+};
+
+// Every thread: memory (malloc; no executable mappings), locks and
+// condition variables, its own end, stderr and the SIGSYS report, abort().
+constexpr Allow kCommon[] = {
+    {"futex"},        {"sched_yield"},     {"write"},  {"exit"},          {"exit_group"},
+    {"rt_sigreturn"}, {"rt_sigprocmask"},  {"mmap", Arg::NoExec},         {"mprotect", Arg::NoExec},
+    {"munmap"},       {"madvise"},         {"brk"},    {"clock_gettime"}, {"getpid"},
+    {"gettid"},       {"tgkill", Arg::OwnProcess}, {"restart_syscall"},
+};
+
+constexpr Allow kVcpu[] = {
+    {"ioctl", Arg::VcpuIoctls},
+    // Activating a virtio queue (the driver's DRIVER_OK): its eventfds,
+    // epoll set and AIO context are made here (its thread by the
+    // launcher); a reset closes them, reaps AIO transfers still in the
+    // kernel and reads a last completion count.
+    {"eventfd2"}, {"epoll_create1"}, {"epoll_ctl"}, {"io_setup"}, {"io_getevents"}, {"io_destroy"}, {"close"},
+    {"read"},
+};
+
+constexpr Allow kVirtioQueue[] = {
+    {"epoll_wait"}, {"read"},  {"ioctl", Arg::IrqIoctls},
+    {"io_submit"},  {"io_getevents"},
+    {"preadv"},     {"pwritev"}, {"pread64"}, {"pwrite64"}, {"fdatasync"}, {"fallocate"}, {"lseek"},
+};
+
+constexpr Allow kIoWorker[] = {
+    {"preadv"}, {"pwritev"}, {"pread64"}, {"pwrite64"}, {"fdatasync"}, {"fallocate"},
+};
+
+constexpr Allow kControl[] = {
+    {"poll"},     {"read"},    {"ioctl", Arg::IrqIoctls},
+    {"ftruncate"}, {"fallocate"}, {"pread64"}, {"pwrite64"}, {"preadv"}, {"pwritev"}, {"fdatasync"},
+    {"newfstatat"}, {"lseek"},
+};
+
+constexpr Allow kApi[] = {
+    {"epoll_wait"}, {"epoll_ctl"}, {"timerfd_settime"}, {"read"}, {"accept"},
+    {"recvmsg"},    {"sendmsg"},   {"shutdown"},        {"close"}, {"ioctl", Arg::ApiIoctls},
+};
+
+constexpr Allow kSignal[] = {
+    {"poll"}, {"read"},
+};
+
+constexpr Allow kConsoleInput[] = {
+    {"poll"}, {"read"}, {"ioctl", Arg::IrqLine},
+};
+
+constexpr Allow kConsoleOutput[] = {
+    {"poll"},
+};
+
+constexpr Allow kMain[] = {
+    // Waking and joining the threads, closing the disks (QCOW2 writes back
+    // its tables and clears its dirty bit; AIO contexts and OFD locks go),
+    // unbinding the devices' irqfds and ioeventfds, removing the API socket.
+    {"read"},   {"close"},     {"epoll_ctl"}, {"io_getevents"}, {"io_destroy"}, {"pread64"}, {"pwrite64"}, {"fdatasync"},
+    {"ftruncate"}, {"fcntl"},  {"lseek"},     {"newfstatat"}, {"unlink"},
+    {"ioctl", Arg::TeardownIoctls},
+};
+
+constexpr Allow kLauncher[] = {
+    // A new thread: its stack is mmap (common), then glibc's start_thread
+    // and the thread's sandbox entry run under this filter until the
+    // thread's own is loaded.
+    {"clone", Arg::Threads}, {"set_robust_list"}, {"rseq"}, {"prctl", Arg::SandboxPrctl}, {"seccomp"},
+    {"landlock_restrict_self"},
+};
+
+// The KVM ioctls of a vCPU thread: its own run loop and registers (the
+// emulation fallback and the SIGUSR1 dump), and what the virtio-pci and
+// serial devices do when the guest programs them (ioeventfds on BAR
+// placement, irqfds and MSI routes for MSI-X, the UART's line).
+constexpr unsigned long kVcpuIoctls[] = {
+    KVM_RUN,       KVM_GET_REGS, KVM_SET_REGS,  KVM_GET_SREGS,     KVM_SET_SREGS,
+    KVM_GET_FPU,   KVM_SET_FPU,  KVM_TRANSLATE, KVM_GET_VCPU_EVENTS, KVM_SET_VCPU_EVENTS,
+    KVM_IOEVENTFD, KVM_IRQFD,    kKvmSetGsiRouting, KVM_IRQ_LINE,
+};
+// An MSI-X vector bound or moved by a queue or the control thread.
+constexpr unsigned long kIrqIoctls[] = {KVM_IRQFD, kKvmSetGsiRouting};
+constexpr unsigned long kTeardownIoctls[] = {KVM_IRQFD, kKvmSetGsiRouting, KVM_IOEVENTFD};
+
+std::span<const Allow> own_list(ThreadKind kind) {
+  switch (kind) {
+    case ThreadKind::Main: return kMain;
+    case ThreadKind::Vcpu: return kVcpu;
+    case ThreadKind::VirtioQueue: return kVirtioQueue;
+    case ThreadKind::IoWorker: return kIoWorker;
+    case ThreadKind::Control: return kControl;
+    case ThreadKind::Api: return kApi;
+    case ThreadKind::Signal: return kSignal;
+    case ThreadKind::ConsoleInput: return kConsoleInput;
+    case ThreadKind::ConsoleOutput: return kConsoleOutput;
+    case ThreadKind::Launcher: return kLauncher;
+  }
+  std::abort();
+}
+
+// The launcher's threads inherit its filter, so it holds theirs too.
+constexpr ThreadKind kLaunched[] = {ThreadKind::VirtioQueue, ThreadKind::IoWorker};
+
+std::vector<Allow> full_list(ThreadKind kind) {
+  std::vector<Allow> out;
+  auto add = [&](std::span<const Allow> list) {
+    for (const Allow& a : list) {
+      bool seen = false;
+      for (const Allow& b : out) seen = seen || (std::strcmp(a.name, b.name) == 0 && a.arg == b.arg);
+      if (!seen) out.push_back(a);
+    }
+  };
+  add(kCommon);
+  add(own_list(kind));
+  if (kind == ThreadKind::Launcher) {
+    for (ThreadKind k : kLaunched) add(own_list(k));
+  }
+  return out;
+}
+
+// ---- Process-wide state: the hook is a plain function. ----
+
+struct State {
+  bool prepared = false;
+  SeccompMode seccomp = SeccompMode::Off;
+  bool landlock = false;
+  std::vector<std::string> test;
+  std::vector<std::string> test_opens;  // --sandbox-test open=: the main thread tries these
+  pid_t pid = 0;
+  std::mutex mutex;
+  std::condition_variable_any armed_cv;
+  bool armed = false;  // guarded by mutex
+  UniqueFd ruleset;    // set before armed
+};
+
+// Process-wide like the filters and the domain it describes; it outlives
+// every thread (a confined thread's SIGSYS report may read it at the end).
+State g_state;
+thread_local ThreadKind t_kind = ThreadKind::Main;
+
+// Syscall names for the SIGSYS handler, resolved once: the handler may
+// only use async-signal-safe calls.
+constexpr int kMaxSyscall = 512;
+std::array<std::array<char, 32>, kMaxSyscall> g_names{};
+
+void append(char* buf, size_t& n, size_t cap, const char* s) {
+  while (*s && n + 1 < cap) buf[n++] = *s++;
+}
+void append_number(char* buf, size_t& n, size_t cap, unsigned long long v, int base) {
+  char digits[24];
+  int d = 0;
+  do {
+    digits[d++] = "0123456789abcdef"[v % static_cast<unsigned>(base)];
+    v /= static_cast<unsigned>(base);
+  } while (v != 0 && d < 24);
+  if (base == 16) append(buf, n, cap, "0x");
+  while (d > 0 && n + 1 < cap) buf[n++] = digits[--d];
+}
+
+// --seccomp true: a forbidden call lands here, on the thread that made it.
+void on_sigsys(int, siginfo_t* info, void* context) {
+  char buf[256];
+  size_t n = 0;
+  const int nr = info->si_syscall;
+  append(buf, n, sizeof buf, "tern: seccomp: the ");
+  append(buf, n, sizeof buf, thread_kind_name(t_kind));
+  append(buf, n, sizeof buf, " thread made a forbidden system call: ");
+  append(buf, n, sizeof buf, nr >= 0 && nr < kMaxSyscall && g_names[nr][0] ? g_names[nr].data() : "?");
+  append(buf, n, sizeof buf, " (");
+  append_number(buf, n, sizeof buf, static_cast<unsigned>(nr), 10);
+  if (nr == SYS_ioctl || nr == SYS_socket) {
+    const auto* uc = static_cast<const ucontext_t*>(context);
+    append(buf, n, sizeof buf, nr == SYS_ioctl ? ", request " : ", family ");
+    append_number(buf, n, sizeof buf, static_cast<unsigned long long>(uc->uc_mcontext.gregs[nr == SYS_ioctl ? REG_RSI : REG_RDI]),
+                  nr == SYS_ioctl ? 16 : 10);
+  }
+  append(buf, n, sizeof buf, "); exiting\n");
+  (void)!::write(STDERR_FILENO, buf, n);
+  ::_exit(kExitVmmFailure);
+}
+
+[[noreturn]] void die(ThreadKind kind, const char* step, int err) {
+  std::fprintf(stderr, "tern: sandbox: %s thread: %s: %s\n", thread_kind_name(kind), step, errno_text(err).c_str());
+  ::_exit(kExitVmmFailure);
+}
+
+// ioctl only with these requests (the kernel compares the low 32 bits).
+int allow_ioctls(scmp_filter_ctx ctx, std::span<const unsigned long> requests) {
+  for (unsigned long request : requests) {
+    int rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, SCMP_SYS(ioctl), 1, SCMP_A1(SCMP_CMP_MASKED_EQ, 0xffffffffu, request));
+    if (rc != 0) return rc;
+  }
+  return 0;
+}
+
+// A libseccomp filter for `kind`; errors are the negative errno libseccomp returns.
+std::expected<scmp_filter_ctx, int> build_filter(ThreadKind kind, SeccompMode mode, pid_t pid) {
+  scmp_filter_ctx ctx = seccomp_init(mode == SeccompMode::Log ? SCMP_ACT_LOG : SCMP_ACT_TRAP);
+  if (!ctx) return std::unexpected(ENOMEM);
+  auto fail = [&](int rc) {
+    seccomp_release(ctx);
+    return std::unexpected(-rc);
+  };
+  for (const Allow& a : full_list(kind)) {
+    int nr = seccomp_syscall_resolve_name(a.name);
+    if (nr == __NR_SCMP_ERROR) return fail(-EINVAL);
+    int rc = 0;
+    switch (a.arg) {
+      case Arg::Any:
+        rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 0);
+        break;
+      case Arg::NoExec:
+        rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 1, SCMP_A2(SCMP_CMP_MASKED_EQ, PROT_EXEC, 0));
+        break;
+      case Arg::OwnProcess:
+        rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 1, SCMP_A0(SCMP_CMP_EQ, static_cast<scmp_datum_t>(pid)));
+        break;
+      case Arg::Threads:
+        rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 1, SCMP_A0(SCMP_CMP_MASKED_EQ, CLONE_THREAD, CLONE_THREAD));
+        // glibc tries clone3 first and falls back to clone on ENOSYS;
+        // clone3's flags sit in memory a filter cannot read.
+        if (rc == 0) rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0);
+        break;
+      case Arg::SandboxPrctl:
+        rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 1, SCMP_A0(SCMP_CMP_EQ, PR_SET_NAME));
+        if (rc == 0) rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 1, SCMP_A0(SCMP_CMP_EQ, PR_SET_NO_NEW_PRIVS));
+        break;
+      case Arg::VcpuIoctls:
+        rc = allow_ioctls(ctx, kVcpuIoctls);
+        break;
+      case Arg::IrqIoctls:
+        rc = allow_ioctls(ctx, kIrqIoctls);
+        break;
+      case Arg::TeardownIoctls:
+        rc = allow_ioctls(ctx, kTeardownIoctls);
+        break;
+      case Arg::IrqLine:
+        rc = allow_ioctls(ctx, std::span<const unsigned long>({KVM_IRQ_LINE}));
+        break;
+      case Arg::ApiIoctls:
+        rc = allow_ioctls(ctx, std::span<const unsigned long>({FIONBIO}));
+        break;
+    }
+    if (rc != 0) return fail(rc);
+  }
+  return ctx;
+}
+
+// The hidden test trigger: a call the kind's filter forbids, once confined.
+void test_forbidden_call(ThreadKind kind, const std::vector<std::string>& test) {
+  std::string name = thread_kind_name(kind);
+  bool wanted = false;
+  for (const std::string& t : test) wanted = wanted || t == name;
+  if (!wanted) return;
+  std::fprintf(stderr, "tern: sandbox test: the %s thread makes a forbidden call\n", name.c_str());
+  if (kind == ThreadKind::Vcpu) {
+    // An ioctl number outside the vCPU's list, on no fd (EBADF if allowed).
+    int r = ::ioctl(-1, KVM_CREATE_VM, 0);
+    std::fprintf(stderr, "tern: sandbox test: vcpu ioctl KVM_CREATE_VM returned %d (%s)\n", r, errno_text(errno).c_str());
+  } else {
+    // An Internet socket: no thread of tern has a use for one.
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    std::fprintf(stderr, "tern: sandbox test: %s socket(AF_INET) returned %d\n", name.c_str(), fd);
+    UniqueFd owned(fd);
+  }
+}
+
+// The hidden test trigger's opens, by the main thread once confined.
+void test_opens(const std::vector<std::string>& paths) {
+  for (const std::string& p : paths) {
+    UniqueFd fd(::open(p.c_str(), O_RDONLY | O_CLOEXEC));
+    std::fprintf(stderr, "tern: sandbox test: open %s: %s\n", p.c_str(), fd ? "opened" : errno_text(errno).c_str());
+  }
+}
+
+void hook(ThreadKind kind, std::stop_token stop) {
+  State& s = g_state;
+  {
+    std::unique_lock lock(s.mutex);
+    s.armed_cv.wait(lock, stop, [&] { return s.armed; });
+    if (!s.armed) return;  // stopped during set-up: the thread only ends
+  }
+  t_kind = kind;
+#if defined(__SANITIZE_ADDRESS__)
+  // LeakSanitizer's check at exit stops every thread with clone and ptrace
+  // and reads /proc/self/task: nothing a confined thread may do. It runs
+  // now instead, before the main thread confines itself (then not again).
+  if (kind == ThreadKind::Main) __lsan_do_leak_check();
+#endif
+  if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) die(kind, "PR_SET_NO_NEW_PRIVS", errno);
+  if (s.ruleset && ::syscall(SYS_landlock_restrict_self, s.ruleset.get(), 0) != 0) {
+    die(kind, "landlock_restrict_self", errno);
+  }
+  // The trigger's opens test Landlock alone: under the main filter openat
+  // would not be reached at all.
+  if (kind == ThreadKind::Main) test_opens(s.test_opens);
+  if (s.seccomp != SeccompMode::Off) {
+    auto filter = build_filter(kind, s.seccomp, s.pid);
+    if (!filter) die(kind, "building the seccomp filter", filter.error());
+    int rc = seccomp_load(*filter);
+    seccomp_release(*filter);
+    if (rc != 0) die(kind, "seccomp_load", -rc);
+  }
+  if (!s.test.empty()) test_forbidden_call(kind, s.test);
+}
+
+// ---- Landlock ----
+
+struct RulesetAttr {  // struct landlock_ruleset_attr as of ABI 6
+  uint64_t handled_access_fs;
+  uint64_t handled_access_net;
+  uint64_t scoped;
+};
+
+uint64_t fs_rights(int abi) {
+  uint64_t all = (LANDLOCK_ACCESS_FS_MAKE_SYM << 1) - 1;  // ABI 1
+  if (abi >= 2) all |= LANDLOCK_ACCESS_FS_REFER;
+  if (abi >= 3) all |= LANDLOCK_ACCESS_FS_TRUNCATE;
+  if (abi >= 5) all |= LANDLOCK_ACCESS_FS_IOCTL_DEV;
+  return all;
+}
+
+constexpr uint64_t kFileRights = LANDLOCK_ACCESS_FS_EXECUTE | LANDLOCK_ACCESS_FS_WRITE_FILE |
+                                 LANDLOCK_ACCESS_FS_READ_FILE | LANDLOCK_ACCESS_FS_TRUNCATE |
+                                 LANDLOCK_ACCESS_FS_IOCTL_DEV;
+constexpr uint64_t kRead = LANDLOCK_ACCESS_FS_READ_FILE | LANDLOCK_ACCESS_FS_READ_DIR;
+constexpr uint64_t kWrite = LANDLOCK_ACCESS_FS_WRITE_FILE | LANDLOCK_ACCESS_FS_TRUNCATE |
+                            LANDLOCK_ACCESS_FS_MAKE_REG | LANDLOCK_ACCESS_FS_REMOVE_FILE |
+                            LANDLOCK_ACCESS_FS_MAKE_DIR | LANDLOCK_ACCESS_FS_REMOVE_DIR |
+                            LANDLOCK_ACCESS_FS_MAKE_SOCK;
+
+std::expected<void, std::string> add_path_rule(int ruleset, int abi, const std::string& path, uint64_t access,
+                                               const std::string& why) {
+  UniqueFd fd(::open(path.c_str(), O_PATH | O_CLOEXEC));
+  if (!fd) return Unexpected("Landlock rule for " + why + " " + path + ": " + errno_text(errno));
+  struct stat st{};
+  if (::fstat(fd.get(), &st) != 0) return Unexpected("Landlock rule for " + why + " " + path + ": " + errno_text(errno));
+  access &= fs_rights(abi);
+  if (!S_ISDIR(st.st_mode)) access &= kFileRights;
+  landlock_path_beneath_attr attr{};
+  attr.allowed_access = access;
+  attr.parent_fd = fd.get();
+  if (::syscall(SYS_landlock_add_rule, ruleset, LANDLOCK_RULE_PATH_BENEATH, &attr, 0) != 0) {
+    return Unexpected("Landlock rule for " + why + " " + path + ": " + errno_text(errno));
+  }
+  return {};
+}
+
+std::string directory_of(const std::string& path) {
+  auto slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : path.substr(0, slash);
+}
+
+// The files under a QCOW2 image, top first, as the block layer opens them
+// (block/qcow2/backing.h: relative names from the naming image's
+// directory). Stops at a raw file or anything that is not QCOW2.
+std::vector<std::string> backing_chain(const std::string& top) {
+  std::vector<std::string> chain;
+  std::string current = top;
+  while (chain.size() <= block::qcow2::kMaxBackingDepth) {
+    auto info = block::qcow2::read_image_info(current);
+    if (!info || info->backing_file.empty()) break;
+    current = block::qcow2::resolve_backing_name(current, info->backing_file);
+    chain.push_back(current);
+  }
+  return chain;
+}
+
+std::expected<UniqueFd, std::string> build_ruleset(const VmConfig& config, int abi) {
+  RulesetAttr attr{};
+  attr.handled_access_fs = fs_rights(abi);
+  size_t size = sizeof attr.handled_access_fs;
+  if (abi >= 4) {
+    // No TCP at all: nothing in tern binds or connects one.
+    attr.handled_access_net = LANDLOCK_ACCESS_NET_BIND_TCP | LANDLOCK_ACCESS_NET_CONNECT_TCP;
+    size = offsetof(RulesetAttr, scoped);
+  }
+  if (abi >= 6) {
+    attr.scoped = LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET;  // no abstract sockets outside tern
+    size = sizeof attr;
+  }
+  long fd = ::syscall(SYS_landlock_create_ruleset, &attr, size, 0);
+  if (fd < 0) return Unexpected(std::string("landlock_create_ruleset: ") + errno_text(errno));
+  UniqueFd ruleset(static_cast<int>(fd));
+  const int r = ruleset.get();
+  for (const DiskConfig& d : config.disks) {
+    uint64_t access = LANDLOCK_ACCESS_FS_READ_FILE;
+    if (!d.readonly) access |= LANDLOCK_ACCESS_FS_WRITE_FILE | LANDLOCK_ACCESS_FS_TRUNCATE;
+    if (auto ok = add_path_rule(r, abi, d.path, access, "--disk " + d.id); !ok) return Unexpected(ok.error());
+    if (!d.backing_files) continue;
+    for (const std::string& backing : backing_chain(d.path)) {
+      auto ok = add_path_rule(r, abi, backing, LANDLOCK_ACCESS_FS_READ_FILE, "--disk " + d.id + " backing file");
+      if (!ok) return Unexpected(ok.error());
+    }
+  }
+  if (config.api_socket) {
+    // Created before the sandbox; removed at exit (and a restart may make it again).
+    uint64_t access = LANDLOCK_ACCESS_FS_MAKE_SOCK | LANDLOCK_ACCESS_FS_REMOVE_FILE;
+    auto ok = add_path_rule(r, abi, directory_of(*config.api_socket), access, "--api-socket directory");
+    if (!ok) return Unexpected(ok.error());
+  }
+  for (const LandlockRule& rule : config.sandbox.rules) {
+    auto ok = add_path_rule(r, abi, rule.path, rule.writable ? kRead | kWrite : kRead, "--landlock-rules");
+    if (!ok) return Unexpected(ok.error());
+  }
+  return ruleset;
+}
+
+}  // namespace
+
+int landlock_abi() {
+  long abi = ::syscall(SYS_landlock_create_ruleset, nullptr, 0, LANDLOCK_CREATE_RULESET_VERSION);
+  return abi < 0 ? 0 : static_cast<int>(abi);
+}
+
+std::vector<std::string_view> allowed_syscalls(ThreadKind kind) {
+  std::vector<std::string_view> out;
+  for (const Allow& a : full_list(kind)) {
+    bool seen = false;
+    for (std::string_view s : out) seen = seen || s == a.name;
+    if (!seen) out.push_back(a.name);
+  }
+  return out;
+}
+
+std::expected<std::unique_ptr<Sandbox>, std::string> Sandbox::prepare(const VmConfig& config) {
+  const SandboxConfig& c = config.sandbox;
+  bool landlock = false;
+  if (c.landlock != LandlockMode::Off) {
+    int abi = landlock_abi();
+    if (abi > 0) {
+      landlock = true;
+    } else if (c.landlock == LandlockMode::On) {
+      return Unexpected("--landlock true: this kernel offers no Landlock (" + errno_text(errno) + ")");
+    } else {
+      std::fprintf(stderr, "tern: Landlock: not offered by this kernel (%s); files are not confined\n",
+                   errno_text(errno).c_str());
+    }
+  }
+  if (c.seccomp == SeccompMode::Off && !landlock) return std::unique_ptr<Sandbox>();
+  State& state = g_state;
+  if (state.prepared) return Unexpected("sandbox: prepared twice");
+
+  if (c.seccomp != SeccompMode::Off) {
+    // Every filter once now, so that a bad list fails here and not in a thread.
+    for (size_t k = 0; k < kThreadKindCount; ++k) {
+      auto f = build_filter(static_cast<ThreadKind>(k), c.seccomp, ::getpid());
+      if (!f) {
+        return Unexpected(std::string("seccomp filter for the ") + thread_kind_name(static_cast<ThreadKind>(k)) +
+                          " thread: " + errno_text(f.error()));
+      }
+      seccomp_release(*f);
+    }
+    for (int nr = 0; nr < kMaxSyscall; ++nr) {
+      if (char* name = seccomp_syscall_resolve_num_arch(SCMP_ARCH_NATIVE, nr)) {
+        std::snprintf(g_names[nr].data(), g_names[nr].size(), "%s", name);
+        std::free(name);
+      }
+    }
+    struct sigaction sa{};
+    sa.sa_sigaction = on_sigsys;
+    sa.sa_flags = SA_SIGINFO;
+    sigemptyset(&sa.sa_mask);
+    if (c.seccomp == SeccompMode::Kill && ::sigaction(SIGSYS, &sa, nullptr) != 0) {
+      return Unexpected("sigaction(SIGSYS): " + errno_text(errno));
+    }
+    if (c.seccomp == SeccompMode::Log) {
+      std::fprintf(stderr,
+                   "tern: --seccomp log: forbidden system calls are let through and logged by the kernel "
+                   "(audit type=1326 in dmesg)\n");
+    }
+  }
+  // glibc's malloc reads /sys/devices/system/cpu/online and /proc/stat
+  // the first time a thread needs an arena of its own, unless the arena
+  // limit is set: set it to glibc's own default (8 per CPU on 64-bit), so
+  // that no confined thread has to open a file to allocate memory.
+  ::mallopt(M_ARENA_MAX, 8 * std::max(1, ::get_nprocs()));
+  state.prepared = true;
+  state.seccomp = c.seccomp;
+  state.landlock = landlock;
+  state.test = c.test;
+  state.pid = ::getpid();
+  for (const std::string& t : c.test) {
+    if (!t.starts_with("open=")) continue;
+    if (state.test_opens.empty()) {
+      state.test_opens.push_back("/etc/passwd");
+      for (const DiskConfig& d : config.disks) state.test_opens.push_back(d.path);
+    }
+    state.test_opens.push_back(t.substr(5));
+  }
+  set_thread_sandbox_hook(hook);
+  return std::unique_ptr<Sandbox>(new Sandbox(config));
+}
+
+std::expected<void, std::string> Sandbox::arm() {
+  State& s = g_state;
+  UniqueFd ruleset;
+  if (s.landlock) {
+    auto built = build_ruleset(config_, landlock_abi());
+    if (!built) return Unexpected(built.error());
+    ruleset = std::move(*built);
+  }
+  {
+    std::lock_guard lock(s.mutex);
+    s.ruleset = std::move(ruleset);
+    s.armed = true;
+  }
+  s.armed_cv.notify_all();
+  return {};
+}
+
+Sandbox::~Sandbox() {
+  set_thread_sandbox_hook(nullptr);
+  // Threads stopped while waiting for arm() end unconfined.
+  g_state.armed_cv.notify_all();
+}
+
+}  // namespace tern::vmm
