@@ -1,10 +1,12 @@
 // tern-img: image tool following qemu-img's verbs and output.
 #include <CLI/CLI.hpp>
 
+#include "tools/cli.h"
 #include "tools/tern_img/verbs.h"
 
 int main(int argc, char** argv) {
-  CLI::App app{"tern-img: create, inspect, check and benchmark disk images"};
+  CLI::App app{"tern-img: create, inspect, check and benchmark disk images", "tern-img"};
+  tern::tools::add_version_flag(app);
   app.require_subcommand(1);
   int status = 0;
   tern::img::add_create(app, status);
@@ -14,6 +16,6 @@ int main(int argc, char** argv) {
   tern::img::add_bench(app, status);
   tern::img::add_io(app, status);
   tern::img::add_check(app, status);
-  CLI11_PARSE(app, argc, argv);
+  if (auto exit_status = tern::tools::parse_command_line(app, argc, argv)) return *exit_status;
   return status;
 }
