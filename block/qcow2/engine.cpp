@@ -130,6 +130,18 @@ Result<Engine::Mapping> Engine::lookup(uint64_t guest_offset) {
   return classify(load_be<uint64_t>(*table + index * 8));
 }
 
+Result<ClusterStatus> Engine::cluster_status(uint64_t guest_offset) {
+  auto m = lookup(guest_offset);
+  if (!m) return std::unexpected(m.error());
+  switch (m->kind) {
+    case Mapping::Unallocated: return ClusterStatus{};
+    case Mapping::Zero: return ClusterStatus{ClusterKind::Zero, m->host_offset};
+    case Mapping::Compressed: return ClusterStatus{ClusterKind::Compressed, 0};
+    case Mapping::Standard: return ClusterStatus{ClusterKind::Data, m->host_offset};
+  }
+  return ClusterStatus{};
+}
+
 Result<void> Engine::read_compressed(uint64_t entry, std::span<uint8_t> out) {
   // qcow2.txt, "Compressed Clusters Descriptor": x = 62 - (cluster_bits - 8);
   // bits 0..x-1 host offset, x..61 additional 512-byte sectors.

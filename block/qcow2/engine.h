@@ -69,6 +69,14 @@ struct HostExtent {
   uint64_t length = 0;
 };
 
+// What one guest cluster maps to in this image alone (tern-img map,
+// compare, commit, rebase and measure look at layers one by one).
+enum class ClusterKind { Unallocated, Zero, Compressed, Data };
+struct ClusterStatus {
+  ClusterKind kind = ClusterKind::Unallocated;
+  uint64_t host_offset = 0;  // Data; Zero when it keeps its allocation; else 0
+};
+
 class Engine {
  public:
   [[nodiscard]] static Result<std::unique_ptr<Engine>> open(std::unique_ptr<HostFile> file,
@@ -94,6 +102,8 @@ class Engine {
   [[nodiscard]] Result<void> write(uint64_t offset, std::span<const iovec> iov,
                                    std::vector<HostExtent>* deferred);
   [[nodiscard]] Result<void> discard(uint64_t offset, uint64_t length);
+  // The mapping of the cluster holding `guest_offset` (below size()).
+  [[nodiscard]] Result<ClusterStatus> cluster_status(uint64_t guest_offset);
   [[nodiscard]] Result<void> write_zeroes(uint64_t offset, uint64_t length, bool may_unmap);
   // Writes back dirty metadata (refcounts, L2, L1), then syncs the file.
   [[nodiscard]] Result<void> flush();

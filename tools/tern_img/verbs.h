@@ -18,6 +18,8 @@ void add_resize(CLI::App& app, int& status);
 void add_bench(CLI::App& app, int& status);
 void add_io(CLI::App& app, int& status);
 void add_check(CLI::App& app, int& status);
+void add_map(CLI::App& app, int& status);
+void add_compare(CLI::App& app, int& status);
 
 using tools::human_size;
 using tools::parse_size;

