@@ -279,6 +279,7 @@ Result<void> Engine::set_l2_entry(const L2Slot& slot, uint64_t entry) {
 // Drops the references a mapping holds on host clusters: one for a standard
 // cluster, one on every host cluster a compressed cluster's data touches.
 Result<void> Engine::release_cluster(const Mapping& m) {
+  compressed_cursor_ = 0;
   if (m.kind == Mapping::Compressed) {
     const uint32_t x = 62 - (cluster_bits_ - 8);
     uint64_t offset = m.entry & ((uint64_t{1} << x) - 1);

@@ -102,6 +102,12 @@ class Engine {
   [[nodiscard]] Result<void> write(uint64_t offset, std::span<const iovec> iov,
                                    std::vector<HostExtent>* deferred);
   [[nodiscard]] Result<void> discard(uint64_t offset, uint64_t length);
+  // Writes the whole guest cluster at `guest_offset` (aligned) compressed,
+  // into bytes of its own (block/qcow2/compressed_write.cpp); `data` is
+  // one cluster, or less for the image's last cluster (zeros follow). When
+  // compressing does not make it smaller it is written as a standard
+  // cluster, as QEMU does.
+  [[nodiscard]] Result<void> write_compressed(uint64_t guest_offset, std::span<const uint8_t> data);
   // The mapping of the cluster holding `guest_offset` (below size()).
   [[nodiscard]] Result<ClusterStatus> cluster_status(uint64_t guest_offset);
   [[nodiscard]] Result<void> write_zeroes(uint64_t offset, uint64_t length, bool may_unmap);
@@ -155,6 +161,8 @@ class Engine {
     return write_cluster(guest_offset, cursor, request_offset, length, deferred);
   }
   Result<void> zero_cluster(uint64_t guest_offset, bool may_unmap, bool discard);
+  // `length` bytes for compressed data, packed after the previous ones.
+  Result<uint64_t> allocate_compressed_bytes(uint64_t length);
   Result<void> flush_metadata();
   bool overlaps_metadata(uint64_t host_cluster) const;
   Result<void> preallocate_for(uint64_t host_end);
@@ -176,6 +184,10 @@ class Engine {
   std::unique_ptr<Backing> backing_;
   uint64_t preallocated_end_ = 0;  // the file is at least this long
   TransferTracker transfers_;
+  // Where the next compressed cluster's bytes go (inside a host cluster
+  // already counted for earlier ones), 0 when none; dropped whenever a
+  // cluster is released, so it never points into a freed cluster.
+  uint64_t compressed_cursor_ = 0;
 };
 
 }  // namespace tern::block::qcow2

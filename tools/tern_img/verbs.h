@@ -7,6 +7,7 @@
 #include <optional>
 #include <string>
 
+#include "block/qcow2/create.h"
 #include "tools/sizes.h"
 
 namespace tern::img {
@@ -20,6 +21,11 @@ void add_io(CLI::App& app, int& status);
 void add_check(CLI::App& app, int& status);
 void add_map(CLI::App& app, int& status);
 void add_compare(CLI::App& app, int& status);
+
+// qemu-img's -o list for qcow2 (cluster_size=, refcount_bits=, compat=,
+// compression_type=, backing_file=, backing_fmt=) into `c`; false, with a
+// message on stderr, when an item is unknown or malformed.
+bool parse_qcow2_options(const std::string& options, block::qcow2::CreateOptions& c);
 
 using tools::human_size;
 using tools::parse_size;

@@ -100,5 +100,55 @@ TEST(TernImgVerbs, CompareMatchesQemuImg) {
   EXPECT_SAME_FAILURE(dir, "compare nonexistent top.qcow2");
 }
 
+// convert -c: QEMU reads the compressed clusters back byte for byte and
+// qemu-img check finds the refcounts (shared host clusters, compressed
+// clusters spanning two of them) clean; incompressible clusters are
+// written uncompressed, as qemu-img does.
+TEST(TernImgVerbs, ConvertCompressedReadBackByQemu) {
+  TempDir dir;
+  make_chain(dir);
+  const std::string d = "cd '" + dir.file("") + "' && ";
+  // 192 KiB of random data (incompressible) among patterns and zeros.
+  SH_OK(d + "qemu-img convert -O raw top.qcow2 src.raw && head -c 196608 /dev/urandom | "
+            "dd of=src.raw bs=64k seek=40 conv=notrunc status=none");
+  struct Case {
+    const char* options;
+    bool random_only_uncompressed;
+  };
+  for (const char* type : {"zlib", "zstd"}) {
+    for (const char* extra : {"", ",cluster_size=4096", ",cluster_size=512", ",cluster_size=4096,refcount_bits=1"}) {
+      SCOPED_TRACE(std::string(type) + extra);
+      SH_OK(d + "rm -f c.qcow2 c.raw && " + tern_img() + " convert -c -O qcow2 -o compression_type=" + type +
+            extra + " src.raw c.qcow2");
+      SH_OK(d + "qemu-img check -q c.qcow2");
+      SH_OK(d + "qemu-img convert -O raw c.qcow2 c.raw && cmp src.raw c.raw");
+      std::string out;
+      ASSERT_EQ(sh(d + "qemu-img info c.qcow2 && qemu-img check c.qcow2", &out), 0) << out;
+      EXPECT_NE(out.find(std::string("compression type: ") + type), std::string::npos) << out;
+      EXPECT_NE(out.find("compressed clusters"), std::string::npos) << out;
+      // The random clusters are not compressed: data with an offset.
+      ASSERT_EQ(sh(d + "qemu-img map --output json c.qcow2", &out), 0) << out;
+      // (Small clusters: L2 tables come between them, so several extents.)
+      EXPECT_TRUE(std::regex_search(out, std::regex("\"start\": 2621440, \"length\": [0-9]+, \"depth\": 0, "
+                                                    "\"present\": true, \"zero\": false, \"data\": true, "
+                                                    "\"offset\"")))
+          << out;
+    }
+  }
+  // From a chain, into a compressed overlay of its base and into a plain
+  // overlay of its middle: only differing clusters are written.
+  SH_OK(d + tern_img() + " convert -c -O qcow2 -B base.raw -F raw top.qcow2 over-base.qcow2");
+  SH_OK(d + tern_img() + " convert -O qcow2 -B mid.qcow2 -F qcow2 top.qcow2 over-mid.qcow2");
+  for (const char* image : {"over-base.qcow2", "over-mid.qcow2"}) {
+    SH_OK(d + "qemu-img check -q " + image);
+    SH_OK(d + "qemu-img compare -q top.qcow2 " + image);
+  }
+  std::string map;
+  ASSERT_EQ(sh(d + "qemu-img map --output json over-mid.qcow2", &map), 0);
+  std::string top_map;
+  ASSERT_EQ(sh(d + "qemu-img map --output json top.qcow2", &top_map), 0);
+  EXPECT_EQ(map, top_map);  // same allocation: the top's own clusters only
+}
+
 }  // namespace
 }  // namespace tern::block::qcow2::test
