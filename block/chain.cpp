@@ -61,7 +61,8 @@ Result<Chain> Chain::open(const std::string& top, const ChainOptions& options) {
     o.path = path;
     o.type = type;
     o.read_only = !(i == 0 && options.writable_top);
-    o.lock = options.lock;
+    // Backing files are read without a lock, as when an overlay opens them.
+    o.lock = i == 0 && options.lock;
     o.allow_backing = true;
     o.allow_block_backing = options.allow_block_backing;
     o.aio = AioMode::Sync;

@@ -37,7 +37,7 @@ struct ChainOptions {
   ImageType top_type = ImageType::Auto;  // layer 0's format (probed when Auto)
   bool writable_top = false;  // layer 0 opened read-write (its backing files stay read-only)
   bool allow_block_backing = false;
-  bool lock = true;
+  bool lock = true;  // layer 0's image lock; backing files are not locked (as in open_disk)
 };
 
 class Chain {

@@ -150,5 +150,110 @@ TEST(TernImgVerbs, ConvertCompressedReadBackByQemu) {
   EXPECT_EQ(map, top_map);  // same allocation: the top's own clusters only
 }
 
+// The same chain made twice, in q/ for qemu-img and t/ for tern-img.
+struct TwoChains {
+  TempDir dir;
+  std::string q = dir.file("q");
+  std::string t = dir.file("t");
+  TwoChains() { EXPECT_EQ(sh("mkdir '" + q + "' '" + t + "'"), 0); }
+  void make(const std::string& top_size = "4M") {
+    for (const std::string& d : {q, t}) {
+      const std::string cd = "cd '" + d + "' && ";
+      SH_OK(cd + "rm -f *.qcow2 *.raw && qemu-img create -q -f raw base.raw 4M");
+      SH_OK(cd + "qemu-io -f raw -c 'write -P 1 0 128k' -c 'write -P 6 2M 64k' base.raw");
+      SH_OK(cd + "qemu-img create -q -f qcow2 -b base.raw -F raw mid.qcow2");
+      SH_OK(cd + "qemu-io -c 'write -P 2 64k 64k' -c 'write -z 256k 64k' -c 'write -P 3 1M 128k' "
+                 "-c 'write -z 2M 4k' mid.qcow2");
+      SH_OK(cd + "qemu-img create -q -f qcow2 -b mid.qcow2 -F qcow2 top.qcow2 " + top_size);
+      SH_OK(cd + "qemu-io -c 'write -P 4 1088k 64k' -c 'write -P 5 3M 64k' -c 'write -P 5 3500k 1k' "
+                 "-c 'write -z 0 4k' top.qcow2");
+    }
+  }
+  // Both programs run `args` in their own directory; exit statuses equal.
+  void run(const std::string& args) {
+    std::string qo, to;
+    int qs = sh("cd '" + q + "' && qemu-img " + args, &qo);
+    int ts = sh("cd '" + t + "' && " + tern_img() + " " + args, &to);
+    EXPECT_EQ(ts, qs) << args << "\nqemu-img: " << qo << "\ntern-img: " << to;
+  }
+  // Every image the same per qemu-img compare, and tern's check clean.
+  void expect_same(std::initializer_list<const char*> images) {
+    for (const char* image : images) {
+      SH_OK("qemu-img compare '" + q + "/" + image + "' '" + t + "/" + image + "'");
+      if (std::string(image).ends_with(".qcow2")) SH_OK("qemu-img check -q '" + t + "/" + image + "'");
+    }
+  }
+  std::string info(const std::string& d, const std::string& image) {
+    std::string out;
+    EXPECT_EQ(sh("cd '" + d + "' && qemu-img info --output json " + image + " | grep -v -e actual-size -e "
+                 "'\"filename\"' -e full-backing -e dirty",
+                 &out),
+              0);
+    return out;
+  }
+};
+
+TEST(TernImgVerbs, CommitMatchesQemuImg) {
+  TwoChains c;
+  c.make();
+  SH_OK("cd '" + c.t + "' && qemu-img convert -O raw top.qcow2 ../want.raw");
+  c.run("commit top.qcow2");
+  c.expect_same({"top.qcow2", "mid.qcow2", "base.raw"});
+  SH_OK("qemu-img compare '" + c.t + "/top.qcow2' '" + c.dir.file("want.raw") + "'");
+  // Emptied: nothing allocated in the overlay, as qemu-img leaves it.
+  std::string qm, tm;
+  ASSERT_EQ(sh("cd '" + c.q + "' && qemu-img map --output json top.qcow2", &qm), 0);
+  ASSERT_EQ(sh("cd '" + c.t + "' && qemu-img map --output json top.qcow2", &tm), 0);
+  // (Host offsets in the middle image differ: allocation order.)
+  EXPECT_EQ(qm.find("\"depth\": 0, \"present\": true"), std::string::npos) << qm;
+  EXPECT_EQ(tm.find("\"depth\": 0, \"present\": true"), std::string::npos) << tm;
+  EXPECT_EQ(c.info(c.t, "top.qcow2"), c.info(c.q, "top.qcow2"));
+  // Twice more down the chain: into the raw base; -d keeps the overlay.
+  c.make();
+  c.run("commit -d top.qcow2");
+  c.run("commit mid.qcow2");
+  c.expect_same({"top.qcow2", "mid.qcow2", "base.raw"});
+  // Without a backing file: an error for both.
+  c.run("commit base.raw");
+}
+
+TEST(TernImgVerbs, RebaseMatchesQemuImg) {
+  TwoChains c;
+  c.make();
+  c.run("rebase -b base.raw -F raw top.qcow2");  // safe: skips the middle
+  c.expect_same({"top.qcow2", "mid.qcow2", "base.raw"});
+  EXPECT_EQ(c.info(c.t, "top.qcow2"), c.info(c.q, "top.qcow2"));
+  c.make();
+  c.run("rebase -b '' top.qcow2");  // flatten
+  c.expect_same({"top.qcow2"});
+  EXPECT_EQ(c.info(c.t, "top.qcow2"), c.info(c.q, "top.qcow2"));
+  c.make();
+  c.run("rebase -u -b base.raw -F raw top.qcow2");  // header only: contents change alike
+  c.expect_same({"top.qcow2"});
+  EXPECT_EQ(c.info(c.t, "top.qcow2"), c.info(c.q, "top.qcow2"));
+  c.make();
+  c.run("rebase -u -b missing.qcow2 -F qcow2 top.qcow2");
+  EXPECT_EQ(c.info(c.t, "top.qcow2"), c.info(c.q, "top.qcow2"));
+
+  // A loop back to the image, refused (qemu-img refuses too); unchanged.
+  c.make();
+  std::string before = c.info(c.t, "mid.qcow2"), out;
+  EXPECT_EQ(sh("cd '" + c.t + "' && " + tern_img() + " rebase -b top.qcow2 -F qcow2 mid.qcow2", &out), 1);
+  EXPECT_NE(out.find("loop"), std::string::npos) << out;
+  EXPECT_EQ(sh("cd '" + c.t + "' && " + tern_img() + " rebase -u -b top.qcow2 -F qcow2 mid.qcow2", &out), 1);
+  EXPECT_EQ(c.info(c.t, "mid.qcow2"), before);
+  EXPECT_NE(sh("cd '" + c.q + "' && qemu-img rebase -b top.qcow2 -F qcow2 mid.qcow2", &out), 0);
+  // Too deep: 16 overlays under the new backing file are already the most.
+  std::string chain = "cd '" + c.t + "' && qemu-img create -q -f qcow2 d0.qcow2 1M";
+  for (int i = 1; i <= 16; ++i) {
+    chain += " && qemu-img create -q -f qcow2 -b d" + std::to_string(i - 1) + ".qcow2 -F qcow2 d" +
+             std::to_string(i) + ".qcow2";
+  }
+  SH_OK(chain + " && qemu-img create -q -f qcow2 img.qcow2 1M");
+  EXPECT_EQ(sh("cd '" + c.t + "' && " + tern_img() + " rebase -b d16.qcow2 -F qcow2 img.qcow2", &out), 1);
+  EXPECT_NE(out.find("too deep"), std::string::npos) << out;
+  SH_OK("cd '" + c.t + "' && " + tern_img() + " rebase -b d15.qcow2 -F qcow2 img.qcow2");
+}
+
 }  // namespace
 }  // namespace tern::block::qcow2::test
