@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
   tern::img::add_compare(app, status);
   tern::img::add_commit(app, status);
   tern::img::add_rebase(app, status);
+  tern::img::add_measure(app, status);
   if (auto exit_status = tern::tools::parse_command_line(app, argc, argv)) return *exit_status;
   return status;
 }

@@ -23,6 +23,7 @@ void add_map(CLI::App& app, int& status);
 void add_compare(CLI::App& app, int& status);
 void add_commit(CLI::App& app, int& status);
 void add_rebase(CLI::App& app, int& status);
+void add_measure(CLI::App& app, int& status);
 
 // qemu-img's -o list for qcow2 (cluster_size=, refcount_bits=, compat=,
 // compression_type=, backing_file=, backing_fmt=) into `c`; false, with a

@@ -255,5 +255,34 @@ TEST(TernImgVerbs, RebaseMatchesQemuImg) {
   SH_OK("cd '" + c.t + "' && " + tern_img() + " rebase -b d15.qcow2 -F qcow2 img.qcow2");
 }
 
+TEST(TernImgVerbs, MeasureMatchesQemuImg) {
+  TempDir dir;
+  make_chain(dir);
+  SH_OK("cd '" + dir.file("") + "' && head -c 1000000 /dev/urandom > odd.raw");
+  const char* cases[] = {
+      "--size 1G",
+      "-O qcow2 --size 1G",
+      "-O qcow2 -o cluster_size=4096 --size 10G --output json",
+      "-O qcow2 --size 1000",
+      "-O qcow2 -o refcount_bits=1 --size 1T",
+      "-O qcow2 -o cluster_size=512 --size 100G",
+      "-O qcow2 -o cluster_size=2M,refcount_bits=64 --size 3T",
+      "-O qcow2 -o backing_file=x --size 1G",
+      "-O qcow2 top.qcow2",
+      "-O qcow2 --output json top.qcow2",
+      "-O qcow2 base.raw",
+      "-O qcow2 -o cluster_size=4096 odd.raw",
+      "-O qcow2 -o cluster_size=2M compressed.qcow2",
+      "-O qcow2 -o compat=0.10 compressed.qcow2",
+      "-O qcow2 -o backing_file=base.raw top.qcow2",
+      "-O qcow2 -o preallocation=full top.qcow2",
+      "top.qcow2",
+      "-O qcow2 --size 1G top.qcow2",                // usage errors, status 1
+      "-O qcow2",
+      "-O qcow2 -o cluster_size=512 --size 9T",      // L1 too large
+  };
+  for (const char* c : cases) EXPECT_SAME(dir, std::string("measure ") + c);
+}
+
 }  // namespace
 }  // namespace tern::block::qcow2::test
