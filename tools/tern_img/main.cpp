@@ -5,7 +5,7 @@
 #include "tools/tern_img/verbs.h"
 
 int main(int argc, char** argv) {
-  CLI::App app{"tern-img: create, inspect, check and benchmark disk images", "tern-img"};
+  CLI::App app{"tern-img: create, inspect, compare, convert, check and benchmark disk images (qemu-img verbs; VERB --help for each)", "tern-img"};
   tern::tools::add_version_flag(app);
   app.require_subcommand(1);
   int status = 0;
