@@ -37,8 +37,12 @@ int run_convert(const ConvertArgs& a) {
   }
   if (a.progress) {
     // qemu-img's progress line: "    (42.00/100%)", redrawn in place.
-    o.progress = [](double fraction) {
-      std::printf("\r    (%.2f/100%%)", fraction * 100.0);
+    // Redrawn when it moved by 1% or more, as qemu-img does, and at the end.
+    o.progress = [last = -1.0](double fraction) mutable {
+      double percent = fraction * 100.0;
+      if (percent - last < 1.0 && percent < 100.0) return;
+      last = percent;
+      std::printf("\r    (%.2f/100%%)", percent);
       std::fflush(stdout);
     };
   }
