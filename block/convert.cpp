@@ -1,7 +1,6 @@
 #include "block/convert.h"
 
 #include <fcntl.h>
-#include <poll.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -9,7 +8,9 @@
 #include <vector>
 
 #include "base/unique_fd.h"
-#include "block/qcow2/create.h"
+#include "block/chain.h"
+#include "block/qcow2/engine.h"
+#include "block/qcow2/qcow2_disk.h"
 
 namespace tern::block {
 namespace {
@@ -17,26 +18,24 @@ namespace {
 constexpr uint64_t kChunk = 1 << 20;
 constexpr uint64_t kZeroGranule = 64 << 10;
 
-// Runs one request on `ctx` and waits for it.
-Result<void> run(IoContext& ctx, const Request& req) {
-  if (auto r = ctx.submit(req); !r) return r;
-  std::vector<Completion> done;
-  for (;;) {
-    ctx.drain(done);
-    if (!done.empty()) return done.front().status;
-    pollfd pfd{ctx.completion_fd(), POLLIN, 0};
-    if (::poll(&pfd, 1, -1) < 0 && errno != EINTR) return fail(Errc::ReadFailed, errno, "poll");
-  }
-}
-
 bool all_zero(const uint8_t* p, size_t n) {
   return n == 0 || (p[0] == 0 && std::equal(p, p + n - 1, p + 1));
+}
+
+Request single(Op op, uint64_t offset, iovec& v) {
+  Request r;
+  r.op = op;
+  r.offset = offset;
+  r.iov = std::span<const iovec>(&v, 1);
+  return r;
 }
 
 // Where converted data goes: a plain file or a disk.
 class Sink {
  public:
   virtual ~Sink() = default;
+  // The granule of write(): writes cover it whole (the image's end aside).
+  virtual uint64_t granule() const { return kZeroGranule; }
   virtual Result<void> write(uint64_t offset, std::span<const uint8_t> data) = 0;
   virtual Result<void> finish() = 0;
 };
@@ -45,6 +44,7 @@ class RawSink final : public Sink {
  public:
   explicit RawSink(UniqueFd fd) : fd_(std::move(fd)) {}
   Result<void> write(uint64_t offset, std::span<const uint8_t> data) override {
+    if (all_zero(data.data(), data.size())) return {};  // the file is sparse
     size_t done = 0;
     while (done < data.size()) {
       ssize_t n = ::pwrite(fd_.get(), data.data() + done, data.size() - done,
@@ -66,17 +66,47 @@ class RawSink final : public Sink {
   UniqueFd fd_;
 };
 
-class DiskSink final : public Sink {
+// A new QCOW2 image. Without a backing file it starts all zeros, so zero
+// granules are skipped; with one, a granule is written (zeros included)
+// only where it differs from what the backing file shows.
+class Qcow2Sink final : public Sink {
  public:
-  DiskSink(std::unique_ptr<DiskFile> disk, std::unique_ptr<IoContext> ctx)
-      : disk_(std::move(disk)), ctx_(std::move(ctx)) {}
+  Qcow2Sink(std::unique_ptr<DiskFile> disk, std::unique_ptr<IoContext> ctx, uint64_t cluster_size,
+            bool compress, bool backed)
+      : disk_(std::move(disk)),
+        ctx_(std::move(ctx)),
+        cluster_size_(cluster_size),
+        compress_(compress),
+        backed_(backed) {}
+  uint64_t granule() const override { return std::max(cluster_size_, compress_ ? cluster_size_ : kZeroGranule); }
   Result<void> write(uint64_t offset, std::span<const uint8_t> data) override {
+    const bool zero = all_zero(data.data(), data.size());
+    if (backed_) {
+      below_.resize(data.size());
+      iovec v{below_.data(), below_.size()};
+      if (auto r = run_request(*ctx_, single(Op::Read, offset, v)); !r) return r;
+      if (std::equal(data.begin(), data.end(), below_.begin())) return {};
+      if (zero) {
+        Request z;
+        z.op = Op::WriteZeroes;
+        z.offset = offset;
+        z.length = data.size();
+        return run_request(*ctx_, z);
+      }
+    } else if (zero) {
+      return {};
+    }
+    if (compress_) {
+      auto* q = static_cast<qcow2::Qcow2Disk*>(disk_.get());
+      for (uint64_t done = 0; done < data.size(); done += cluster_size_) {
+        auto piece = data.subspan(done, std::min<uint64_t>(cluster_size_, data.size() - done));
+        auto r = q->with_engine([&](qcow2::Engine& e) { return e.write_compressed(offset + done, piece); });
+        if (!r) return r;
+      }
+      return {};
+    }
     iovec v{const_cast<uint8_t*>(data.data()), data.size()};
-    Request r;
-    r.op = Op::Write;
-    r.offset = offset;
-    r.iov = std::span<const iovec>(&v, 1);
-    return run(*ctx_, r);
+    return run_request(*ctx_, single(Op::Write, offset, v));
   }
   Result<void> finish() override {
     ctx_.reset();
@@ -86,63 +116,77 @@ class DiskSink final : public Sink {
  private:
   std::unique_ptr<DiskFile> disk_;
   std::unique_ptr<IoContext> ctx_;
+  uint64_t cluster_size_;
+  bool compress_;
+  bool backed_;
+  std::vector<uint8_t> below_;
 };
+
+Result<std::unique_ptr<Sink>> make_sink(const ConvertOptions& options, uint64_t size) {
+  if (options.output_type == ImageType::Qcow2) {
+    qcow2::CreateOptions create = options.qcow2;
+    create.path = options.output;
+    create.size = size;
+    if (auto r = qcow2::create_image(create); !r) return std::unexpected(r.error());
+    OpenOptions out_options;
+    out_options.path = options.output;
+    out_options.type = ImageType::Qcow2;
+    out_options.allow_backing = !create.backing_file.empty();
+    out_options.aio = AioMode::Sync;
+    auto out = open_disk(out_options);
+    if (!out) return std::unexpected(out.error());
+    if ((*out)->size() != size) {
+      return fail(Errc::InvalidArgument, 0, options.output + ": the backing file sets another size");
+    }
+    auto ctx = (*out)->make_io_context(1);
+    if (!ctx) return std::unexpected(ctx.error());
+    return std::make_unique<Qcow2Sink>(std::move(*out), std::move(*ctx), create.cluster_size, options.compress,
+                                       !create.backing_file.empty());
+  }
+  if (options.compress || !options.qcow2.backing_file.empty()) {
+    return fail(Errc::InvalidArgument, 0, "compression and backing files need a qcow2 output");
+  }
+  int fd = ::open(options.output.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return fail(Errc::OpenFailed, errno, options.output);
+  UniqueFd owned(fd);
+  while (::ftruncate(fd, static_cast<off_t>(size)) != 0) {
+    if (errno != EINTR) return fail(Errc::ResizeFailed, errno, options.output);
+  }
+  return std::make_unique<RawSink>(std::move(owned));
+}
 
 }  // namespace
 
 Result<void> convert_image(const ConvertOptions& options) {
   OpenOptions in_options;
   in_options.path = options.input;
+  in_options.type = options.input_type;
   in_options.read_only = true;
   in_options.allow_backing = true;  // like qemu-img, follow backing files
+  in_options.aio = AioMode::Sync;
   auto in = open_disk(in_options);
   if (!in) return std::unexpected(in.error());
   auto in_ctx = (*in)->make_io_context(1);
   if (!in_ctx) return std::unexpected(in_ctx.error());
   const uint64_t size = (*in)->size();
 
-  std::unique_ptr<Sink> sink;
-  if (options.output_type == ImageType::Qcow2) {
-    qcow2::CreateOptions create;
-    create.path = options.output;
-    create.size = size;
-    if (auto r = qcow2::create_image(create); !r) return r;
-    OpenOptions out_options;
-    out_options.path = options.output;
-    out_options.type = ImageType::Qcow2;
-    auto out = open_disk(out_options);
-    if (!out) return std::unexpected(out.error());
-    auto ctx = (*out)->make_io_context(1);
-    if (!ctx) return std::unexpected(ctx.error());
-    sink = std::make_unique<DiskSink>(std::move(*out), std::move(*ctx));
-  } else {
-    int fd = ::open(options.output.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) return fail(Errc::OpenFailed, errno, options.output);
-    UniqueFd owned(fd);
-    while (::ftruncate(fd, static_cast<off_t>(size)) != 0) {
-      if (errno != EINTR) return fail(Errc::ResizeFailed, errno, options.output);
-    }
-    sink = std::make_unique<RawSink>(std::move(owned));
-  }
-
-  std::vector<uint8_t> buf(kChunk);
-  for (uint64_t offset = 0; offset < size; offset += kChunk) {
-    uint64_t n = std::min(kChunk, size - offset);
+  auto sink = make_sink(options, size);
+  if (!sink) return std::unexpected(sink.error());
+  const uint64_t granule = (*sink)->granule();
+  const uint64_t chunk = std::max(kChunk, granule);
+  std::vector<uint8_t> buf(chunk);
+  for (uint64_t offset = 0; offset < size; offset += chunk) {
+    uint64_t n = std::min(chunk, size - offset);
     iovec v{buf.data(), n};
-    Request r;
-    r.op = Op::Read;
-    r.offset = offset;
-    r.iov = std::span<const iovec>(&v, 1);
-    if (auto s = run(**in_ctx, r); !s) return s;
-    for (uint64_t g = 0; g < n; g += kZeroGranule) {
-      uint64_t len = std::min(kZeroGranule, n - g);
-      if (all_zero(buf.data() + g, len)) continue;
-      if (auto s = sink->write(offset + g, std::span<const uint8_t>(buf.data() + g, len)); !s) return s;
+    if (auto s = run_request(**in_ctx, single(Op::Read, offset, v)); !s) return s;
+    for (uint64_t g = 0; g < n; g += granule) {
+      uint64_t len = std::min(granule, n - g);
+      if (auto s = (*sink)->write(offset + g, std::span<const uint8_t>(buf.data() + g, len)); !s) return s;
     }
     if (options.progress) options.progress(static_cast<double>(offset + n) / static_cast<double>(size));
   }
   if (size == 0 && options.progress) options.progress(1.0);
-  return sink->finish();
+  return (*sink)->finish();
 }
 
 }  // namespace tern::block

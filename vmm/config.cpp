@@ -6,6 +6,8 @@
 #include <sstream>
 #include <set>
 
+#include "base/version.h"
+
 namespace tern::vmm {
 
 namespace {
@@ -230,7 +232,8 @@ std::expected<LandlockRule, std::string> parse_landlock_rule(std::string_view te
 }
 
 std::expected<VmConfig, ParseExit> parse_command_line(int argc, const char* const* argv) {
-  CLI::App app{"tern: a minimal KVM virtual machine monitor"};
+  CLI::App app{"tern: a minimal KVM virtual machine monitor", "tern"};
+  app.set_version_flag("--version", std::string("tern version ") + version_text());
   VmConfig c;
   std::string initramfs, cpus = "boot=1", memory = "size=512M", serial = "tty", api_socket;
   std::vector<std::string> disks, landlock_rules;

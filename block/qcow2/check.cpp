@@ -16,6 +16,7 @@ constexpr uint64_t kTableOffsetMask = ~uint64_t{0x1ff};
 }  // namespace
 
 Result<CheckResult> Engine::check(Repair repair) {
+  compressed_cursor_ = 0;  // a repair may rewrite any refcount
   CheckResult res;
   const Header& h = header_.get();
   if (h.nb_snapshots > 0) {

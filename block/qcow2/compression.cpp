@@ -2,6 +2,7 @@
 
 #include <zlib.h>
 #include <zstd.h>
+#include <zstd_errors.h>
 
 namespace tern::block::qcow2 {
 namespace {
@@ -43,7 +44,39 @@ Result<void> zstd_decode(std::span<const uint8_t> in, std::span<uint8_t> out) {
   return {};
 }
 
+Result<std::optional<size_t>> deflate_raw(std::span<const uint8_t> in, std::span<uint8_t> out) {
+  z_stream zs{};
+  // QEMU's parameters: raw deflate (negative window bits), 4 KiB window.
+  if (deflateInit2(&zs, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -12, 9, Z_DEFAULT_STRATEGY) != Z_OK) {
+    return fail(Errc::OutOfMemory, 0, "deflateInit2");
+  }
+  zs.next_in = const_cast<Bytef*>(in.data());
+  zs.avail_in = static_cast<uInt>(in.size());
+  zs.next_out = out.data();
+  zs.avail_out = static_cast<uInt>(out.size());
+  int ret = deflate(&zs, Z_FINISH);
+  size_t used = out.size() - zs.avail_out;
+  deflateEnd(&zs);
+  if (ret == Z_STREAM_END) return used;
+  if (ret == Z_OK || ret == Z_BUF_ERROR) return std::nullopt;  // out is full: does not fit
+  return fail(Errc::Internal, 0, "deflate failed");
+}
+
+Result<std::optional<size_t>> zstd_encode(std::span<const uint8_t> in, std::span<uint8_t> out) {
+  size_t ret = ZSTD_compress(out.data(), out.size(), in.data(), in.size(), ZSTD_CLEVEL_DEFAULT);
+  if (ZSTD_isError(ret)) {
+    if (ZSTD_getErrorCode(ret) == ZSTD_error_dstSize_tooSmall) return std::nullopt;
+    return fail(Errc::Internal, 0, ZSTD_getErrorName(ret));
+  }
+  return ret;
+}
+
 }  // namespace
+
+Result<std::optional<size_t>> compress_cluster(CompressionType type, std::span<const uint8_t> in,
+                                               std::span<uint8_t> out) {
+  return type == CompressionType::Zstd ? zstd_encode(in, out) : deflate_raw(in, out);
+}
 
 Result<void> decompress_cluster(CompressionType type, std::span<const uint8_t> in,
                                 std::span<uint8_t> out) {

@@ -7,6 +7,7 @@
 #include <bit>
 #include <vector>
 
+#include "block/image_lock.h"
 #include "block/qcow2/backing.h"
 #include "block/qcow2/big_endian.h"
 #include "block/qcow2/engine.h"
@@ -81,6 +82,32 @@ Result<void> create_image(const CreateOptions& o) {
     if (auto r = file.write_at(0, *bytes); !r) return fail(Errc::WritingHeader, r.error().sys_errno);
     if (auto r = file.sync(); !r) return fail(Errc::SyncingHeader, r.error().sys_errno);
   }
+  return {};
+}
+
+Result<void> set_backing_file(const std::string& path, const std::string& name, const std::string& format) {
+  auto file = open_host_file(path, false);
+  if (!file) return std::unexpected(file.error());
+  if (auto r = lock_image((*file)->fd(), true, path); !r) return r;
+  auto size = (*file)->size();
+  if (!size) return std::unexpected(size.error());
+  auto h = read_header(**file, *size);
+  if (!h) return std::unexpected(h.error());
+  if (h->incompatible_features & (kIncompatDirty | kIncompatCorrupt)) {
+    return fail(Errc::CorruptImage, 0, path + ": not closed cleanly or corrupt; check it first");
+  }
+  h->backing_file = name;
+  h->backing_format = name.empty() ? std::string() : format;
+  if (name.empty()) {
+    h->backing_file_offset = 0;
+    h->backing_file_size = 0;
+  }
+  h->autoclear_features = 0;
+  auto bytes = encode_new_header(*h);
+  if (!bytes) return std::unexpected(bytes.error());
+  bytes->resize(h->cluster_size(), 0);  // nothing of the old extension area stays
+  if (auto r = (*file)->write_at(0, *bytes); !r) return fail(Errc::WritingHeader, r.error().sys_errno, path);
+  if (auto r = (*file)->sync(); !r) return fail(Errc::SyncingHeader, r.error().sys_errno, path);
   return {};
 }
 

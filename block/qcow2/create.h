@@ -25,4 +25,12 @@ struct CreateOptions {
 // path as tern-img resize and live grow).
 [[nodiscard]] Result<void> create_image(const CreateOptions& options);
 
+// Rewrites the header cluster of a cleanly closed image at `path` to name
+// another backing file (empty: none) and format (tern-img rebase, the
+// header part). The extension area is written anew: the backing-format
+// extension only, and the autoclear bits cleared (qcow2.txt: a writer that
+// does not keep an extension's data clears its autoclear bit).
+[[nodiscard]] Result<void> set_backing_file(const std::string& path, const std::string& name,
+                                            const std::string& format);
+
 }  // namespace tern::block::qcow2

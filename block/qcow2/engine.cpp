@@ -130,6 +130,18 @@ Result<Engine::Mapping> Engine::lookup(uint64_t guest_offset) {
   return classify(load_be<uint64_t>(*table + index * 8));
 }
 
+Result<ClusterStatus> Engine::cluster_status(uint64_t guest_offset) {
+  auto m = lookup(guest_offset);
+  if (!m) return std::unexpected(m.error());
+  switch (m->kind) {
+    case Mapping::Unallocated: return ClusterStatus{};
+    case Mapping::Zero: return ClusterStatus{ClusterKind::Zero, m->host_offset};
+    case Mapping::Compressed: return ClusterStatus{ClusterKind::Compressed, 0};
+    case Mapping::Standard: return ClusterStatus{ClusterKind::Data, m->host_offset};
+  }
+  return ClusterStatus{};
+}
+
 Result<void> Engine::read_compressed(uint64_t entry, std::span<uint8_t> out) {
   // qcow2.txt, "Compressed Clusters Descriptor": x = 62 - (cluster_bits - 8);
   // bits 0..x-1 host offset, x..61 additional 512-byte sectors.
@@ -267,6 +279,7 @@ Result<void> Engine::set_l2_entry(const L2Slot& slot, uint64_t entry) {
 // Drops the references a mapping holds on host clusters: one for a standard
 // cluster, one on every host cluster a compressed cluster's data touches.
 Result<void> Engine::release_cluster(const Mapping& m) {
+  compressed_cursor_ = 0;
   if (m.kind == Mapping::Compressed) {
     const uint32_t x = 62 - (cluster_bits_ - 8);
     uint64_t offset = m.entry & ((uint64_t{1} << x) - 1);

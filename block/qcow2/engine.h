@@ -69,6 +69,14 @@ struct HostExtent {
   uint64_t length = 0;
 };
 
+// What one guest cluster maps to in this image alone (tern-img map,
+// compare, commit, rebase and measure look at layers one by one).
+enum class ClusterKind { Unallocated, Zero, Compressed, Data };
+struct ClusterStatus {
+  ClusterKind kind = ClusterKind::Unallocated;
+  uint64_t host_offset = 0;  // Data; Zero when it keeps its allocation; else 0
+};
+
 class Engine {
  public:
   [[nodiscard]] static Result<std::unique_ptr<Engine>> open(std::unique_ptr<HostFile> file,
@@ -94,6 +102,14 @@ class Engine {
   [[nodiscard]] Result<void> write(uint64_t offset, std::span<const iovec> iov,
                                    std::vector<HostExtent>* deferred);
   [[nodiscard]] Result<void> discard(uint64_t offset, uint64_t length);
+  // Writes the whole guest cluster at `guest_offset` (aligned) compressed,
+  // into bytes of its own (block/qcow2/compressed_write.cpp); `data` is
+  // one cluster, or less for the image's last cluster (zeros follow). When
+  // compressing does not make it smaller it is written as a standard
+  // cluster, as QEMU does.
+  [[nodiscard]] Result<void> write_compressed(uint64_t guest_offset, std::span<const uint8_t> data);
+  // The mapping of the cluster holding `guest_offset` (below size()).
+  [[nodiscard]] Result<ClusterStatus> cluster_status(uint64_t guest_offset);
   [[nodiscard]] Result<void> write_zeroes(uint64_t offset, uint64_t length, bool may_unmap);
   // Writes back dirty metadata (refcounts, L2, L1), then syncs the file.
   [[nodiscard]] Result<void> flush();
@@ -145,6 +161,8 @@ class Engine {
     return write_cluster(guest_offset, cursor, request_offset, length, deferred);
   }
   Result<void> zero_cluster(uint64_t guest_offset, bool may_unmap, bool discard);
+  // `length` bytes for compressed data, packed after the previous ones.
+  Result<uint64_t> allocate_compressed_bytes(uint64_t length);
   Result<void> flush_metadata();
   bool overlaps_metadata(uint64_t host_cluster) const;
   Result<void> preallocate_for(uint64_t host_end);
@@ -166,6 +184,10 @@ class Engine {
   std::unique_ptr<Backing> backing_;
   uint64_t preallocated_end_ = 0;  // the file is at least this long
   TransferTracker transfers_;
+  // Where the next compressed cluster's bytes go (inside a host cluster
+  // already counted for earlier ones), 0 when none; dropped whenever a
+  // cluster is released, so it never points into a freed cluster.
+  uint64_t compressed_cursor_ = 0;
 };
 
 }  // namespace tern::block::qcow2

@@ -63,7 +63,22 @@ int run_create(const CreateArgs& a) {
   c.size = size;
   c.backing_file = a.backing;
   c.backing_format = a.backing_format;
-  std::stringstream list(a.options);
+  if (!parse_qcow2_options(a.options, c)) return 1;
+  if (size == 0 && c.backing_file.empty()) {
+    std::fprintf(stderr, "tern-img: image size required\n");
+    return 1;
+  }
+  if (auto r = block::qcow2::create_image(c); !r) {
+    std::fprintf(stderr, "tern-img: %s: %s\n", a.file.c_str(), r.error().message().c_str());
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace
+
+bool parse_qcow2_options(const std::string& options, block::qcow2::CreateOptions& c) {
+  std::stringstream list(options);
   std::string item;
   while (std::getline(list, item, ',')) {
     if (item.empty()) continue;
@@ -88,21 +103,11 @@ int run_create(const CreateArgs& a) {
       c.backing_format = value;
     } else {
       std::fprintf(stderr, "tern-img: invalid option '%s'\n", item.c_str());
-      return 1;
+      return false;
     }
   }
-  if (size == 0 && c.backing_file.empty()) {
-    std::fprintf(stderr, "tern-img: image size required\n");
-    return 1;
-  }
-  if (auto r = block::qcow2::create_image(c); !r) {
-    std::fprintf(stderr, "tern-img: %s: %s\n", a.file.c_str(), r.error().message().c_str());
-    return 1;
-  }
-  return 0;
+  return true;
 }
-
-}  // namespace
 
 void add_create(CLI::App& app, int& status) {
   auto args = std::make_shared<CreateArgs>();

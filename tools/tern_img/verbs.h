@@ -7,6 +7,7 @@
 #include <optional>
 #include <string>
 
+#include "block/qcow2/create.h"
 #include "tools/sizes.h"
 
 namespace tern::img {
@@ -18,6 +19,16 @@ void add_resize(CLI::App& app, int& status);
 void add_bench(CLI::App& app, int& status);
 void add_io(CLI::App& app, int& status);
 void add_check(CLI::App& app, int& status);
+void add_map(CLI::App& app, int& status);
+void add_compare(CLI::App& app, int& status);
+void add_commit(CLI::App& app, int& status);
+void add_rebase(CLI::App& app, int& status);
+void add_measure(CLI::App& app, int& status);
+
+// qemu-img's -o list for qcow2 (cluster_size=, refcount_bits=, compat=,
+// compression_type=, backing_file=, backing_fmt=) into `c`; false, with a
+// message on stderr, when an item is unknown or malformed.
+bool parse_qcow2_options(const std::string& options, block::qcow2::CreateOptions& c);
 
 using tools::human_size;
 using tools::parse_size;

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "api/client.h"
+#include "tools/cli.h"
 #include "tools/sizes.h"
 
 namespace {
@@ -52,7 +53,8 @@ void print_human(const std::string& verb, const json& doc, const std::string& di
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"tern-remote: control a running tern over its API socket"};
+  CLI::App app{"tern-remote: control a running tern over its API socket", "tern-remote"};
+  tern::tools::add_version_flag(app);
   std::string socket_path;
   std::string output = "human";
   app.add_option("--api-socket", socket_path, "tern's API socket")->required();
@@ -66,7 +68,7 @@ int main(int argc, char** argv) {
   resize->add_option("--disk", disk, "disk id")->required();
   resize->add_option("--size", size_text, "new size (bytes, or with K/M/G/T suffix)")->required();
   app.add_subcommand("shutdown", "shut the VM and tern down");
-  CLI11_PARSE(app, argc, argv);
+  if (auto exit_status = tern::tools::parse_command_line(app, argc, argv)) return *exit_status;
 
   std::string verb = app.get_subcommands().front()->get_name();
   Call call;

@@ -1,0 +1,86 @@
+// Chain: an image and every backing file under it, each opened on its own,
+// for the tools that look at the layers one by one (tern-img map, compare,
+// commit, rebase, measure, convert -B). Layer 0 is the image named; layer
+// i + 1 is layer i's backing file. Opening layer 0 follows the whole chain
+// with the rules of every open (docs/qcow2.md, "Backing chains": at most
+// kMaxBackingDepth backing files, no loops, block devices only when
+// allowed), so the later layers are opened only once those rules held.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "block/disk.h"
+#include "block/error.h"
+#include "block/open.h"
+
+namespace tern::block {
+
+// What a byte range holds, seen from the top of the chain, in qemu's
+// block-status terms (qemu-img map prints these fields).
+struct ChainExtent {
+  uint64_t start = 0;
+  uint64_t length = 0;
+  size_t depth = 0;          // the layer that decided (0: the top)
+  bool present = false;      // allocated in that layer (false: reads as zeros, nothing allocated)
+  bool zero = false;         // reads as zeros
+  bool data = false;         // holds data (compressed clusters too)
+  bool compressed = false;   // a QCOW2 compressed cluster
+  bool has_offset = false;   // `offset` is valid
+  uint64_t offset = 0;       // in that layer's file
+};
+
+struct ChainOptions {
+  ImageType top_type = ImageType::Auto;  // layer 0's format (probed when Auto)
+  bool writable_top = false;  // layer 0 opened read-write (its backing files stay read-only)
+  bool allow_block_backing = false;
+  bool lock = true;  // layer 0's image lock; backing files are not locked (as in open_disk)
+};
+
+class Chain {
+ public:
+  [[nodiscard]] static Result<Chain> open(const std::string& path, const ChainOptions& options = {});
+  Chain(Chain&&) noexcept;
+  Chain& operator=(Chain&&) noexcept;
+  ~Chain();
+
+  size_t layers() const { return layers_.size(); }
+  // The file of layer i: the top as given, backing files resolved against
+  // their overlay's directory (the names qemu-img map prints).
+  const std::string& path(size_t layer) const;
+  // "raw" or "qcow2".
+  std::string_view format(size_t layer) const;
+  uint64_t size(size_t layer) const;
+  // Layer i as a disk (with its own backing files below it).
+  DiskFile& disk(size_t layer);
+
+  // What layer i alone holds at `offset` (below size(i)): present/zero/data
+  // as if it had no backing file, depth = i. At most `max_length` bytes;
+  // a QCOW2 layer answers one cluster (or its rest) at a time.
+  [[nodiscard]] Result<ChainExtent> layer_status(size_t layer, uint64_t offset, uint64_t max_length);
+  // What the chain shows at `offset` (below size(0)), the way qemu-img map
+  // walks it: down through unallocated ranges to the first layer that has
+  // the range allocated, or the last one.
+  [[nodiscard]] Result<ChainExtent> status(uint64_t offset, uint64_t max_length);
+
+  // Reads layer i's view (with its backing files) of [offset, offset + size).
+  [[nodiscard]] Result<void> read(size_t layer, uint64_t offset, std::span<uint8_t> out);
+  // Writes through layer 0 (writable_top).
+  [[nodiscard]] Result<void> write(uint64_t offset, std::span<const uint8_t> data);
+  [[nodiscard]] Result<void> write_zeroes(uint64_t offset, uint64_t length);
+  // Closes every layer (layer 0's metadata written back and synced).
+  [[nodiscard]] Result<void> close();
+
+ private:
+  struct Layer;
+  Chain();
+  std::vector<std::unique_ptr<Layer>> layers_;
+};
+
+// Runs one request on `ctx` and waits for its completion.
+[[nodiscard]] Result<void> run_request(IoContext& ctx, const Request& request);
+
+}  // namespace tern::block

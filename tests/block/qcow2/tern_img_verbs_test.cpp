@@ -1,0 +1,288 @@
+// tern-img's qemu-img verbs (map, compare, commit, rebase, convert -c/-B,
+// measure) run side by side with qemu-img on the same images: the same
+// output (modulo the program name in error messages) and exit status, or
+// results that qemu-img compare calls identical and qemu-img check clean.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <regex>
+
+#include "tests/block/qcow2/qcow2_test_util.h"
+
+namespace tern::block::qcow2::test {
+namespace {
+
+std::string tern_img() {
+  const char* dir = std::getenv("TERN_BUILD_DIR");
+  return std::string(dir ? dir : "build") + "/tern-img";
+}
+
+struct Outcome {
+  int status;
+  std::string output;
+};
+
+// Runs `args` under both programs in `dir`, one after the other (image
+// locks), with "qemu-img: " / "tern-img: " message prefixes dropped.
+std::pair<Outcome, Outcome> both(const TempDir& dir, const std::string& args) {
+  auto run = [&](const std::string& program, const std::string& prefix) {
+    Outcome o;
+    o.status = sh("cd '" + dir.file("") + "' && " + program + " " + args, &o.output);
+    o.output = std::regex_replace(o.output, std::regex("(^|\n)" + prefix + ": "), "$1");
+    return o;
+  };
+  return {run("qemu-img", "qemu-img"), run(tern_img(), "tern-img")};
+}
+
+#define EXPECT_SAME(dir, args)                                                     \
+  do {                                                                             \
+    auto [q_, t_] = both(dir, args);                                               \
+    EXPECT_EQ(t_.status, q_.status) << (args) << "\nqemu-img:\n" << q_.output      \
+                                    << "tern-img:\n" << t_.output;                 \
+    EXPECT_EQ(t_.output, q_.output) << (args);                                     \
+  } while (0)
+
+// Errors: the same status, and a message; the wording is tern's own.
+#define EXPECT_SAME_FAILURE(dir, args)                                             \
+  do {                                                                             \
+    auto [q_, t_] = both(dir, args);                                               \
+    EXPECT_NE(q_.status, 0) << (args);                                             \
+    EXPECT_EQ(t_.status, q_.status) << (args) << "\nqemu-img:\n" << q_.output      \
+                                    << "tern-img:\n" << t_.output;                 \
+    EXPECT_NE(t_.output.find("Could not open"), std::string::npos) << t_.output;   \
+  } while (0)
+
+// A three-layer chain: raw base (4M), qcow2 middle (data, a zero cluster),
+// qcow2 top (6M: past the middle's end), plus a compressed copy.
+void make_chain(const TempDir& dir) {
+  const std::string d = "cd '" + dir.file("") + "' && ";
+  SH_OK(d + "qemu-img create -q -f raw base.raw 4M");
+  SH_OK(d + "qemu-io -f raw -c 'write -P 1 0 128k' -c 'write -P 6 2M 64k' base.raw");
+  SH_OK(d + "qemu-img create -q -f qcow2 -b base.raw -F raw mid.qcow2");
+  SH_OK(d + "qemu-io -c 'write -P 2 64k 64k' -c 'write -z 256k 64k' -c 'write -P 3 1M 128k' "
+            "-c 'write -z 2M 4k' mid.qcow2");
+  SH_OK(d + "qemu-img create -q -f qcow2 -b mid.qcow2 -F qcow2 top.qcow2 6M");
+  SH_OK(d + "qemu-io -c 'write -P 4 1088k 64k' -c 'write -P 5 5M 64k' -c 'write -P 5 5500k 1k' top.qcow2");
+  SH_OK(d + "qemu-img convert -c -O qcow2 mid.qcow2 compressed.qcow2");
+}
+
+TEST(TernImgVerbs, MapMatchesQemuImg) {
+  TempDir dir;
+  make_chain(dir);
+  for (const char* image : {"top.qcow2", "mid.qcow2", "base.raw", "compressed.qcow2"}) {
+    for (const char* output : {"json", "human"}) {
+      EXPECT_SAME(dir, std::string("map --output ") + output + " " + image);
+    }
+  }
+  EXPECT_SAME(dir, "map -f raw mid.qcow2");
+  EXPECT_SAME_FAILURE(dir, "map nonexistent.qcow2");
+}
+
+TEST(TernImgVerbs, CompareMatchesQemuImg) {
+  TempDir dir;
+  make_chain(dir);
+  const std::string d = "cd '" + dir.file("") + "' && ";
+  SH_OK(d + "qemu-img convert -O qcow2 top.qcow2 flat.qcow2");
+  SH_OK(d + "qemu-img convert -O raw top.qcow2 flat.raw");
+  SH_OK(d + "cp flat.raw changed.raw && qemu-io -f raw -c 'write -P 7 1000000 1' changed.raw");
+  SH_OK(d + "qemu-img create -q -f qcow2 longer.qcow2 8M && qemu-img convert -n -O qcow2 top.qcow2 longer.qcow2");
+  SH_OK(d + "cp longer.qcow2 tail.qcow2 && qemu-io -c 'write -P 9 7M 4k' tail.qcow2");
+  const char* cases[] = {
+      "top.qcow2 flat.qcow2",       "top.qcow2 flat.raw",     "flat.raw changed.raw",
+      "top.qcow2 changed.raw",      "-q flat.raw changed.raw", "-s top.qcow2 flat.qcow2",
+      "-s flat.qcow2 flat.qcow2",   "flat.qcow2 longer.qcow2", "-s flat.qcow2 longer.qcow2",
+      "longer.qcow2 top.qcow2",     "top.qcow2 tail.qcow2",    "tail.qcow2 flat.raw",
+      "-f raw top.qcow2 flat.raw",  "-F raw flat.qcow2 flat.raw", "compressed.qcow2 mid.qcow2",
+      "-s compressed.qcow2 mid.qcow2",
+  };
+  for (const char* c : cases) EXPECT_SAME(dir, std::string("compare ") + c);
+  EXPECT_SAME_FAILURE(dir, "compare top.qcow2 nonexistent");
+  EXPECT_SAME_FAILURE(dir, "compare nonexistent top.qcow2");
+}
+
+// convert -c: QEMU reads the compressed clusters back byte for byte and
+// qemu-img check finds the refcounts (shared host clusters, compressed
+// clusters spanning two of them) clean; incompressible clusters are
+// written uncompressed, as qemu-img does.
+TEST(TernImgVerbs, ConvertCompressedReadBackByQemu) {
+  TempDir dir;
+  make_chain(dir);
+  const std::string d = "cd '" + dir.file("") + "' && ";
+  // 192 KiB of random data (incompressible) among patterns and zeros.
+  SH_OK(d + "qemu-img convert -O raw top.qcow2 src.raw && head -c 196608 /dev/urandom | "
+            "dd of=src.raw bs=64k seek=40 conv=notrunc status=none");
+  struct Case {
+    const char* options;
+    bool random_only_uncompressed;
+  };
+  for (const char* type : {"zlib", "zstd"}) {
+    for (const char* extra : {"", ",cluster_size=4096", ",cluster_size=512", ",cluster_size=4096,refcount_bits=1"}) {
+      SCOPED_TRACE(std::string(type) + extra);
+      SH_OK(d + "rm -f c.qcow2 c.raw && " + tern_img() + " convert -c -O qcow2 -o compression_type=" + type +
+            extra + " src.raw c.qcow2");
+      SH_OK(d + "qemu-img check -q c.qcow2");
+      SH_OK(d + "qemu-img convert -O raw c.qcow2 c.raw && cmp src.raw c.raw");
+      std::string out;
+      ASSERT_EQ(sh(d + "qemu-img info c.qcow2 && qemu-img check c.qcow2", &out), 0) << out;
+      EXPECT_NE(out.find(std::string("compression type: ") + type), std::string::npos) << out;
+      EXPECT_NE(out.find("compressed clusters"), std::string::npos) << out;
+      // The random clusters are not compressed: data with an offset.
+      ASSERT_EQ(sh(d + "qemu-img map --output json c.qcow2", &out), 0) << out;
+      // (Small clusters: L2 tables come between them, so several extents.)
+      EXPECT_TRUE(std::regex_search(out, std::regex("\"start\": 2621440, \"length\": [0-9]+, \"depth\": 0, "
+                                                    "\"present\": true, \"zero\": false, \"data\": true, "
+                                                    "\"offset\"")))
+          << out;
+    }
+  }
+  // From a chain, into a compressed overlay of its base and into a plain
+  // overlay of its middle: only differing clusters are written.
+  SH_OK(d + tern_img() + " convert -c -O qcow2 -B base.raw -F raw top.qcow2 over-base.qcow2");
+  SH_OK(d + tern_img() + " convert -O qcow2 -B mid.qcow2 -F qcow2 top.qcow2 over-mid.qcow2");
+  for (const char* image : {"over-base.qcow2", "over-mid.qcow2"}) {
+    SH_OK(d + "qemu-img check -q " + image);
+    SH_OK(d + "qemu-img compare -q top.qcow2 " + image);
+  }
+  std::string map;
+  ASSERT_EQ(sh(d + "qemu-img map --output json over-mid.qcow2", &map), 0);
+  std::string top_map;
+  ASSERT_EQ(sh(d + "qemu-img map --output json top.qcow2", &top_map), 0);
+  EXPECT_EQ(map, top_map);  // same allocation: the top's own clusters only
+}
+
+// The same chain made twice, in q/ for qemu-img and t/ for tern-img.
+struct TwoChains {
+  TempDir dir;
+  std::string q = dir.file("q");
+  std::string t = dir.file("t");
+  TwoChains() { EXPECT_EQ(sh("mkdir '" + q + "' '" + t + "'"), 0); }
+  void make(const std::string& top_size = "4M") {
+    for (const std::string& d : {q, t}) {
+      const std::string cd = "cd '" + d + "' && ";
+      SH_OK(cd + "rm -f *.qcow2 *.raw && qemu-img create -q -f raw base.raw 4M");
+      SH_OK(cd + "qemu-io -f raw -c 'write -P 1 0 128k' -c 'write -P 6 2M 64k' base.raw");
+      SH_OK(cd + "qemu-img create -q -f qcow2 -b base.raw -F raw mid.qcow2");
+      SH_OK(cd + "qemu-io -c 'write -P 2 64k 64k' -c 'write -z 256k 64k' -c 'write -P 3 1M 128k' "
+                 "-c 'write -z 2M 4k' mid.qcow2");
+      SH_OK(cd + "qemu-img create -q -f qcow2 -b mid.qcow2 -F qcow2 top.qcow2 " + top_size);
+      SH_OK(cd + "qemu-io -c 'write -P 4 1088k 64k' -c 'write -P 5 3M 64k' -c 'write -P 5 3500k 1k' "
+                 "-c 'write -z 0 4k' top.qcow2");
+    }
+  }
+  // Both programs run `args` in their own directory; exit statuses equal.
+  void run(const std::string& args) {
+    std::string qo, to;
+    int qs = sh("cd '" + q + "' && qemu-img " + args, &qo);
+    int ts = sh("cd '" + t + "' && " + tern_img() + " " + args, &to);
+    EXPECT_EQ(ts, qs) << args << "\nqemu-img: " << qo << "\ntern-img: " << to;
+  }
+  // Every image the same per qemu-img compare, and tern's check clean.
+  void expect_same(std::initializer_list<const char*> images) {
+    for (const char* image : images) {
+      SH_OK("qemu-img compare '" + q + "/" + image + "' '" + t + "/" + image + "'");
+      if (std::string(image).ends_with(".qcow2")) SH_OK("qemu-img check -q '" + t + "/" + image + "'");
+    }
+  }
+  std::string info(const std::string& d, const std::string& image) {
+    std::string out;
+    EXPECT_EQ(sh("cd '" + d + "' && qemu-img info --output json " + image + " | grep -v -e actual-size -e "
+                 "'\"filename\"' -e full-backing -e dirty",
+                 &out),
+              0);
+    return out;
+  }
+};
+
+TEST(TernImgVerbs, CommitMatchesQemuImg) {
+  TwoChains c;
+  c.make();
+  SH_OK("cd '" + c.t + "' && qemu-img convert -O raw top.qcow2 ../want.raw");
+  c.run("commit top.qcow2");
+  c.expect_same({"top.qcow2", "mid.qcow2", "base.raw"});
+  SH_OK("qemu-img compare '" + c.t + "/top.qcow2' '" + c.dir.file("want.raw") + "'");
+  // Emptied: nothing allocated in the overlay, as qemu-img leaves it.
+  std::string qm, tm;
+  ASSERT_EQ(sh("cd '" + c.q + "' && qemu-img map --output json top.qcow2", &qm), 0);
+  ASSERT_EQ(sh("cd '" + c.t + "' && qemu-img map --output json top.qcow2", &tm), 0);
+  // (Host offsets in the middle image differ: allocation order.)
+  EXPECT_EQ(qm.find("\"depth\": 0, \"present\": true"), std::string::npos) << qm;
+  EXPECT_EQ(tm.find("\"depth\": 0, \"present\": true"), std::string::npos) << tm;
+  EXPECT_EQ(c.info(c.t, "top.qcow2"), c.info(c.q, "top.qcow2"));
+  // Twice more down the chain: into the raw base; -d keeps the overlay.
+  c.make();
+  c.run("commit -d top.qcow2");
+  c.run("commit mid.qcow2");
+  c.expect_same({"top.qcow2", "mid.qcow2", "base.raw"});
+  // Without a backing file: an error for both.
+  c.run("commit base.raw");
+}
+
+TEST(TernImgVerbs, RebaseMatchesQemuImg) {
+  TwoChains c;
+  c.make();
+  c.run("rebase -b base.raw -F raw top.qcow2");  // safe: skips the middle
+  c.expect_same({"top.qcow2", "mid.qcow2", "base.raw"});
+  EXPECT_EQ(c.info(c.t, "top.qcow2"), c.info(c.q, "top.qcow2"));
+  c.make();
+  c.run("rebase -b '' top.qcow2");  // flatten
+  c.expect_same({"top.qcow2"});
+  EXPECT_EQ(c.info(c.t, "top.qcow2"), c.info(c.q, "top.qcow2"));
+  c.make();
+  c.run("rebase -u -b base.raw -F raw top.qcow2");  // header only: contents change alike
+  c.expect_same({"top.qcow2"});
+  EXPECT_EQ(c.info(c.t, "top.qcow2"), c.info(c.q, "top.qcow2"));
+  c.make();
+  c.run("rebase -u -b missing.qcow2 -F qcow2 top.qcow2");
+  EXPECT_EQ(c.info(c.t, "top.qcow2"), c.info(c.q, "top.qcow2"));
+
+  // A loop back to the image, refused (qemu-img refuses too); unchanged.
+  c.make();
+  std::string before = c.info(c.t, "mid.qcow2"), out;
+  EXPECT_EQ(sh("cd '" + c.t + "' && " + tern_img() + " rebase -b top.qcow2 -F qcow2 mid.qcow2", &out), 1);
+  EXPECT_NE(out.find("loop"), std::string::npos) << out;
+  EXPECT_EQ(sh("cd '" + c.t + "' && " + tern_img() + " rebase -u -b top.qcow2 -F qcow2 mid.qcow2", &out), 1);
+  EXPECT_EQ(c.info(c.t, "mid.qcow2"), before);
+  EXPECT_NE(sh("cd '" + c.q + "' && qemu-img rebase -b top.qcow2 -F qcow2 mid.qcow2", &out), 0);
+  // Too deep: 16 overlays under the new backing file are already the most.
+  std::string chain = "cd '" + c.t + "' && qemu-img create -q -f qcow2 d0.qcow2 1M";
+  for (int i = 1; i <= 16; ++i) {
+    chain += " && qemu-img create -q -f qcow2 -b d" + std::to_string(i - 1) + ".qcow2 -F qcow2 d" +
+             std::to_string(i) + ".qcow2";
+  }
+  SH_OK(chain + " && qemu-img create -q -f qcow2 img.qcow2 1M");
+  EXPECT_EQ(sh("cd '" + c.t + "' && " + tern_img() + " rebase -b d16.qcow2 -F qcow2 img.qcow2", &out), 1);
+  EXPECT_NE(out.find("too deep"), std::string::npos) << out;
+  SH_OK("cd '" + c.t + "' && " + tern_img() + " rebase -b d15.qcow2 -F qcow2 img.qcow2");
+}
+
+TEST(TernImgVerbs, MeasureMatchesQemuImg) {
+  TempDir dir;
+  make_chain(dir);
+  SH_OK("cd '" + dir.file("") + "' && head -c 1000000 /dev/urandom > odd.raw");
+  const char* cases[] = {
+      "--size 1G",
+      "-O qcow2 --size 1G",
+      "-O qcow2 -o cluster_size=4096 --size 10G --output json",
+      "-O qcow2 --size 1000",
+      "-O qcow2 -o refcount_bits=1 --size 1T",
+      "-O qcow2 -o cluster_size=512 --size 100G",
+      "-O qcow2 -o cluster_size=2M,refcount_bits=64 --size 3T",
+      "-O qcow2 -o backing_file=x --size 1G",
+      "-O qcow2 top.qcow2",
+      "-O qcow2 --output json top.qcow2",
+      "-O qcow2 base.raw",
+      "-O qcow2 -o cluster_size=4096 odd.raw",
+      "-O qcow2 -o cluster_size=2M compressed.qcow2",
+      "-O qcow2 -o compat=0.10 compressed.qcow2",
+      "-O qcow2 -o backing_file=base.raw top.qcow2",
+      "-O qcow2 -o preallocation=full top.qcow2",
+      "top.qcow2",
+      "-O qcow2 --size 1G top.qcow2",                // usage errors, status 1
+      "-O qcow2",
+      "-O qcow2 -o cluster_size=512 --size 9T",      // L1 too large
+  };
+  for (const char* c : cases) EXPECT_SAME(dir, std::string("measure ") + c);
+}
+
+}  // namespace
+}  // namespace tern::block::qcow2::test

@@ -1,0 +1,127 @@
+// tern-img commit [-q] [-d] [-f FMT] IMG: writes what the overlay IMG holds
+// into its backing file, then empties IMG (unless -d), as qemu-img commit.
+// The chain is opened with the rules of every open (loops, depth, block
+// devices: block/chain.h).
+#include <algorithm>
+#include <cstdio>
+#include <vector>
+
+#include "block/chain.h"
+#include "block/qcow2/info.h"
+#include "tools/tern_img/verbs.h"
+
+namespace tern::img {
+namespace {
+
+constexpr uint64_t kChunk = 1 << 20;
+
+struct CommitArgs {
+  bool quiet = false;
+  bool keep = false;  // -d: leave the overlay as it is
+  std::string format;
+  std::string file;
+};
+
+int error(const std::string& message) {
+  std::fprintf(stderr, "tern-img: %s\n", message.c_str());
+  return 1;
+}
+
+// Empties a QCOW2 overlay: a new image with the same header settings, as
+// qemu's make_empty leaves it (no cluster allocated, same backing file).
+block::Result<void> empty_overlay(const std::string& path) {
+  auto info = block::qcow2::read_image_info(path);
+  if (!info) return std::unexpected(info.error());
+  block::qcow2::CreateOptions c;
+  c.path = path;
+  c.size = info->virtual_size;
+  c.cluster_size = static_cast<uint32_t>(info->cluster_size);
+  c.refcount_bits = info->refcount_bits;
+  c.version = info->compat == "0.10" ? 2 : 3;
+  c.compression_type = info->compression_type == "zstd" ? block::qcow2::CompressionType::Zstd
+                                                        : block::qcow2::CompressionType::Zlib;
+  c.backing_file = info->backing_file;
+  c.backing_format = info->backing_format;
+  return block::qcow2::create_image(c);
+}
+
+// Copies the overlay's clusters into its backing file; 0 or an exit status.
+// `qcow2_top` tells whether the overlay can be emptied afterwards.
+int commit_data(const CommitArgs& a, bool& qcow2_top) {
+  block::ChainOptions co;
+  co.top_type = a.format == "qcow2" ? block::ImageType::Qcow2
+                : a.format == "raw" ? block::ImageType::Raw
+                                    : block::ImageType::Auto;
+  auto chain = block::Chain::open(a.file, co);
+  if (!chain) return error("Could not open '" + a.file + "': " + chain.error().message());
+  if (chain->layers() < 2) return error("Image does not have a backing file");
+  const std::string base_path = chain->path(1);
+  // The backing file, writable, with the files under it for its own
+  // copy-on-write reads.
+  block::OpenOptions bo;
+  bo.path = base_path;
+  bo.type = chain->format(1) == "qcow2" ? block::ImageType::Qcow2 : block::ImageType::Raw;
+  bo.allow_backing = true;
+  bo.aio = block::AioMode::Sync;
+  auto base = block::open_disk(bo);
+  if (!base) return error("Could not open backing file '" + base_path + "': " + base.error().message());
+  const uint64_t size = chain->size(0);
+  if ((*base)->size() < size) {
+    if (auto r = (*base)->resize(size); !r) return error(base_path + ": " + r.error().message());
+  }
+  auto io = (*base)->make_io_context(1);
+  if (!io) return error(io.error().message());
+
+  std::vector<uint8_t> buf;
+  for (uint64_t offset = 0; offset < size;) {
+    auto e = chain->layer_status(0, offset, std::min(kChunk, size - offset));
+    if (!e) return error(a.file + ": " + e.error().message());
+    if (e->present) {
+      block::Request r;
+      iovec v{};
+      r.offset = offset;
+      if (e->zero) {
+        r.op = block::Op::WriteZeroes;
+        r.length = e->length;
+      } else {
+        buf.resize(e->length);
+        if (auto s = chain->read(0, offset, buf); !s) return error(a.file + ": " + s.error().message());
+        v = {buf.data(), buf.size()};
+        r.op = block::Op::Write;
+        r.iov = std::span<const iovec>(&v, 1);
+      }
+      if (auto s = block::run_request(**io, r); !s) return error(base_path + ": " + s.error().message());
+    }
+    offset += e->length;
+  }
+  io->reset();  // the context goes before its disk
+  if (auto r = (*base)->close(); !r) return error(base_path + ": " + r.error().message());
+  if (auto r = chain->close(); !r) return error(a.file + ": " + r.error().message());
+  qcow2_top = chain->format(0) == "qcow2";
+  return 0;
+}
+
+int run_commit(const CommitArgs& a) {
+  bool qcow2_top = false;
+  // The overlay's descriptors and lock are gone before it is emptied.
+  if (int status = commit_data(a, qcow2_top); status != 0) return status;
+  if (!a.keep && qcow2_top) {
+    if (auto r = empty_overlay(a.file); !r) return error(a.file + ": emptying: " + r.error().message());
+  }
+  if (!a.quiet) std::printf("Image committed.\n");
+  return 0;
+}
+
+}  // namespace
+
+void add_commit(CLI::App& app, int& status) {
+  auto args = std::make_shared<CommitArgs>();
+  auto* cmd = app.add_subcommand("commit", "write an overlay's data into its backing file, then empty it");
+  cmd->add_flag("-q", args->quiet, "print nothing on success");
+  cmd->add_flag("-d", args->keep, "do not empty the overlay");
+  cmd->add_option("-f", args->format, "image format (probed)")->check(CLI::IsMember({"raw", "qcow2"}));
+  cmd->add_option("file", args->file)->required();
+  cmd->callback([args, &status] { status = run_commit(*args); });
+}
+
+}  // namespace tern::img

@@ -1,0 +1,173 @@
+// tern-img rebase [-q] [-u] [-f FMT] -b NEW [-F FMT] IMG: makes NEW the
+// backing file of the QCOW2 image IMG, as qemu-img rebase. Safe mode
+// (default) first copies into IMG every cluster it leaves to its backing
+// files whose contents differ between the old chain and NEW, so IMG reads
+// the same afterwards; -u rewrites the header only. NEW ("" for none) is
+// relative to IMG's directory; it must obey the rules of every open (no
+// loop back to IMG, at most kMaxBackingDepth files under IMG, no block
+// device: docs/qcow2.md, "Backing chains").
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <optional>
+#include <vector>
+
+#include "block/chain.h"
+#include "block/qcow2/backing.h"
+#include "block/qcow2/info.h"
+#include "tools/tern_img/verbs.h"
+
+namespace tern::img {
+namespace {
+
+struct RebaseArgs {
+  bool quiet = false;
+  bool unsafe = false;
+  std::string format;
+  std::string backing;
+  bool backing_given = false;
+  std::string backing_format;
+  std::string file;
+};
+
+int error(const std::string& message) {
+  std::fprintf(stderr, "tern-img: %s\n", message.c_str());
+  return 1;
+}
+
+std::string resolve(const std::string& overlay, const std::string& name) {
+  auto slash = overlay.rfind('/');
+  if (name.starts_with('/') || slash == std::string::npos) return name;
+  return overlay.substr(0, slash + 1) + name;
+}
+
+block::ImageType type_of(const std::string& format) {
+  if (format == "qcow2") return block::ImageType::Qcow2;
+  if (format == "raw") return block::ImageType::Raw;
+  return block::ImageType::Auto;
+}
+
+// Opens NEW's chain and checks it can sit under IMG.
+std::optional<block::Chain> open_new_backing(const RebaseArgs& a, const std::string& path, int& status) {
+  struct stat top {}, st {};
+  if (::stat(a.file.c_str(), &top) != 0) {
+    status = error(a.file + ": " + std::strerror(errno));
+    return std::nullopt;
+  }
+  if (::stat(path.c_str(), &st) != 0) {
+    status = error("Could not open new backing file '" + path + "': " + std::strerror(errno));
+    return std::nullopt;
+  }
+  if (S_ISBLK(st.st_mode)) {
+    status = error(path + ": a block device as backing file is refused");
+    return std::nullopt;
+  }
+  block::ChainOptions o;
+  o.top_type = type_of(a.backing_format);
+  o.lock = false;
+  auto chain = block::Chain::open(path, o);
+  if (!chain) {
+    status = error("Could not open new backing file '" + path + "': " + chain.error().message());
+    return std::nullopt;
+  }
+  if (chain->layers() > block::qcow2::kMaxBackingDepth) {
+    status = error(a.file + " -> " + path + ": backing chain too deep (more than " +
+                   std::to_string(block::qcow2::kMaxBackingDepth) + " backing files)");
+    return std::nullopt;
+  }
+  for (size_t i = 0; i < chain->layers(); ++i) {
+    if (::stat(chain->path(i).c_str(), &st) == 0 && st.st_dev == top.st_dev && st.st_ino == top.st_ino) {
+      status = error(a.file + " -> " + path + ": backing file loop (" + chain->path(i) + " is " + a.file + ")");
+      return std::nullopt;
+    }
+  }
+  status = 0;
+  return std::move(*chain);
+}
+
+// Reads `chain`'s view of [offset, offset + out.size()); zeros past its end
+// or without a chain.
+block::Result<void> read_view(block::Chain* chain, size_t layer, uint64_t offset, std::span<uint8_t> out) {
+  std::fill(out.begin(), out.end(), 0);
+  if (chain == nullptr || layer >= chain->layers() || offset >= chain->size(layer)) return {};
+  uint64_t n = std::min<uint64_t>(out.size(), chain->size(layer) - offset);
+  return chain->read(layer, offset, out.subspan(0, n));
+}
+
+int copy_differences(const RebaseArgs& a, block::Chain& image, block::Chain* new_backing) {
+  const uint64_t size = image.size(0);
+  std::vector<uint8_t> old_data, new_data;
+  for (uint64_t offset = 0; offset < size;) {
+    auto e = image.layer_status(0, offset, size - offset);
+    if (!e) return error(a.file + ": " + e.error().message());
+    if (!e->present) {
+      old_data.resize(e->length);
+      new_data.resize(e->length);
+      if (auto r = read_view(&image, 1, offset, old_data); !r) return error(r.error().message());
+      if (auto r = read_view(new_backing, 0, offset, new_data); !r) return error(r.error().message());
+      if (old_data != new_data) {
+        if (auto r = image.write(offset, old_data); !r) return error(a.file + ": " + r.error().message());
+      }
+    }
+    offset += e->length;
+  }
+  return 0;
+}
+
+int run_rebase(const RebaseArgs& a) {
+  if (!a.backing_given) return error("Expecting one image file name (and -b NEW)");
+  auto info = block::qcow2::read_image_info(a.file);
+  if (!info) return error("Could not open '" + a.file + "': " + info.error().message());
+  const std::string new_path = a.backing.empty() ? std::string() : resolve(a.file, a.backing);
+  std::string new_format = a.backing_format;
+  {
+    std::optional<block::Chain> new_backing;
+    if (!new_path.empty()) {
+      int status = 0;
+      new_backing = open_new_backing(a, new_path, status);
+      if (!new_backing) {
+        // -u may name a file that does not exist yet; nothing else passes.
+        if (!a.unsafe || ::access(new_path.c_str(), F_OK) == 0) return status;
+      } else if (new_format.empty()) {
+        new_format = std::string(new_backing->format(0));
+      }
+    }
+    if (!a.unsafe) {
+      block::ChainOptions o;
+      o.top_type = block::ImageType::Qcow2;
+      o.writable_top = true;
+      auto image = block::Chain::open(a.file, o);
+      if (!image) return error("Could not open '" + a.file + "': " + image.error().message());
+      if (int s = copy_differences(a, *image, new_backing ? &*new_backing : nullptr); s) return s;
+      if (auto r = image->close(); !r) return error(a.file + ": " + r.error().message());
+    }
+  }  // every descriptor of IMG closed before its header is rewritten
+  if (auto r = block::qcow2::set_backing_file(a.file, a.backing, new_format); !r) {
+    return error(a.file + ": " + r.error().message());
+  }
+  return 0;
+}
+
+}  // namespace
+
+void add_rebase(CLI::App& app, int& status) {
+  auto args = std::make_shared<RebaseArgs>();
+  auto* cmd = app.add_subcommand("rebase", "change an image's backing file, keeping its contents (-u: header only)");
+  cmd->add_flag("-q", args->quiet, "print nothing");
+  cmd->add_flag("-u", args->unsafe, "unsafe: rewrite the header only");
+  cmd->add_option("-f", args->format, "image format")->check(CLI::IsMember({"qcow2"}));
+  cmd->add_option("-b", args->backing, "new backing file (\"\" for none)");
+  cmd->add_option("-F", args->backing_format, "new backing file format (probed)")
+      ->check(CLI::IsMember({"raw", "qcow2"}));
+  cmd->add_option("file", args->file)->required();
+  cmd->callback([args, cmd, &status] {
+    args->backing_given = cmd->count("-b") > 0;
+    status = run_rebase(*args);
+  });
+}
+
+}  // namespace tern::img
