@@ -11,7 +11,14 @@
  * Without "prepared" on the command line the guest first writes that pattern
  * to sectors 0-511 itself, so it also passes on a blank image.
  *
- * Command line words: prepared (the host wrote the pattern), idle (after the checks, wait for configuration-change
+ * Entered by tern at the ELF entry (64-bit, boot_params) or by QEMU through
+ * the PVH note (start.S; hvm_start_info): under QEMU (-M q35, virtio-blk-pci
+ * with disable-legacy=on) power-off is ACPI S5 on the ICH9 PM block (0x604)
+ * and reset goes through 0xcf9.
+ *
+ * Command line words: bench (only the throughput run: for
+ * bench/guest-io.sh, under tern and QEMU alike), write (the throughput run
+ * writes), prepared (the host wrote the pattern), idle (after the checks, wait for configuration-change
  * interrupts and print "capacity N"), hostile (send malformed chains, expect
  * NEEDS_RESET, reset and recover), expect_ro, expect_queues=N, serial=STR,
  * reqs=N (requests of the throughput run).
@@ -47,6 +54,7 @@ void* memcpy(void* d, const void* s, size_t n) {
 }
 
 static inline void outb(u16 port, u8 v) { __asm__ volatile("outb %0, %1" ::"a"(v), "Nd"(port)); }
+static inline void outw(u16 port, u16 v) { __asm__ volatile("outw %0, %1" ::"a"(v), "Nd"(port)); }
 static inline void outl(u16 port, u32 v) { __asm__ volatile("outl %0, %1" ::"a"(v), "Nd"(port)); }
 static inline u32 inl(u16 port) {
   u32 v;
@@ -104,12 +112,21 @@ static void check(int ok, const char* what) {
   putc_('\n');
 }
 
+static int on_qemu; /* entered through the PVH note */
 static void power_off(void) {
-  outb(0x600, 0x34); /* SLP_TYP 5 | SLP_EN */
+  if (on_qemu) {
+    outw(0x604, 0x2000); /* ICH9 PM1a_CNT: SLP_EN, SLP_TYP 0 = S5 in QEMU's DSDT */
+  } else {
+    outb(0x600, 0x34); /* SLP_TYP 5 | SLP_EN */
+  }
   for (;;) __asm__ volatile("cli; hlt");
 }
 static void reset_machine(void) {
-  outb(0x602, 1);
+  if (on_qemu) {
+    outb(0xcf9, 0x06); /* hard reset */
+  } else {
+    outb(0x602, 1);
+  }
   for (;;) __asm__ volatile("cli; hlt");
 }
 
@@ -318,6 +335,7 @@ static u8 data_buf[SLOTS * 2][4096] __attribute__((aligned(4096)));
 
 static struct {
   u32 pci;  /* bus 0 device number */
+  u64 bars[6]; /* memory BARs (0 when absent); bar = bars[0] for the log */
   u64 bar, common, notify_base, isr, devcfg, msix_table;
   u32 notify_mult;
   u32 msix_cap;
@@ -348,18 +366,30 @@ static int find_device(void) {
     u32 id = pci_read(d, 0);
     if (id != (0x1042u << 16 | 0x1af4u)) continue;
     dev.pci = d;
-    u64 lo = pci_read(d, 0x10), hi = pci_read(d, 0x14);
-    dev.bar = (lo & ~0xfull) | (hi << 32);
+    /* tern puts every structure in BAR 0; QEMU splits them (MSI-X in
+     * BAR 1, the virtio structures in BAR 4): each capability names its BAR. */
+    for (u32 b = 0; b < 6; ++b) {
+      u32 lo = pci_read(d, 0x10 + 4 * b);
+      dev.bars[b] = 0;
+      if (lo & 1) continue; /* I/O space */
+      dev.bars[b] = lo & ~0xfull;
+      if (((lo >> 1) & 3) == 2 && b < 5) {
+        dev.bars[b] |= (u64)pci_read(d, 0x14 + 4 * b) << 32;
+        ++b;
+      }
+    }
+    dev.bar = dev.bars[0];
     pci_write(d, 0x04, pci_read(d, 0x04) | 0x6); /* memory space, bus master */
     for (u32 cap = pci_read(d, 0x34) & 0xfc; cap; cap = (pci_read(d, cap) >> 8) & 0xfc) {
       u32 w0 = pci_read(d, cap);
       if ((w0 & 0xff) == 0x11) {
+        u32 table = pci_read(d, cap + 4);
         dev.msix_cap = cap;
-        dev.msix_table = dev.bar + (pci_read(d, cap + 4) & ~7u);
+        dev.msix_table = dev.bars[table & 7] + (table & ~7u);
       }
       if ((w0 & 0xff) != 0x09) continue;
       u32 type = (w0 >> 24) & 0xff;
-      u64 off = dev.bar + pci_read(d, cap + 8);
+      u64 off = dev.bars[pci_read(d, cap + 4) & 7] + pci_read(d, cap + 8);
       if (type == 1) dev.common = off;
       if (type == 2) {
         dev.notify_base = off;
@@ -635,15 +665,18 @@ static void prepare_disk(void) {
 
 /* Reads batches of SLOTS 4 KiB requests per queue, on every queue at once;
  * the host divides the request count by the wall time. */
-static void throughput(u64 total) {
-  u64 before = completed;
+static void throughput(u64 total, int write) {
+  u64 before = completed, kicks_before = kicks;
+  u64 irqs_before = (u64)queue_irqs[0] + queue_irqs[1];
   int ok = 1;
+  /* The host times the run between this line and the "requests" line. */
+  puts_("throughput start\n");
   for (u64 done = 0; done < total; done += (u64)SLOTS * (u64)dev.nqueues) {
     for (int q = 0; q < dev.nqueues; ++q) {
       struct queue* Q = &queues[q];
       for (int s = 0; s < SLOTS; ++s) {
         u64 sector = 8 * ((done + (u64)(q * SLOTS + s)) % 64);
-        fill(Q, s, T_IN, sector, data_buf[q * SLOTS + s], 4096, 1, 0);
+        fill(Q, s, write ? T_OUT : T_IN, sector, data_buf[q * SLOTS + s], 4096, !write, 0);
         publish(Q, (u16)(3 * s));
       }
       kick(Q, q);
@@ -660,6 +693,10 @@ static void throughput(u64 total) {
   putu(completed);
   puts_(" kicks ");
   putu(kicks);
+  puts_(" run_kicks ");
+  putu(kicks - kicks_before);
+  puts_(" run_irqs ");
+  putu((u64)queue_irqs[0] + queue_irqs[1] - irqs_before);
   putc_('\n');
 }
 
@@ -829,14 +866,26 @@ static void idle_loop(int ro) {
   }
 }
 
-void guest_main(u8* boot_params) {
-  u32 cmd = *(u32*)(boot_params + 0x228);
-  if (cmd) cmdline = (const char*)(u64)cmd;
+void guest_main(u8* boot_params, u8* start_info) {
+  if (start_info) {
+    /* hvm_start_info: magic 0x336ec578, cmdline_paddr at offset 24. */
+    on_qemu = 1;
+    /* The firmware leaves the 8259s unmasked with IRQ 0 (the PIT) on vector
+     * 8: mask them, every interrupt we take is MSI-X through the LAPIC. */
+    outb(0x21, 0xff);
+    outb(0xa1, 0xff);
+    u64 cmd = *(u64*)(start_info + 24);
+    if (*(u32*)start_info == 0x336ec578u && cmd) cmdline = (const char*)cmd;
+  } else {
+    u32 cmd = *(u32*)(boot_params + 0x228);
+    if (cmd) cmdline = (const char*)(u64)cmd;
+  }
+  int bench = has_word("bench");
   puts_("tern-test-guest: ");
   puts_(cmdline);
   putc_('\n');
   setup_interrupts();
-  cpu_checks();
+  if (!bench) cpu_checks();
   int found = find_device();
   check(found, "virtio-blk found by PCI enumeration");
   if (!found) reset_machine();
@@ -857,10 +906,12 @@ void guest_main(u8* boot_params) {
   puthex(dev.features);
   putc_('\n');
 
-  if (!has_word("prepared")) prepare_disk();
-  io_checks(ro);
-  throughput(get_number("reqs", 256));
-  if (has_word("hostile")) hostile_checks();
+  if (!bench) {
+    if (!has_word("prepared")) prepare_disk();
+    io_checks(ro);
+  }
+  throughput(get_number("reqs", 256), has_word("write"));
+  if (has_word("hostile") && !bench) hostile_checks();
 
   puts_("done passed ");
   putu(checks - failures);
