@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The same guest, the same disk, under tern and under QEMU, in one run: the
 # freestanding test guest (tests/guest/, `bench` mode: only its throughput
-# run) does 4 KiB requests, 8 in flight per queue, on 1 and 2 queues, reads
-# and writes, on a raw and a qcow2 image. tern starts it at its ELF entry;
+# run) does 4 KiB requests, 8 and 32 in flight per queue, on 1 and 2
+# queues, reads and writes, on a raw and a qcow2 image. tern starts it at its ELF entry;
 # QEMU (-M q35 -accel kvm, virtio-blk-pci disable-legacy=on, MSI-X) through
 # its PVH note. Both: 1 vCPU, 128 MiB, cache=none/direct=on, aio=native.
 #
@@ -18,7 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-reqs=20000 rounds=5 build=build
+reqs=8192 rounds=5 build=build
 while getopts "n:r:b:" opt; do
   case $opt in
     n) reqs=$OPTARG ;; r) rounds=$OPTARG ;; b) build=$OPTARG ;; *) exit 2 ;;
@@ -41,11 +41,11 @@ vm_exits() {  # PID: KVM exits of that process's VMs so far, or "-"
   if [ $found = 1 ]; then echo "$total"; else echo -; fi
 }
 
-# run_vm VMM FORMAT QUEUES OP: one boot; prints "seconds kicks irqs exits"
+# run_vm VMM FORMAT QUEUES OP DEPTH: one boot; prints "seconds kicks irqs exits"
 # for the throughput run, or "fail" with the log on stderr.
 run_vm() {
-  local vmm=$1 fmt=$2 queues=$3 op=$4 img=$work/disk.$2
-  local words="bench reqs=$reqs"
+  local vmm=$1 fmt=$2 queues=$3 op=$4 depth=$5 img=$work/disk.$2
+  local words="bench reqs=$reqs depth=$depth"
   [ "$op" = write ] && words="$words write"
   local cmd
   if [ "$vmm" = tern ]; then
@@ -82,36 +82,38 @@ run_vm() {
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
-echo "guest-io: $reqs requests of 4 KiB per run, 8 in flight per queue, median of $rounds rounds"
+echo "guest-io: $reqs requests of 4 KiB per run, median of $rounds rounds; depth = in flight per queue"
 echo "tern: $tern; qemu: $(qemu-system-x86_64 --version | head -1); $(uptime)"
-printf '| %-6s | %-5s | %6s | %10s | %10s | %6s | %-17s | %-17s |\n' \
-  format op queues "tern req/s" "qemu req/s" ratio "tern kick/irq/exit" "qemu kick/irq/exit"
-printf '|--------|-------|--------|------------|------------|--------|-------------------|-------------------|\n'
+printf '| %-6s | %-5s | %5s | %6s | %10s | %10s | %6s | %-17s | %-17s |\n' \
+  format op depth queues "tern req/s" "qemu req/s" ratio "tern kick/irq/exit" "qemu kick/irq/exit"
+printf '|--------|-------|-------|--------|------------|------------|--------|-------------------|-------------------|\n'
 for fmt in raw qcow2; do
   rm -f "$work/disk.$fmt"
   qemu-img create -q -f "$fmt" "$work/disk.$fmt" 64M
   # Every block the guest touches (sectors 0-511) allocated.
   qemu-io -f "$fmt" -c "write -P 0x5a 0 1M" "$work/disk.$fmt" >/dev/null
   for op in read write; do
+   for depth in 8 32; do
     for queues in 1 2; do
       declare -A rps=() per=()
       for vmm in tern qemu; do
         rates=()
         for _ in $(seq "$rounds"); do
-          out=$(run_vm "$vmm" "$fmt" "$queues" "$op") || true
-          [ "$out" = fail ] || [ -z "$out" ] && { echo "guest-io.sh: $vmm $fmt $op q$queues failed" >&2; continue; }
+          out=$(run_vm "$vmm" "$fmt" "$queues" "$op" "$depth") || true
+          [ "$out" = fail ] || [ -z "$out" ] && { echo "guest-io.sh: $vmm $fmt $op depth $depth q$queues failed" >&2; continue; }
           read -r secs kicks irqs exits <<<"$out"
           rates+=("$(awk -v n="$reqs" -v s="$secs" 'BEGIN {printf "%.0f", n / s}')")
           per[$vmm]="$kicks/$irqs/$exits"
         done
         rps[$vmm]=$(printf '%s\n' "${rates[@]:-0}" | median)
       done
-      printf '| %-6s | %-5s | %6s | %10s | %10s | %6s | %-17s | %-17s |\n' "$fmt" "$op" "$queues" \
+      printf '| %-6s | %-5s | %5s | %6s | %10s | %10s | %6s | %-17s | %-17s |\n' "$fmt" "$op" "$depth" "$queues" \
         "${rps[tern]}" "${rps[qemu]}" \
         "$(awk -v a="${rps[tern]}" -v b="${rps[qemu]}" 'BEGIN {if (b > 0) printf "%.2fx", a / b; else print "-"}')" \
         "${per[tern]:--}" "${per[qemu]:--}"
       unset rps per
     done
+   done
   done
 done
 echo "$(uptime)"

@@ -18,7 +18,7 @@
  *
  * Command line words: bench (only the throughput run: for
  * bench/guest-io.sh, under tern and QEMU alike), write (the throughput run
- * writes), no_cpu_checks (skip the emulation fallback checks), prepared (the host wrote the pattern), idle (after the checks, wait for configuration-change
+ * writes), depth=N (its requests in flight per queue, 1-32, default 8), no_cpu_checks (skip the emulation fallback checks), prepared (the host wrote the pattern), idle (after the checks, wait for configuration-change
  * interrupts and print "capacity N"), hostile (send malformed chains, expect
  * NEEDS_RESET, reset and recover), expect_ro, expect_queues=N, serial=STR,
  * reqs=N (requests of the throughput run).
@@ -270,7 +270,7 @@ static void pci_write(u32 dev, u32 off, u32 v) {
 
 /* ---- virtio-blk ---- */
 
-#define QSZ 32
+#define QSZ 128 /* room for MAX_SLOTS chains of 3 descriptors */
 #define F_RO (1ull << 5)
 #define F_BLK_SIZE (1ull << 6)
 #define F_SEG_MAX (1ull << 2)
@@ -317,21 +317,22 @@ struct blk_hdr {
   u32 type, reserved;
   u64 sector;
 };
-#define SLOTS 8 /* requests in flight per queue; slot s uses descriptors 3s..3s+2 */
+#define SLOTS 8 /* requests in flight per queue in the checks; slot s uses descriptors 3s..3s+2 */
+#define MAX_SLOTS 32 /* the throughput run's depth=N at most */
 struct queue {
   struct qmem* m;
   u64 notify;
   u16 next_avail, last_used;
-  struct blk_hdr hdr[SLOTS];
-  volatile u8 status[SLOTS];
-  volatile u8 done[SLOTS];
-  u32 used_len[SLOTS];
-  struct vdesc indirect[SLOTS][4] __attribute__((aligned(16)));
+  struct blk_hdr hdr[MAX_SLOTS];
+  volatile u8 status[MAX_SLOTS];
+  volatile u8 done[MAX_SLOTS];
+  u32 used_len[MAX_SLOTS];
+  struct vdesc indirect[MAX_SLOTS][4] __attribute__((aligned(16)));
 };
 
 static struct qmem qmem[2];
 static struct queue queues[2];
-static u8 data_buf[SLOTS * 2][4096] __attribute__((aligned(4096)));
+static u8 data_buf[MAX_SLOTS * 2][4096] __attribute__((aligned(4096)));
 
 static struct {
   u32 pci;  /* bus 0 device number */
@@ -512,7 +513,7 @@ static void reap(struct queue* Q) {
   while (Q->m->used_idx != Q->last_used) {
     barrier();
     struct used_elem e = Q->m->used_ring[Q->last_used % QSZ];
-    if (e.id / 3 < SLOTS) {
+    if (e.id / 3 < MAX_SLOTS) {
       Q->done[e.id / 3] = 1;
       Q->used_len[e.id / 3] = e.len;
     }
@@ -526,7 +527,7 @@ static void wait_slots(struct queue* Q, u32 mask) {
   for (;;) {
     reap(Q);
     u32 pending = 0;
-    for (int s = 0; s < SLOTS; ++s)
+    for (int s = 0; s < MAX_SLOTS; ++s)
       if ((mask >> s & 1) && !Q->done[s]) pending |= 1u << s;
     if (!pending) return;
     Q->m->used_event = Q->last_used; /* interrupt me for the next one */
@@ -663,27 +664,28 @@ static void prepare_disk(void) {
   check(ok, "wrote the test pattern to sectors 0-511");
 }
 
-/* Reads batches of SLOTS 4 KiB requests per queue, on every queue at once;
+/* Reads (or writes) batches of `depth` 4 KiB requests per queue, on every queue at once;
  * the host divides the request count by the wall time. */
-static void throughput(u64 total, int write) {
+static void throughput(u64 total, int write, int depth) {
+  const u32 all = depth == 32 ? 0xffffffffu : (1u << depth) - 1;
   u64 before = completed, kicks_before = kicks;
   u64 irqs_before = (u64)queue_irqs[0] + queue_irqs[1];
   int ok = 1;
   /* The host times the run between this line and the "requests" line. */
   puts_("throughput start\n");
-  for (u64 done = 0; done < total; done += (u64)SLOTS * (u64)dev.nqueues) {
+  for (u64 done = 0; done < total; done += (u64)depth * (u64)dev.nqueues) {
     for (int q = 0; q < dev.nqueues; ++q) {
       struct queue* Q = &queues[q];
-      for (int s = 0; s < SLOTS; ++s) {
-        u64 sector = 8 * ((done + (u64)(q * SLOTS + s)) % 64);
-        fill(Q, s, write ? T_OUT : T_IN, sector, data_buf[q * SLOTS + s], 4096, !write, 0);
+      for (int s = 0; s < depth; ++s) {
+        u64 sector = 8 * ((done + (u64)(q * depth + s)) % 64);
+        fill(Q, s, write ? T_OUT : T_IN, sector, data_buf[q * depth + s], 4096, !write, 0);
         publish(Q, (u16)(3 * s));
       }
       kick(Q, q);
     }
     for (int q = 0; q < dev.nqueues; ++q) {
-      wait_slots(&queues[q], (1u << SLOTS) - 1);
-      for (int s = 0; s < SLOTS; ++s) ok &= queues[q].status[s] == S_OK;
+      wait_slots(&queues[q], all);
+      for (int s = 0; s < depth; ++s) ok &= queues[q].status[s] == S_OK;
     }
   }
   check(ok, "throughput run");
@@ -912,7 +914,9 @@ void guest_main(u8* boot_params, u8* start_info) {
     if (!has_word("prepared")) prepare_disk();
     io_checks(ro);
   }
-  throughput(get_number("reqs", 256), has_word("write"));
+  u64 depth = get_number("depth", SLOTS);
+  if (depth < 1 || depth > MAX_SLOTS) depth = SLOTS;
+  throughput(get_number("reqs", 256), has_word("write"), (int)depth);
   if (has_word("hostile") && !bench) hostile_checks();
 
   puts_("done passed ");
