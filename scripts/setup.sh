@@ -9,7 +9,7 @@ packages=(
   zlib1g-dev libzstd-dev lz4
   libboost-dev nlohmann-json3-dev libcli11-dev
   libgtest-dev libgmock-dev
-  qemu-utils qemu-system-x86
+  qemu-utils qemu-system-x86 fio   # fio: bench/compare-qemu.sh, the host's raw limit
   curl acpica-tools bc
   help2man dpkg-dev fakeroot   # man pages and the .deb (cmake --install, cpack -G DEB)
   busybox-static cpio kmod zstd xz-utils

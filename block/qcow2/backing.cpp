@@ -8,11 +8,14 @@
 #include <array>
 #include <cerrno>
 #include <cstring>
+#include <mutex>
+#include <shared_mutex>
 
 #include "block/qcow2/big_endian.h"
 #include "block/qcow2/engine.h"
 #include "block/qcow2/format.h"
 #include "block/qcow2/host_file.h"
+#include "block/qcow2/rw_lock.h"
 
 namespace tern::block::qcow2 {
 namespace {
@@ -33,19 +36,40 @@ class RawBacking final : public Backing {
   uint64_t size_;
 };
 
+// The same locking as Qcow2Disk, one level down: lookups of cached tables
+// under the shared side, anything that loads a table under the exclusive
+// side. The image is read-only, so no cluster is ever freed: its data is
+// read under the shared lock without transfer tickets.
 class Qcow2Backing final : public Backing {
  public:
-  explicit Qcow2Backing(std::unique_ptr<Engine> engine) : engine_(std::move(engine)) {}
-  uint64_t size() const override { return engine_->size(); }
+  explicit Qcow2Backing(std::unique_ptr<Engine> engine) : engine_(std::move(engine)), size_(engine_->size()) {}
+  uint64_t size() const override { return size_; }
 
  protected:
   Result<void> read_inside(uint64_t offset, std::span<uint8_t> buf) override {
     iovec v{buf.data(), buf.size()};
-    return engine_->read(offset, std::span<const iovec>(&v, 1), nullptr);
+    const std::span<const iovec> iov(&v, 1);
+    {
+      std::shared_lock lock(lock_);
+      std::vector<HostExtent> extents;
+      auto mapped = engine_->map_shared(false, offset, iov, extents);
+      if (!mapped) return std::unexpected(mapped.error());
+      if (*mapped) {
+        for (const auto& e : extents) {
+          // As engine_->read() reports it.
+          if (auto r = engine_->file().read_at(e.host_offset, buf.subspan(e.request_offset, e.length)); !r) return r;
+        }
+        return {};
+      }
+    }
+    std::lock_guard lock(lock_);
+    return engine_->read(offset, iov, nullptr);
   }
 
  private:
-  std::unique_ptr<Engine> engine_;
+  RwLock lock_;
+  std::unique_ptr<Engine> engine_;  // guarded by lock_
+  uint64_t size_;                   // a read-only image never changes size
 };
 
 // "top -> middle -> this" for errors.

@@ -19,7 +19,8 @@ class Backing {
   virtual ~Backing() = default;
   virtual uint64_t size() const = 0;
   // Fills `buf` from `offset`: the part below size() from the image, the
-  // rest zeros. Called with the overlay's engine serialized.
+  // rest zeros. Thread-safe: the overlay calls it from concurrent shared
+  // sections (docs/qcow2.md, "Concurrency").
   [[nodiscard]] Result<void> read(uint64_t offset, std::span<uint8_t> buf);
 
  protected:

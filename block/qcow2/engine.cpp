@@ -90,7 +90,7 @@ void Engine::set_l1_entry(uint64_t index, uint64_t value) {
   l1_dirty_ = true;
 }
 
-Result<Engine::Mapping> Engine::classify(uint64_t entry) {
+std::optional<Engine::Mapping> Engine::decode(uint64_t entry) const {
   Mapping m;
   m.entry = entry;
   if (entry & kOflagCompressed) {
@@ -98,9 +98,7 @@ Result<Engine::Mapping> Engine::classify(uint64_t entry) {
     return m;
   }
   m.host_offset = entry & kOffsetMask;
-  if (m.host_offset & (cluster_size_ - 1)) {
-    return std::unexpected(header_.mark_corrupt("unaligned data cluster offset " + std::to_string(m.host_offset)));
-  }
+  if (m.host_offset & (cluster_size_ - 1)) return std::nullopt;
   // The zero flag exists from version 3 on (qcow2.txt, "Standard Cluster
   // Descriptor", bit 0).
   if (v3() && (entry & kOflagZero)) {
@@ -109,6 +107,15 @@ Result<Engine::Mapping> Engine::classify(uint64_t entry) {
     m.kind = m.host_offset == 0 ? Mapping::Unallocated : Mapping::Standard;
   }
   return m;
+}
+
+Result<Engine::Mapping> Engine::classify(uint64_t entry) {
+  auto m = decode(entry);
+  if (!m) {
+    return std::unexpected(
+        header_.mark_corrupt("unaligned data cluster offset " + std::to_string(entry & kOffsetMask)));
+  }
+  return *m;
 }
 
 Result<Engine::Mapping> Engine::lookup(uint64_t guest_offset) {
@@ -140,6 +147,72 @@ Result<ClusterStatus> Engine::cluster_status(uint64_t guest_offset) {
     case Mapping::Standard: return ClusterStatus{ClusterKind::Data, m->host_offset};
   }
   return ClusterStatus{};
+std::optional<Engine::Mapping> Engine::lookup_shared(uint64_t guest_offset, bool for_write) {
+  const uint32_t l2_bits = cluster_bits_ - 3;
+  uint64_t l1_index = guest_offset >> (cluster_bits_ + l2_bits);
+  if (l1_index >= header_.get().l1_size) return for_write ? std::nullopt : std::optional<Mapping>(Mapping{});
+  const uint64_t l1e = l1_entry(l1_index);
+  const uint64_t l2_table = l1e & kOffsetMask;
+  if (l2_table == 0) return for_write ? std::nullopt : std::optional<Mapping>(Mapping{});
+  if ((l2_table & (cluster_size_ - 1)) || l2_table >= refcounts_->end()) return std::nullopt;
+  if (for_write && !(l1e & kOflagCopied)) return std::nullopt;
+  const uint8_t* table = l2_cache_.peek(l2_table);
+  if (table == nullptr) return std::nullopt;
+  uint64_t index = (guest_offset >> cluster_bits_) & ((uint64_t{1} << l2_bits) - 1);
+  return decode(load_be<uint64_t>(table + index * 8));
+}
+
+Result<bool> Engine::map_shared(bool is_write, uint64_t offset, std::span<const iovec> request_iov,
+                                std::vector<HostExtent>& extents) {
+  const uint64_t length = iov_length(request_iov);
+  const size_t first_extent = extents.size();
+  IovCursor iov(request_iov);  // clusters are visited front to back: linear in segments
+  std::vector<uint8_t> scratch;
+  auto give_up = [&] {
+    extents.resize(first_extent);
+    return false;
+  };
+  for (uint64_t pos = 0; pos < length;) {
+    const uint64_t guest = offset + pos;
+    const uint64_t in_cluster = guest & (cluster_size_ - 1);
+    const uint64_t n = std::min(cluster_size_ - in_cluster, length - pos);
+    auto m = lookup_shared(guest, is_write);
+    if (!m) return give_up();
+    if (is_write) {
+      // Only an in-place write: no refcount, L2 or allocation change.
+      if (m->kind != Mapping::Standard || !(m->entry & kOflagCopied) || overlaps_metadata(m->host_offset)) {
+        return give_up();
+      }
+    }
+    switch (m->kind) {
+      case Mapping::Compressed:
+        return give_up();
+      case Mapping::Zero:
+        iov_zero(iov, pos, n);
+        break;
+      case Mapping::Unallocated:
+        if (backing_) {
+          scratch.resize(n);
+          if (auto r = backing_->read(guest, scratch); !r) return std::unexpected(r.error());
+          iov_copy_from(iov, pos, scratch);
+        } else {
+          iov_zero(iov, pos, n);
+        }
+        break;
+      case Mapping::Standard: {
+        const uint64_t host = m->host_offset + in_cluster;
+        if (extents.size() > first_extent && extents.back().host_offset + extents.back().length == host &&
+            extents.back().request_offset + extents.back().length == pos) {
+          extents.back().length += n;
+        } else {
+          extents.push_back(HostExtent{host, pos, n});
+        }
+        break;
+      }
+    }
+    pos += n;
+  }
+  return true;
 }
 
 Result<void> Engine::read_compressed(uint64_t entry, std::span<uint8_t> out) {

@@ -1,9 +1,10 @@
 // Engine: the QCOW2 image state machine (L1/L2 mapping, allocation,
 // compressed clusters, backing file, resize, metadata write-back). It is
-// synchronous and NOT thread-safe: Qcow2Disk serializes every call with one
-// mutex (block/qcow2/qcow2_disk.h). Guest data of clusters that are already
-// allocated can be handed back as host extents so the caller transfers it
-// outside the lock.
+// synchronous and NOT thread-safe: its caller holds a reader/writer lock
+// (Qcow2Disk, block/qcow2/qcow2_disk.h), exclusive around every call except
+// map_shared(), which may run under the shared side beside other
+// map_shared() calls. Guest data of clusters that are already allocated is
+// handed back as host extents so the caller transfers it outside the lock.
 #pragma once
 
 #include <sys/uio.h>
@@ -11,6 +12,7 @@
 #include <functional>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -101,6 +103,17 @@ class Engine {
   // left for the caller, everything needing metadata or copy-on-write is done.
   [[nodiscard]] Result<void> write(uint64_t offset, std::span<const iovec> iov,
                                    std::vector<HostExtent>* deferred);
+  // The shared-lock fast path of read() and write() with deferral: maps a
+  // request that changes no metadata. Reads: standard clusters become
+  // extents, zero and unallocated ones are filled (the backing file read,
+  // itself thread-safe). Writes: every cluster must be standard with
+  // OFLAG_COPIED in its L1 and L2 entries and clear of metadata. Only
+  // cached L2 tables are used. Returns false, with nothing to keep, when
+  // the request needs the exclusive path (a table not cached, compressed
+  // clusters, allocation or copy-on-write, or anything that looks corrupt:
+  // the exclusive path reports it and sets the corrupt bit).
+  [[nodiscard]] Result<bool> map_shared(bool is_write, uint64_t offset, std::span<const iovec> iov,
+                                        std::vector<HostExtent>& extents);
   [[nodiscard]] Result<void> discard(uint64_t offset, uint64_t length);
   // Writes the whole guest cluster at `guest_offset` (aligned) compressed,
   // into bytes of its own (block/qcow2/compressed_write.cpp); `data` is
@@ -143,7 +156,12 @@ class Engine {
   };
 
   Result<Mapping> lookup(uint64_t guest_offset);
+  // lookup() without side effects, for map_shared(): nullopt when the
+  // exclusive path is needed.
+  std::optional<Mapping> lookup_shared(uint64_t guest_offset, bool for_write);
   Result<Mapping> classify(uint64_t entry);
+  // classify() without marking corruption: nullopt for an unaligned offset.
+  std::optional<Mapping> decode(uint64_t entry) const;
   Result<L2Slot> l2_slot_for_write(uint64_t guest_offset);
   Result<uint64_t> l2_entry(const L2Slot& slot);
   Result<void> set_l2_entry(const L2Slot& slot, uint64_t entry);

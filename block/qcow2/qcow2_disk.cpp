@@ -21,8 +21,8 @@ namespace {
 
 constexpr uint64_t kDirectAlign = 512;
 
-// One asynchronous context per queue. submit() runs the engine (under the
-// disk's lock) and then starts the data transfers of already-allocated
+// One asynchronous context per queue. submit() maps the request (under the
+// disk's lock, shared when no metadata changes) and then starts the data transfers of already-allocated
 // clusters without the lock; drain() reaps them.
 class Qcow2IoContext final : public IoContext {
  public:
@@ -145,14 +145,29 @@ class Qcow2IoContext final : public IoContext {
     const bool is_read = req.op == Op::Read;
     std::vector<HostExtent> extents;
     TransferTicket ticket = 0;
-    auto mapped = disk_.with_engine([&](Engine& e) -> Result<void> {
-      auto r = is_read ? e.read(req.offset, req.iov, &extents) : e.write(req.offset, req.iov, &extents);
-      // Taken under the lock, so a cluster these extents point into that
-      // is freed after the lock is dropped stays out of allocation until
-      // the ticket is back.
-      if (r && !extents.empty()) ticket = e.transfers().begin();
+    // First beside the other queues: clusters already allocated need no
+    // metadata change. The ticket is taken inside the same lock scope as the
+    // mapping; clusters are freed only under the exclusive lock, so a free
+    // either came before this mapping (which then did not see the cluster)
+    // or comes after the ticket (and waits for it).
+    auto shared = disk_.with_engine_shared([&](Engine& e) -> Result<bool> {
+      auto r = e.map_shared(!is_read, req.offset, req.iov, extents);
+      if (r && *r && !extents.empty()) ticket = e.transfers().begin();
       return r;
     });
+    if (!shared) return Result<void>(std::unexpected(shared.error()));
+    Result<void> mapped;
+    if (!*shared) {
+      extents.clear();
+      mapped = disk_.with_engine([&](Engine& e) -> Result<void> {
+        auto r = is_read ? e.read(req.offset, req.iov, &extents) : e.write(req.offset, req.iov, &extents);
+        // Taken under the lock, so a cluster these extents point into that
+        // is freed after the lock is dropped stays out of allocation until
+        // the ticket is back.
+        if (r && !extents.empty()) ticket = e.transfers().begin();
+        return r;
+      });
+    }
     if (!mapped) return mapped;
     if (extents.empty()) return Result<void>{};
     if (!can_go_async(req.iov, extents)) {
@@ -398,7 +413,7 @@ Result<std::unique_ptr<IoContext>> Qcow2Disk::make_io_context(uint32_t depth) {
 }
 
 Result<void> Qcow2Disk::close() {
-  std::lock_guard lock(mutex_);
+  std::unique_lock lock(lock_);
   if (closed_ || read_only_) return {};
   auto r = engine_->close();
   if (r) closed_ = true;

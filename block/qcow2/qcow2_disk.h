@@ -1,25 +1,31 @@
 // Qcow2Disk: a QCOW2 image behind the disk interface (block/disk.h).
 //
-// Concurrency: every IoContext (one per virtio queue) shares one Engine.
-// All engine state (caches, refcounts, allocation, header) is serialized
-// by mutex_, and the only place that takes it is with_engine(): the whole
-// lock scope is that one function. Metadata work and copy-on-write happen
-// inside it; the data of clusters that are already allocated is then moved
-// outside it, by Linux AIO on an O_DIRECT descriptor (direct=on) or by
-// pread/pwrite in submit(). Each such transfer holds a ticket
-// (Engine::transfers(), taken under the lock) until it is over; a cluster
-// freed while a ticket older than the free is out is held back from
+// Concurrency (docs/qcow2.md, "Concurrency"): every IoContext (one per
+// virtio queue) shares one Engine behind one reader/writer lock, taken only
+// in with_engine() (exclusive) and with_engine_shared() (shared): the whole
+// lock scope is those two functions. Reads and in-place writes of clusters
+// already allocated are mapped under the shared side, side by side across
+// queues (Engine::map_shared()); everything that changes metadata
+// (allocation, copy-on-write, refcounts, discard, L1 growth, flush, and
+// loading an L2 table into the cache) runs under the exclusive side. The
+// data of allocated clusters then moves outside the lock, by Linux AIO on
+// an O_DIRECT descriptor (direct=on) or by pread/pwrite in submit(). Each
+// such transfer holds a ticket (Engine::transfers(), taken inside the
+// same lock scope, either side) until it is over; a cluster freed (always
+// exclusive) while a ticket older than the free is out is held back from
 // allocation until those tickets are back (block/qcow2/transfers.h).
 #pragma once
 
 #include <atomic>
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
 
 #include "base/unique_fd.h"
 #include "block/disk.h"
 #include "block/open.h"
 #include "block/qcow2/engine.h"
+#include "block/qcow2/rw_lock.h"
 
 namespace tern::block::qcow2 {
 
@@ -37,10 +43,17 @@ class Qcow2Disk final : public DiskFile {
   Result<void> close() override;
   uint64_t allocated_bytes() const override;
 
-  // The one lock scope over the shared engine.
+  // The exclusive lock scope over the shared engine: any engine call.
   template <class Fn>
   auto with_engine(Fn&& fn) {
-    std::lock_guard lock(mutex_);
+    std::unique_lock lock(lock_);
+    return fn(*engine_);
+  }
+  // The shared lock scope: fn may call only Engine::map_shared() and
+  // Engine::transfers(), and runs beside other shared scopes.
+  template <class Fn>
+  auto with_engine_shared(Fn&& fn) {
+    std::shared_lock lock(lock_);
     return fn(*engine_);
   }
 
@@ -54,13 +67,13 @@ class Qcow2Disk final : public DiskFile {
  private:
   Qcow2Disk(std::unique_ptr<Engine> engine, UniqueFd data_fd, bool read_only, std::string path);
 
-  std::mutex mutex_;
-  std::unique_ptr<Engine> engine_;  // guarded by mutex_
+  RwLock lock_;
+  std::unique_ptr<Engine> engine_;  // guarded by lock_ (see above)
   UniqueFd data_fd_;
   int buffered_fd_;
   bool read_only_;
   std::string path_;
-  bool closed_ = false;  // guarded by mutex_
+  bool closed_ = false;  // guarded by lock_, exclusive
   uint32_t cluster_size_;
   std::atomic<uint64_t> size_;
 };

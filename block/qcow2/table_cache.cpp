@@ -68,6 +68,15 @@ Result<uint8_t*> TableCache::create(uint64_t offset) {
   return lru_.front().data.data();
 }
 
+const uint8_t* TableCache::peek(uint64_t offset) {
+  // index_ only changes under the exclusive lock: concurrent finds are reads.
+  auto it = index_.find(offset);
+  if (it == index_.end()) return nullptr;
+  std::lock_guard lock(touch_mutex_);
+  lru_.splice(lru_.begin(), lru_, it->second);
+  return it->second->data.data();
+}
+
 void TableCache::mark_dirty(uint64_t offset) {
   auto it = index_.find(offset);
   if (it == index_.end()) std::abort();  // invariant: callers mark what they just got

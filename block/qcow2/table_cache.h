@@ -2,14 +2,17 @@
 // or refcount blocks) kept in their on-disk, big-endian form so that write
 // back needs no conversion or copy. Evicting a dirty table writes it first.
 //
-// Not thread-safe: the engine owning it is serialized by its caller.
-// A pointer returned by get()/create() stays valid until the next get() or
-// create() on the same cache (which may evict it).
+// Not thread-safe, except peek(): the engine's caller holds its mapping
+// lock exclusively around every other call, and shared around peek() only
+// (docs/qcow2.md, "Concurrency"). A pointer returned by get()/create()/
+// peek() stays valid until the next get() or create() on the same cache
+// (which may evict it).
 #pragma once
 
 #include <cstdint>
 #include <functional>
 #include <list>
+#include <mutex>
 #include <unordered_map>
 #include <vector>
 
@@ -30,6 +33,10 @@ class TableCache {
   [[nodiscard]] Result<uint8_t*> get(uint64_t offset);
   // A new zero-filled table at `offset`, dirty, without reading the file.
   [[nodiscard]] Result<uint8_t*> create(uint64_t offset);
+  // A table already in the cache, or nullptr: never reads, evicts or
+  // writes, so calls may run concurrently with each other (nothing else
+  // may). Moves the table to the front of the LRU under touch_mutex_.
+  [[nodiscard]] const uint8_t* peek(uint64_t offset);
   void mark_dirty(uint64_t offset);
   // Writes every dirty table (the caller syncs).
   [[nodiscard]] Result<void> flush();
@@ -54,6 +61,9 @@ class TableCache {
   Errc write_error_;
   std::function<Result<void>()> before_write_;
   std::list<Entry> lru_;  // front = most recently used
+  // Orders peek()s' LRU moves among themselves; every other call runs
+  // alone (see above), so needs no lock. A leaf: nothing is taken under it.
+  std::mutex touch_mutex_;
   std::unordered_map<uint64_t, std::list<Entry>::iterator> index_;
   size_t dirty_count_ = 0;
 };

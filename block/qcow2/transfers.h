@@ -1,6 +1,6 @@
 // TransferTracker: tickets for the data transfers that run outside the
-// engine lock (block/qcow2/qcow2_disk.h). A ticket is taken under the lock in
-// the same critical section that maps the request to host clusters, and
+// engine lock (block/qcow2/qcow2_disk.h). A ticket is taken in the same lock
+// scope (shared or exclusive) that maps the request to host clusters, and
 // given back, from any thread, once the transfer is over (completed,
 // failed or refused). The allocator (Refcounts) keeps a cluster freed while
 // ticket T was the next to be issued out of reuse until every ticket below
@@ -17,7 +17,8 @@ using TransferTicket = uint64_t;
 
 class TransferTracker {
  public:
-  // Called under the engine lock, before the lock is released.
+  // Called inside the mapping's lock scope (either side), before it ends;
+  // frees happen only under the exclusive side, so never concurrently.
   [[nodiscard]] TransferTicket begin() {
     std::lock_guard lock(mutex_);
     TransferTicket t = next_++;

@@ -14,7 +14,14 @@
  * Without "prepared" on the command line the guest first writes that pattern
  * to sectors 0-511 itself, so it also passes on a blank image.
  *
- * Command line words: prepared (the host wrote the pattern), idle (after the checks, wait for configuration-change
+ * Entered by tern at the ELF entry (64-bit, boot_params) or by QEMU through
+ * the PVH note (start.S; hvm_start_info): under QEMU (-M q35, virtio-blk-pci
+ * with disable-legacy=on) power-off is ACPI S5 on the ICH9 PM block (0x604)
+ * and reset goes through 0xcf9.
+ *
+ * Command line words: bench (only the throughput run: for
+ * bench/guest-io.sh, under tern and QEMU alike), write (the throughput run
+ * writes), depth=N (its requests in flight per queue, 1-32, default 8), no_cpu_checks (skip the emulation fallback checks), prepared (the host wrote the pattern), idle (after the checks, wait for configuration-change
  * interrupts and print "capacity N"), hostile (send malformed chains, expect
  * NEEDS_RESET, reset and recover), expect_ro, expect_queues=N, serial=STR,
  * reqs=N (requests of the throughput run), transport=pci|mmio|both (which
@@ -52,6 +59,7 @@ void* memcpy(void* d, const void* s, size_t n) {
 }
 
 static inline void outb(u16 port, u8 v) { __asm__ volatile("outb %0, %1" ::"a"(v), "Nd"(port)); }
+static inline void outw(u16 port, u16 v) { __asm__ volatile("outw %0, %1" ::"a"(v), "Nd"(port)); }
 static inline void outl(u16 port, u32 v) { __asm__ volatile("outl %0, %1" ::"a"(v), "Nd"(port)); }
 static inline u32 inl(u16 port) {
   u32 v;
@@ -109,12 +117,21 @@ static void check(int ok, const char* what) {
   putc_('\n');
 }
 
+static int on_qemu; /* entered through the PVH note */
 static void power_off(void) {
-  outb(0x600, 0x34); /* SLP_TYP 5 | SLP_EN */
+  if (on_qemu) {
+    outw(0x604, 0x2000); /* ICH9 PM1a_CNT: SLP_EN, SLP_TYP 0 = S5 in QEMU's DSDT */
+  } else {
+    outb(0x600, 0x34); /* SLP_TYP 5 | SLP_EN */
+  }
   for (;;) __asm__ volatile("cli; hlt");
 }
 static void reset_machine(void) {
-  outb(0x602, 1);
+  if (on_qemu) {
+    outb(0xcf9, 0x06); /* hard reset */
+  } else {
+    outb(0x602, 1);
+  }
   for (;;) __asm__ volatile("cli; hlt");
 }
 
@@ -275,7 +292,7 @@ static void pci_write(u32 dev, u32 off, u32 v) {
 
 /* ---- virtio-blk ---- */
 
-#define QSZ 32
+#define QSZ 128 /* room for MAX_SLOTS chains of 3 descriptors */
 #define F_RO (1ull << 5)
 #define F_BLK_SIZE (1ull << 6)
 #define F_SEG_MAX (1ull << 2)
@@ -322,27 +339,29 @@ struct blk_hdr {
   u32 type, reserved;
   u64 sector;
 };
-#define SLOTS 8 /* requests in flight per queue; slot s uses descriptors 3s..3s+2 */
+#define SLOTS 8 /* requests in flight per queue in the checks; slot s uses descriptors 3s..3s+2 */
+#define MAX_SLOTS 32 /* the throughput run's depth=N at most */
 struct queue {
   struct qmem* m;
   u64 notify;
   u16 next_avail, last_used;
-  struct blk_hdr hdr[SLOTS];
-  volatile u8 status[SLOTS];
-  volatile u8 done[SLOTS];
-  u32 used_len[SLOTS];
-  struct vdesc indirect[SLOTS][4] __attribute__((aligned(16)));
+  struct blk_hdr hdr[MAX_SLOTS];
+  volatile u8 status[MAX_SLOTS];
+  volatile u8 done[MAX_SLOTS];
+  u32 used_len[MAX_SLOTS];
+  struct vdesc indirect[MAX_SLOTS][4] __attribute__((aligned(16)));
 };
 
 static struct qmem qmem[2];
 static struct queue queues[2];
-static u8 data_buf[SLOTS * 2][4096] __attribute__((aligned(4096)));
+static u8 data_buf[MAX_SLOTS * 2][4096] __attribute__((aligned(4096)));
 
 static struct {
   int mmio; /* the virtio-mmio transport (else virtio-pci) */
   u64 base; /* virtio-mmio registers */
   u32 gsi;  /* virtio-mmio interrupt line */
   u32 pci;  /* bus 0 device number */
+  u64 bars[6]; /* memory BARs (0 when absent); bar = bars[0] for the log */
   u64 bar, common, notify_base, isr, devcfg, msix_table;
   u32 notify_mult;
   u32 msix_cap;
@@ -373,18 +392,30 @@ static int find_device(void) {
     u32 id = pci_read(d, 0);
     if (id != (0x1042u << 16 | 0x1af4u)) continue;
     dev.pci = d;
-    u64 lo = pci_read(d, 0x10), hi = pci_read(d, 0x14);
-    dev.bar = (lo & ~0xfull) | (hi << 32);
+    /* tern puts every structure in BAR 0; QEMU splits them (MSI-X in
+     * BAR 1, the virtio structures in BAR 4): each capability names its BAR. */
+    for (u32 b = 0; b < 6; ++b) {
+      u32 lo = pci_read(d, 0x10 + 4 * b);
+      dev.bars[b] = 0;
+      if (lo & 1) continue; /* I/O space */
+      dev.bars[b] = lo & ~0xfull;
+      if (((lo >> 1) & 3) == 2 && b < 5) {
+        dev.bars[b] |= (u64)pci_read(d, 0x14 + 4 * b) << 32;
+        ++b;
+      }
+    }
+    dev.bar = dev.bars[0];
     pci_write(d, 0x04, pci_read(d, 0x04) | 0x6); /* memory space, bus master */
     for (u32 cap = pci_read(d, 0x34) & 0xfc; cap; cap = (pci_read(d, cap) >> 8) & 0xfc) {
       u32 w0 = pci_read(d, cap);
       if ((w0 & 0xff) == 0x11) {
+        u32 table = pci_read(d, cap + 4);
         dev.msix_cap = cap;
-        dev.msix_table = dev.bar + (pci_read(d, cap + 4) & ~7u);
+        dev.msix_table = dev.bars[table & 7] + (table & ~7u);
       }
       if ((w0 & 0xff) != 0x09) continue;
       u32 type = (w0 >> 24) & 0xff;
-      u64 off = dev.bar + pci_read(d, cap + 8);
+      u64 off = dev.bars[pci_read(d, cap + 4) & 7] + pci_read(d, cap + 8);
       if (type == 1) dev.common = off;
       if (type == 2) {
         dev.notify_base = off;
@@ -603,7 +634,7 @@ static void reap(struct queue* Q) {
   while (Q->m->used_idx != Q->last_used) {
     barrier();
     struct used_elem e = Q->m->used_ring[Q->last_used % QSZ];
-    if (e.id / 3 < SLOTS) {
+    if (e.id / 3 < MAX_SLOTS) {
       Q->done[e.id / 3] = 1;
       Q->used_len[e.id / 3] = e.len;
     }
@@ -617,7 +648,7 @@ static void wait_slots(struct queue* Q, u32 mask) {
   for (;;) {
     reap(Q);
     u32 pending = 0;
-    for (int s = 0; s < SLOTS; ++s)
+    for (int s = 0; s < MAX_SLOTS; ++s)
       if ((mask >> s & 1) && !Q->done[s]) pending |= 1u << s;
     if (!pending) return;
     Q->m->used_event = Q->last_used; /* interrupt me for the next one */
@@ -756,24 +787,28 @@ static void prepare_disk(void) {
   check(ok, "wrote the test pattern to sectors 0-511");
 }
 
-/* Reads batches of SLOTS 4 KiB requests per queue, on every queue at once;
+/* Reads (or writes) batches of `depth` 4 KiB requests per queue, on every queue at once;
  * the host divides the request count by the wall time. */
-static void throughput(u64 total) {
-  u64 before = completed;
+static void throughput(u64 total, int write, int depth) {
+  const u32 all = depth == 32 ? 0xffffffffu : (1u << depth) - 1;
+  u64 before = completed, kicks_before = kicks;
+  u64 irqs_before = (u64)queue_irqs[0] + queue_irqs[1];
   int ok = 1;
-  for (u64 done = 0; done < total; done += (u64)SLOTS * (u64)dev.nqueues) {
+  /* The host times the run between this line and the "requests" line. */
+  puts_("throughput start\n");
+  for (u64 done = 0; done < total; done += (u64)depth * (u64)dev.nqueues) {
     for (int q = 0; q < dev.nqueues; ++q) {
       struct queue* Q = &queues[q];
-      for (int s = 0; s < SLOTS; ++s) {
-        u64 sector = 8 * ((done + (u64)(q * SLOTS + s)) % 64);
-        fill(Q, s, T_IN, sector, data_buf[q * SLOTS + s], 4096, 1, 0);
+      for (int s = 0; s < depth; ++s) {
+        u64 sector = 8 * ((done + (u64)(q * depth + s)) % 64);
+        fill(Q, s, write ? T_OUT : T_IN, sector, data_buf[q * depth + s], 4096, !write, 0);
         publish(Q, (u16)(3 * s));
       }
       kick(Q, q);
     }
     for (int q = 0; q < dev.nqueues; ++q) {
-      wait_slots(&queues[q], (1u << SLOTS) - 1);
-      for (int s = 0; s < SLOTS; ++s) ok &= queues[q].status[s] == S_OK;
+      wait_slots(&queues[q], all);
+      for (int s = 0; s < depth; ++s) ok &= queues[q].status[s] == S_OK;
     }
   }
   check(ok, "throughput run");
@@ -783,6 +818,10 @@ static void throughput(u64 total) {
   putu(completed);
   puts_(" kicks ");
   putu(kicks);
+  puts_(" run_kicks ");
+  putu(kicks - kicks_before);
+  puts_(" run_irqs ");
+  putu((u64)queue_irqs[0] + queue_irqs[1] - irqs_before);
   putc_('\n');
 }
 
@@ -952,8 +991,9 @@ static void idle_loop(int ro) {
   }
 }
 
-/* Finds, initializes and checks one device; returns whether it is read-only. */
-static int drive_device(int mmio) {
+/* Finds, initializes and checks one device; returns whether it is read-only.
+ * With bench, only the throughput run (bench/guest-io.sh). */
+static int drive_device(int mmio, int bench) {
   int found = mmio ? find_mmio_device() : find_device();
   check(found, mmio ? "virtio-blk found by probing the virtio-mmio window" : "virtio-blk found by PCI enumeration");
   if (!found) reset_machine();
@@ -980,21 +1020,39 @@ static int drive_device(int mmio) {
   puthex(dev.features);
   putc_('\n');
 
-  if (!has_word("prepared")) prepare_disk();
-  io_checks(ro);
-  throughput(get_number("reqs", 256));
-  if (has_word("hostile")) hostile_checks();
+  if (!bench) {
+    if (!has_word("prepared")) prepare_disk();
+    io_checks(ro);
+  }
+  u64 depth = get_number("depth", SLOTS);
+  if (depth < 1 || depth > MAX_SLOTS) depth = SLOTS;
+  throughput(get_number("reqs", 256), has_word("write"), (int)depth);
+  if (has_word("hostile") && !bench) hostile_checks();
   return ro;
 }
 
-void guest_main(u8* boot_params) {
-  u32 cmd = *(u32*)(boot_params + 0x228);
-  if (cmd) cmdline = (const char*)(u64)cmd;
+void guest_main(u8* boot_params, u8* start_info) {
+  if (start_info) {
+    /* hvm_start_info: magic 0x336ec578, cmdline_paddr at offset 24. */
+    on_qemu = 1;
+    /* The firmware leaves the 8259s unmasked with IRQ 0 (the PIT) on vector
+     * 8: mask them, every interrupt we take is MSI-X through the LAPIC. */
+    outb(0x21, 0xff);
+    outb(0xa1, 0xff);
+    u64 cmd = *(u64*)(start_info + 24);
+    if (*(u32*)start_info == 0x336ec578u && cmd) cmdline = (const char*)cmd;
+  } else {
+    u32 cmd = *(u32*)(boot_params + 0x228);
+    if (cmd) cmdline = (const char*)(u64)cmd;
+  }
+  int bench = has_word("bench");
   puts_("tern-test-guest: ");
   puts_(cmdline);
   putc_('\n');
   setup_interrupts();
-  cpu_checks();
+  /* QEMU on an emulated KVM (kvm_pvm) stops at the int3 with "KVM internal
+   * error" (suberror 1, emulation failure): it has no fallback like tern's. */
+  if (!bench && !has_word("no_cpu_checks")) cpu_checks();
   char transport[8] = "pci";
   get_value("transport", transport, sizeof transport);
   int both = transport[0] == 'b';
@@ -1003,7 +1061,7 @@ void guest_main(u8* boot_params) {
     int mmio = both ? pass == 1 : transport[0] == 'm';
     memset(&dev, 0, sizeof dev);
     queue_irqs[0] = queue_irqs[1] = 0;
-    ro = drive_device(mmio);
+    ro = drive_device(mmio, bench);
   }
   puts_("done passed ");
   putu(checks - failures);

@@ -152,6 +152,26 @@ inline Result<void> simple_op(IoContext& ctx, Op op, uint64_t offset = 0, uint64
   return run_one(ctx, r);
 }
 
+// The seeds a stress test runs: TERN_STRESS_SEEDS (a list of N or N-M,
+// comma separated), else `fallback` (what ctest runs).
+inline std::vector<uint32_t> seeds_from_env(const std::string& fallback) {
+  const char* env = std::getenv("TERN_STRESS_SEEDS");
+  std::string text = env ? env : fallback;
+  std::vector<uint32_t> seeds;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t comma = text.find(',', pos);
+    std::string part = text.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+    size_t dash = part.find('-');
+    uint32_t first = static_cast<uint32_t>(std::stoul(part.substr(0, dash)));
+    uint32_t last = dash == std::string::npos ? first : static_cast<uint32_t>(std::stoul(part.substr(dash + 1)));
+    for (uint32_t s = first; s <= last; ++s) seeds.push_back(s);
+    if (comma == std::string::npos) break;
+    pos = comma + 1;
+  }
+  return seeds;
+}
+
 // The whole disk as Tern reads it.
 inline std::vector<uint8_t> read_whole(DiskFile& disk) {
   auto ctx = disk.make_io_context(8);
