@@ -147,6 +147,8 @@ Result<ClusterStatus> Engine::cluster_status(uint64_t guest_offset) {
     case Mapping::Standard: return ClusterStatus{ClusterKind::Data, m->host_offset};
   }
   return ClusterStatus{};
+}
+
 std::optional<Engine::Mapping> Engine::lookup_shared(uint64_t guest_offset, bool for_write) {
   const uint32_t l2_bits = cluster_bits_ - 3;
   uint64_t l1_index = guest_offset >> (cluster_bits_ + l2_bits);
