@@ -32,7 +32,8 @@ json to_json(const VmInfo& info) {
                      {"size", d.size},
                      {"readonly", d.read_only},
                      {"num_queues", d.num_queues},
-                     {"queue_size", d.queue_size}});
+                     {"queue_size", d.queue_size},
+                     {"transport", d.transport}});
   }
   return {{"state", info.state},
           {"config",

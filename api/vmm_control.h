@@ -40,6 +40,7 @@ struct DiskInfo {
   bool read_only = false;
   uint32_t num_queues = 1;
   uint32_t queue_size = 0;
+  std::string transport = "pci";  // "pci", "mmio"
 };
 
 struct VmInfo {

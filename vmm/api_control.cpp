@@ -81,7 +81,8 @@ api::ControlResult<api::VmInfo> ApiControl::info() {
     for (const Disk& d : machine_.disks()) {
       info.disks.push_back(api::DiskInfo{d.config.id, d.config.path, std::string(d.device->format_name()),
                                          d.device->capacity_sectors() * 512, d.config.readonly,
-                                         d.config.num_queues, d.config.queue_size});
+                                         d.config.num_queues, d.config.queue_size,
+                                         d.config.transport == DiskTransport::Mmio ? "mmio" : "pci"});
     }
     return info;
   });

@@ -37,7 +37,7 @@ class FakeControl final : public VmmControl {
   ControlResult<VmInfo> info() override {
     std::lock_guard lock(mutex);
     VmInfo vm{"Running", 2, 512 << 20, "/k", "console=ttyS0", {}};
-    vm.disks.push_back(DiskInfo{"disk0", "/d.img", "raw", size, false, 2, 256});
+    vm.disks.push_back(DiskInfo{"disk0", "/d.img", "raw", size, false, 2, 256, "mmio"});
     vm.disks.push_back(DiskInfo{"ro", "/ro.img", "qcow2", 1 << 20, true, 1, 256});
     return vm;
   }
@@ -146,6 +146,8 @@ TEST_F(ApiServerTest, PingInfoCountersAnswerJson) {
   EXPECT_EQ(info["config"]["disks"][0]["id"], "disk0");
   EXPECT_EQ(info["config"]["disks"][0]["size"], 64 << 20);
   EXPECT_EQ(info["config"]["disks"][1]["readonly"], true);
+  EXPECT_EQ(info["config"]["disks"][0]["transport"], "mmio");
+  EXPECT_EQ(info["config"]["disks"][1]["transport"], "pci");
   auto counters = json::parse(request("GET", "/api/v1/vm.counters").body);
   EXPECT_EQ(counters["disk0"]["read_ops"], 3);
 }

@@ -4,7 +4,12 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstring>
+
 #include "devices/virtio/queue_runner.h"
+#include "devices/virtio/virtio_mmio.h"
+#include "devices/virtio/virtio_pci.h"
 #include "tests/devices/virtio/fakes.h"
 
 namespace tern::devices {
@@ -229,6 +234,82 @@ TEST(QueueRunner, BadRingOrHandlerFailureIsNeedsReset) {
   ActiveQueue good{.index = 0, .config = dq.config(), .notify_fd = notify->fd()};
   EXPECT_EQ(QueueRunner::start(ram.memory(), 0, good, 16, irq, ok_handler), nullptr);
   EXPECT_EQ(irq.resets.load(), 2);
+}
+
+// ---- a second device: what a new virtio device takes ----
+
+// An entropy device (virtio 5.4) that fills every writable buffer with 0xab:
+// its VirtioDevice part and its QueueHandler are all it needs; the core,
+// the runner and either transport carry it unchanged.
+class FillHandler final : public QueueHandler {
+ public:
+  void handle(DescriptorChain chain) override {
+    uint32_t n = 0;
+    for (const ChainBuffer& b : chain.buffers()) {
+      if (!b.device_writable) continue;
+      std::memset(b.bytes.data(), 0xab, b.bytes.size());
+      n += static_cast<uint32_t>(b.bytes.size());
+    }
+    chain.set_used_len(n);
+  }
+};
+
+class FillDevice final : public VirtioDevice {
+ public:
+  uint32_t device_id() const override { return 4; }
+  uint64_t device_features() const override { return kVirtioFVersion1; }
+  uint16_t num_queues() const override { return 1; }
+  uint16_t max_queue_size() const override { return 16; }
+  uint8_t config_generation() const override { return 0; }
+  void read_config(uint32_t, std::span<uint8_t> data) const override { std::fill(data.begin(), data.end(), 0); }
+  void write_config(uint32_t, std::span<const uint8_t>) override {}
+  void activate(const GuestMemory& memory, uint64_t features, std::vector<ActiveQueue> queues,
+                VirtioInterrupt& interrupt) override {
+    for (const ActiveQueue& q : queues) {
+      auto r = QueueRunner::start(memory, features, q, 16, interrupt, [](uint16_t) {
+        return std::expected<std::unique_ptr<QueueHandler>, std::string>(std::make_unique<FillHandler>());
+      });
+      if (r) runners_.push_back(std::move(r));
+    }
+  }
+  void reset() override { runners_.clear(); }
+
+ private:
+  std::vector<std::unique_ptr<QueueRunner>> runners_;
+};
+
+TEST(SecondDevice, RunsOverVirtioMmioAndIsClassifiedOnPci) {
+  TestRam ram(1 << 20);
+  testing::FakeVmServices vm;
+  auto mmio = VirtioMmioDevice::create(std::make_unique<FillDevice>(), vm, ram.memory(), "fill", 0xe0100000, 5);
+  ASSERT_TRUE(mmio.has_value());
+  auto wr = [&](uint64_t off, uint32_t v) {
+    (*mmio)->write(off, std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(&v), 4));
+  };
+  DriverQueue dq(ram, 16, 0x1000);
+  QueueConfig c = dq.config();
+  wr(mmio_reg::kStatus, kStatusAcknowledge | kStatusDriver);
+  wr(mmio_reg::kDriverFeaturesSel, 1);
+  wr(mmio_reg::kDriverFeatures, 1);  // VERSION_1
+  wr(mmio_reg::kStatus, kStatusAcknowledge | kStatusDriver | kStatusFeaturesOk);
+  wr(mmio_reg::kQueueNum, 16);
+  wr(mmio_reg::kQueueDescLow, static_cast<uint32_t>(c.desc_addr));
+  wr(mmio_reg::kQueueDriverLow, static_cast<uint32_t>(c.avail_addr));
+  wr(mmio_reg::kQueueDeviceLow, static_cast<uint32_t>(c.used_addr));
+  wr(mmio_reg::kQueueReady, 1);
+  wr(mmio_reg::kStatus, kStatusAcknowledge | kStatusDriver | kStatusFeaturesOk | kStatusDriverOk);
+  dq.add_chain({{0x10000, 64, true}});
+  wr(mmio_reg::kQueueNotify, 0);
+  ASSERT_TRUE(wait_for([&] { return dq.used_idx() == 1; }));
+  EXPECT_EQ(dq.used_elem(0).second, 64u);
+  EXPECT_EQ(ram.get<uint8_t>(0x10000 + 63), 0xab);
+
+  auto pci = VirtioPciDevice::create(std::make_unique<FillDevice>(), vm, ram.memory(), "fill");
+  ASSERT_TRUE(pci.has_value());
+  uint32_t id_class[3] = {};
+  (*pci)->config_read(0, std::span<uint8_t>(reinterpret_cast<uint8_t*>(id_class), 12));
+  EXPECT_EQ(id_class[0], 0x1044u << 16 | 0x1af4u);
+  EXPECT_EQ(id_class[2] >> 16, 0x00ffu);  // class: unclassified, from the device type
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <random>
 
 #include "devices/virtio/blk_factory.h"
@@ -93,6 +94,7 @@ struct MmioFixture : ::testing::Test {
   void expect_works_after_reset() {
     wr(r::kStatus, 0);
     ASSERT_EQ(rd(r::kStatus), 0u);
+    std::memset(ram.at(0x20000), 0, 0x1000);  // a fresh ring, not one an earlier call left
     DriverQueue dq(ram, kSize, 0x20000);
     negotiate(features());
     setup_queue(0, dq.config());
