@@ -14,8 +14,8 @@
 #include <utility>
 
 #include "base/event_fd.h"
-#include "base/unique_fd.h"
 #include "base/thread_sandbox.h"
+#include "base/unique_fd.h"
 #include "block/disk.h"
 #include "devices/virtio/blk_errors.h"
 #include "devices/virtio/rate_limited_log.h"
