@@ -161,6 +161,8 @@ constexpr unsigned long kVcpuIoctls[] = {
 // An MSI-X vector bound or moved by a queue or the control thread.
 constexpr unsigned long kIrqIoctls[] = {KVM_IRQFD, kKvmSetGsiRouting};
 constexpr unsigned long kTeardownIoctls[] = {KVM_IRQFD, kKvmSetGsiRouting, KVM_IOEVENTFD};
+constexpr unsigned long kIrqLineIoctls[] = {KVM_IRQ_LINE};
+constexpr unsigned long kApiIoctls[] = {FIONBIO};
 
 std::span<const Allow> own_list(ThreadKind kind) {
   switch (kind) {
@@ -330,10 +332,10 @@ std::expected<scmp_filter_ctx, int> build_filter(ThreadKind kind, SeccompMode mo
         rc = allow_ioctls(ctx, kTeardownIoctls);
         break;
       case Arg::IrqLine:
-        rc = allow_ioctls(ctx, std::span<const unsigned long>({KVM_IRQ_LINE}));
+        rc = allow_ioctls(ctx, kIrqLineIoctls);
         break;
       case Arg::ApiIoctls:
-        rc = allow_ioctls(ctx, std::span<const unsigned long>({FIONBIO}));
+        rc = allow_ioctls(ctx, kApiIoctls);
         break;
     }
     if (rc != 0) return fail(rc);
