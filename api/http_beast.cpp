@@ -23,8 +23,8 @@
 #include "api/http_server.h"
 #include "api/routes.h"
 #include "base/error.h"
-#include "base/unique_fd.h"
 #include "base/thread_sandbox.h"
+#include "base/unique_fd.h"
 
 namespace tern::api {
 namespace {

@@ -19,7 +19,7 @@ fi
 ctest --test-dir build --output-on-failure --timeout 2400
 
 # ThreadSanitizer: only the targets whose tests carry the tsan label.
-tsan_targets=(qcow2_concurrency_test qcow2_chain_stress_test virtio_test)
+tsan_targets=(qcow2_concurrency_test qcow2_chain_stress_test virtio_test base_test)  # base_test: the thread launcher
 cmake -S . -B build-tsan -G Ninja -DTERN_WERROR=ON -DTERN_SANITIZE=thread
 cmake --build build-tsan --target "${tsan_targets[@]}"
 # Debian's TSan runtime needs ASLR entropy it can map (vm.mmap_rnd_bits <= 28).

@@ -161,6 +161,8 @@ constexpr unsigned long kVcpuIoctls[] = {
 // An MSI-X vector bound or moved by a queue or the control thread.
 constexpr unsigned long kIrqIoctls[] = {KVM_IRQFD, kKvmSetGsiRouting};
 constexpr unsigned long kTeardownIoctls[] = {KVM_IRQFD, kKvmSetGsiRouting, KVM_IOEVENTFD};
+constexpr unsigned long kIrqLineIoctls[] = {KVM_IRQ_LINE};
+constexpr unsigned long kApiIoctls[] = {FIONBIO};
 
 std::span<const Allow> own_list(ThreadKind kind) {
   switch (kind) {
@@ -178,6 +180,14 @@ std::span<const Allow> own_list(ThreadKind kind) {
   std::abort();
 }
 
+#if defined(__SANITIZE_ADDRESS__)
+// -DTERN_SANITIZE=address builds only: UBSan's vptr check finds out whether
+// memory is readable by writing it into a fresh pipe; ASan gives every
+// thread an alternate signal stack and removes it when the thread ends, and
+// reads a new thread's stack bounds (pthread_getattr_np asks for its CPUs).
+constexpr Allow kSanitizer[] = {{"pipe2"}, {"close"}, {"sigaltstack"}, {"sched_getaffinity"}};
+#endif
+
 // The launcher's threads inherit its filter, so it holds theirs too.
 constexpr ThreadKind kLaunched[] = {ThreadKind::VirtioQueue, ThreadKind::IoWorker};
 
@@ -191,6 +201,9 @@ std::vector<Allow> full_list(ThreadKind kind) {
     }
   };
   add(kCommon);
+#if defined(__SANITIZE_ADDRESS__)
+  add(kSanitizer);
+#endif
   add(own_list(kind));
   if (kind == ThreadKind::Launcher) {
     for (ThreadKind k : kLaunched) add(own_list(k));
@@ -216,7 +229,9 @@ struct State {
 // Process-wide like the filters and the domain it describes; it outlives
 // every thread (a confined thread's SIGSYS report may read it at the end).
 State g_state;
-thread_local ThreadKind t_kind = ThreadKind::Main;
+// For the SIGSYS report: a thread the launcher made runs under the
+// launcher's filter until it has entered its own sandbox.
+thread_local const char* t_kind_name = "new (not yet confined)";
 
 // Syscall names for the SIGSYS handler, resolved once: the handler may
 // only use async-signal-safe calls.
@@ -243,7 +258,7 @@ void on_sigsys(int, siginfo_t* info, void* context) {
   size_t n = 0;
   const int nr = info->si_syscall;
   append(buf, n, sizeof buf, "tern: seccomp: the ");
-  append(buf, n, sizeof buf, thread_kind_name(t_kind));
+  append(buf, n, sizeof buf, t_kind_name);
   append(buf, n, sizeof buf, " thread made a forbidden system call: ");
   append(buf, n, sizeof buf, nr >= 0 && nr < kMaxSyscall && g_names[nr][0] ? g_names[nr].data() : "?");
   append(buf, n, sizeof buf, " (");
@@ -256,7 +271,9 @@ void on_sigsys(int, siginfo_t* info, void* context) {
   }
   append(buf, n, sizeof buf, "); exiting\n");
   (void)!::write(STDERR_FILENO, buf, n);
-  ::_exit(kExitVmmFailure);
+  // The system call itself, not _exit(): a sanitizer's _exit runs its
+  // exit-time checks, which make more forbidden calls.
+  ::syscall(SYS_exit_group, kExitVmmFailure);
 }
 
 [[noreturn]] void die(ThreadKind kind, const char* step, int err) {
@@ -315,10 +332,10 @@ std::expected<scmp_filter_ctx, int> build_filter(ThreadKind kind, SeccompMode mo
         rc = allow_ioctls(ctx, kTeardownIoctls);
         break;
       case Arg::IrqLine:
-        rc = allow_ioctls(ctx, std::span<const unsigned long>({KVM_IRQ_LINE}));
+        rc = allow_ioctls(ctx, kIrqLineIoctls);
         break;
       case Arg::ApiIoctls:
-        rc = allow_ioctls(ctx, std::span<const unsigned long>({FIONBIO}));
+        rc = allow_ioctls(ctx, kApiIoctls);
         break;
     }
     if (rc != 0) return fail(rc);
@@ -360,7 +377,7 @@ void hook(ThreadKind kind, std::stop_token stop) {
     s.armed_cv.wait(lock, stop, [&] { return s.armed; });
     if (!s.armed) return;  // stopped during set-up: the thread only ends
   }
-  t_kind = kind;
+  t_kind_name = thread_kind_name(kind);
 #if defined(__SANITIZE_ADDRESS__)
   // LeakSanitizer's check at exit stops every thread with clone and ptrace
   // and reads /proc/self/task: nothing a confined thread may do. It runs

@@ -21,8 +21,8 @@
 #include <thread>
 
 #include "base/event_fd.h"
-#include "block/image_lock.h"
 #include "base/thread_sandbox.h"
+#include "block/image_lock.h"
 
 namespace tern::block {
 namespace {

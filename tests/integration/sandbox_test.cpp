@@ -216,11 +216,12 @@ TEST_F(SandboxGuest, LogModeLetsForbiddenCallsThroughAndTheKernelLogsThem) {
 }
 
 // Landlock: a QCOW2 overlay on a raw backing file (backing_files=on) runs
-// the guest's whole check through the chain, while /etc/passwd and a file
-// beside the image are refused (EACCES); --landlock-rules opens one more.
+// the guest's whole check through the chain, while /etc/passwd, a file
+// beside the image and the kernel (loaded during set-up) are refused
+// (EACCES); --landlock-rules opens one more.
 TEST_F(SandboxGuest, LandlockRefusesFilesOutsideTheConfigurationButNotTheChain) {
   std::string base = raw_image(), overlay = dir_ + "/overlay.qcow2", beside = dir_ + "/beside.txt",
-              allowed = dir_ + "/allowed.txt";
+              allowed = dir_ + "/allowed.txt", kernel = build_dir() + "/tests/guest/tern-test-guest";
   Shell made = sh("qemu-img create -q -f qcow2 -b " + base + " -F raw " + overlay);
   ASSERT_EQ(made.status, 0) << made.out;
   write_file(beside, {'x'});
@@ -228,13 +229,16 @@ TEST_F(SandboxGuest, LandlockRefusesFilesOutsideTheConfigurationButNotTheChain) 
   std::string out = boot("qcow2 over raw, Landlock",
                          "path=" + overlay + ",backing_files=on,serial=" + kSerial + " --landlock true" +
                              " --landlock-rules path=" + allowed + ",access=ro --sandbox-test open=" + beside +
-                             " --sandbox-test open=" + allowed + " --sandbox-test open=" + base,
+                             " --sandbox-test open=" + allowed + " --sandbox-test open=" + base +
+                             " --sandbox-test open=" + kernel,
                          std::string("prepared expect_queues=1 serial=") + kSerial);
   EXPECT_NE(out.find("sandbox test: open /etc/passwd: Permission denied"), std::string::npos) << out;
   EXPECT_NE(out.find("sandbox test: open " + beside + ": Permission denied"), std::string::npos) << out;
   EXPECT_NE(out.find("sandbox test: open " + allowed + ": opened"), std::string::npos) << out;
   EXPECT_NE(out.find("sandbox test: open " + overlay + ": opened"), std::string::npos) << out;
   EXPECT_NE(out.find("sandbox test: open " + base + ": opened"), std::string::npos) << out;
+  // The kernel was read into guest RAM during set-up; not after.
+  EXPECT_NE(out.find("sandbox test: open " + kernel + ": Permission denied"), std::string::npos) << out;
   Shell check = sh("qemu-img check " + overlay);
   EXPECT_EQ(check.status, 0) << check.out;
 }
