@@ -5,7 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
-#include <regex>
+#include <sstream>
 
 #include "block/qcow2/engine.h"
 #include "block/qcow2/qcow2_disk.h"
@@ -24,13 +24,35 @@ struct Outcome {
   std::string output;
 };
 
+// `text` with "PREFIX: " dropped where a line starts with it. (No
+// std::regex: GCC 12's -Wmaybe-uninitialized trips on it under ASan.)
+std::string drop_line_prefix(const std::string& text, const std::string& prefix) {
+  std::istringstream lines(text);
+  std::string line, out;
+  while (std::getline(lines, line)) {
+    if (line.starts_with(prefix)) line = line.substr(prefix.size());
+    out += line + "\n";
+  }
+  if (!text.empty() && !text.ends_with('\n')) out.pop_back();
+  return out;
+}
+
+// The line of `text` that contains `key`, or "".
+std::string line_with(const std::string& text, const std::string& key) {
+  auto at = text.find(key);
+  if (at == std::string::npos) return {};
+  auto start = text.rfind('\n', at);
+  start = start == std::string::npos ? 0 : start + 1;
+  return text.substr(start, text.find('\n', at) - start);
+}
+
 // Runs `args` under both programs in `dir`, one after the other (image
 // locks), with "qemu-img: " / "tern-img: " message prefixes dropped.
 std::pair<Outcome, Outcome> both(const TempDir& dir, const std::string& args) {
   auto run = [&](const std::string& program, const std::string& prefix) {
     Outcome o;
     o.status = sh("cd '" + dir.file("") + "' && " + program + " " + args, &o.output);
-    o.output = std::regex_replace(o.output, std::regex("(^|\n)" + prefix + ": "), "$1");
+    o.output = drop_line_prefix(o.output, prefix + ": ");
     return o;
   };
   return {run("qemu-img", "qemu-img"), run(tern_img(), "tern-img")};
@@ -131,9 +153,9 @@ TEST(TernImgVerbs, ConvertCompressedReadBackByQemu) {
       // The random clusters are not compressed: data with an offset.
       ASSERT_EQ(sh(d + "qemu-img map --output json c.qcow2", &out), 0) << out;
       // (Small clusters: L2 tables come between them, so several extents.)
-      EXPECT_TRUE(std::regex_search(out, std::regex("\"start\": 2621440, \"length\": [0-9]+, \"depth\": 0, "
-                                                    "\"present\": true, \"zero\": false, \"data\": true, "
-                                                    "\"offset\"")))
+      std::string line = line_with(out, "\"start\": 2621440, ");
+      EXPECT_NE(line.find("\"depth\": 0, \"present\": true, \"zero\": false, \"data\": true, \"offset\""),
+                std::string::npos)
           << out;
     }
   }
