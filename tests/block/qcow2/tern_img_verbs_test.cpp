@@ -5,8 +5,10 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
-#include <regex>
+#include <sstream>
 
+#include "block/qcow2/engine.h"
+#include "block/qcow2/qcow2_disk.h"
 #include "tests/block/qcow2/qcow2_test_util.h"
 
 namespace tern::block::qcow2::test {
@@ -22,13 +24,35 @@ struct Outcome {
   std::string output;
 };
 
+// `text` with "PREFIX: " dropped where a line starts with it. (No
+// std::regex: GCC 12's -Wmaybe-uninitialized trips on it under ASan.)
+std::string drop_line_prefix(const std::string& text, const std::string& prefix) {
+  std::istringstream lines(text);
+  std::string line, out;
+  while (std::getline(lines, line)) {
+    if (line.starts_with(prefix)) line = line.substr(prefix.size());
+    out += line + "\n";
+  }
+  if (!text.empty() && !text.ends_with('\n')) out.pop_back();
+  return out;
+}
+
+// The line of `text` that contains `key`, or "".
+std::string line_with(const std::string& text, const std::string& key) {
+  auto at = text.find(key);
+  if (at == std::string::npos) return {};
+  auto start = text.rfind('\n', at);
+  start = start == std::string::npos ? 0 : start + 1;
+  return text.substr(start, text.find('\n', at) - start);
+}
+
 // Runs `args` under both programs in `dir`, one after the other (image
 // locks), with "qemu-img: " / "tern-img: " message prefixes dropped.
 std::pair<Outcome, Outcome> both(const TempDir& dir, const std::string& args) {
   auto run = [&](const std::string& program, const std::string& prefix) {
     Outcome o;
     o.status = sh("cd '" + dir.file("") + "' && " + program + " " + args, &o.output);
-    o.output = std::regex_replace(o.output, std::regex("(^|\n)" + prefix + ": "), "$1");
+    o.output = drop_line_prefix(o.output, prefix + ": ");
     return o;
   };
   return {run("qemu-img", "qemu-img"), run(tern_img(), "tern-img")};
@@ -129,9 +153,9 @@ TEST(TernImgVerbs, ConvertCompressedReadBackByQemu) {
       // The random clusters are not compressed: data with an offset.
       ASSERT_EQ(sh(d + "qemu-img map --output json c.qcow2", &out), 0) << out;
       // (Small clusters: L2 tables come between them, so several extents.)
-      EXPECT_TRUE(std::regex_search(out, std::regex("\"start\": 2621440, \"length\": [0-9]+, \"depth\": 0, "
-                                                    "\"present\": true, \"zero\": false, \"data\": true, "
-                                                    "\"offset\"")))
+      std::string line = line_with(out, "\"start\": 2621440, ");
+      EXPECT_NE(line.find("\"depth\": 0, \"present\": true, \"zero\": false, \"data\": true, \"offset\""),
+                std::string::npos)
           << out;
     }
   }
@@ -282,6 +306,50 @@ TEST(TernImgVerbs, MeasureMatchesQemuImg) {
       "-O qcow2 -o cluster_size=512 --size 9T",      // L1 too large
   };
   for (const char* c : cases) EXPECT_SAME(dir, std::string("measure ") + c);
+}
+
+// The engine's compressed write over every kind of old mapping (standard,
+// zero, compressed sharing a host cluster, unallocated), then a standard
+// write onto a compressed cluster (copy-on-write from it) and a discard:
+// qemu-img check stays clean and qemu-io reads what was written.
+TEST(TernImgVerbs, CompressedWritesOverOldMappings) {
+  TempDir dir;
+  const std::string img = dir.file("c.qcow2");
+  SH_OK("qemu-img create -q -f qcow2 -o cluster_size=4096 '" + img + "' 1M");
+  SH_OK("qemu-io -c 'write -P 1 0 8k' -c 'write -z 8k 4k' '" + img + "'");
+  {
+    auto disk = open_image(img);
+    ASSERT_TRUE(disk);
+    auto* q = static_cast<Qcow2Disk*>(disk.get());
+    std::vector<uint8_t> cluster(4096);
+    auto compressed = [&](uint64_t offset, uint8_t pattern) {
+      std::fill(cluster.begin(), cluster.end(), pattern);
+      return q->with_engine([&](Engine& e) { return e.write_compressed(offset, cluster); });
+    };
+    for (uint64_t c = 0; c < 8; ++c) ASSERT_TRUE(compressed(c * 4096, static_cast<uint8_t>(0x10 + c)));
+    // Again over the compressed ones (their shared host cluster released).
+    for (uint64_t c = 2; c < 5; ++c) ASSERT_TRUE(compressed(c * 4096, static_cast<uint8_t>(0x20 + c)));
+    EXPECT_FALSE(q->with_engine([&](Engine& e) { return e.write_compressed(100, cluster); }));  // unaligned
+    auto status = q->with_engine([](Engine& e) { return e.cluster_status(4096); });
+    ASSERT_TRUE(status);
+    EXPECT_EQ(status->kind, ClusterKind::Compressed);
+    auto ctx = disk->make_io_context(1);
+    ASSERT_TRUE(ctx);
+    std::vector<uint8_t> part(512, 0x77);
+    ASSERT_TRUE(pwrite_disk(**ctx, 5 * 4096 + 1024, part));  // copy-on-write from a compressed cluster
+    Request d;
+    d.op = Op::Discard;
+    d.offset = 6 * 4096;
+    d.length = 4096;
+    ASSERT_TRUE(run_one(**ctx, d));
+    ctx->reset();
+    ASSERT_TRUE(disk->close());
+  }
+  SH_OK("qemu-img check -q '" + img + "'");
+  SH_OK("qemu-io -c 'read -P 0x10 0 4k' -c 'read -P 0x11 4k 4k' -c 'read -P 0x22 8k 4k' "
+        "-c 'read -P 0x23 12k 4k' -c 'read -P 0x24 16k 4k' -c 'read -P 0x15 20k 1k' "
+        "-c 'read -P 0x77 21k 512' -c 'read -P 0x15 21.5k 2.5k' -c 'read -P 0 24k 4k' "
+        "-c 'read -P 0x17 28k 4k' '" + img + "'");
 }
 
 }  // namespace
