@@ -22,8 +22,9 @@ namespace {
 constexpr uint64_t kDirectAlign = 512;
 
 // One asynchronous context per queue. submit() maps the request (under the
-// disk's lock, shared when no metadata changes) and then starts the data transfers of already-allocated
-// clusters without the lock; drain() reaps them.
+// disk's lock, the shared side when no metadata changes) and then starts
+// the data transfers of already-allocated clusters without the lock;
+// drain() reaps them.
 class Qcow2IoContext final : public IoContext {
  public:
   Qcow2IoContext(Qcow2Disk& disk, EventFd done, uint32_t depth, aio_context_t aio, uint32_t aio_slots)

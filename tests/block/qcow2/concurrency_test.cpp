@@ -5,11 +5,14 @@
 #include <poll.h>
 
 #include <algorithm>
+#include <chrono>
+#include <future>
 #include <cstring>
 #include <random>
 #include <thread>
 
 #include "block/qcow2/create.h"
+#include "block/qcow2/qcow2_disk.h"
 #include "tests/block/qcow2/qcow2_test_util.h"
 
 namespace tern::block::qcow2::test {
@@ -160,6 +163,63 @@ TEST_P(Concurrency, QueuesShareOneImage) {
 
 INSTANTIATE_TEST_SUITE_P(Modes, Concurrency, ::testing::Values(false, true),
                          [](const auto& info) { return info.param ? "direct" : "buffered"; });
+
+// The shared side of the mapping lock, shown without timing: a test thread
+// holds a shared section open (as another queue's lookup would) and waits
+// for the main thread's requests; those that need no metadata change
+// (reads of allocated clusters, an in-place write to an allocated COPIED
+// cluster, a read that falls through to the raw backing file) complete
+// meanwhile. Under one mutex they could not: the holder would give up after
+// 30 s and the test fail.
+TEST(SharedMapping, AllocatedClustersAreServedBesideAnOpenSharedSection) {
+  TempDir dir;
+  std::string base = dir.file("base.raw");
+  std::string img = dir.file("top.qcow2");
+  SH_OK("qemu-img create -q -f raw '" + base + "' 4M");
+  SH_OK("qemu-io -f raw -c 'write -P 0x11 0 4M' '" + base + "'");
+  SH_OK("qemu-img create -q -f qcow2 -b base.raw -F raw '" + img + "' 4M");
+  SH_OK("qemu-io -f qcow2 -c 'write -P 0x22 0 1M' '" + img + "'");
+  auto disk = open_image(img);
+  ASSERT_NE(disk, nullptr);
+  auto* qcow2 = dynamic_cast<Qcow2Disk*>(disk.get());
+  ASSERT_NE(qcow2, nullptr);
+  auto ctx = disk->make_io_context(4);
+  ASSERT_TRUE(ctx.has_value());
+  std::vector<uint8_t> buf(4096);
+  // The first read loads the L2 table (exclusive); later ones find it cached.
+  ASSERT_TRUE(pread_disk(**ctx, 0, buf).has_value());
+
+  std::promise<void> entered, served;
+  std::future<void> served_future = served.get_future();
+  bool released_by_requests = false;
+  std::jthread holder([&] {  // holds the shared side until the requests are served
+    qcow2->with_engine_shared([&](Engine&) {
+      entered.set_value();
+      released_by_requests = served_future.wait_for(std::chrono::seconds(30)) == std::future_status::ready;
+      return 0;
+    });
+  });
+  entered.get_future().wait();
+  auto r1 = pread_disk(**ctx, 512 * 1024, buf);
+  bool read_ok = r1.has_value() && std::all_of(buf.begin(), buf.end(), [](uint8_t b) { return b == 0x22; });
+  std::vector<uint8_t> data(4096, 0x33);
+  auto w = pwrite_disk(**ctx, 64 * 1024, data);
+  auto r2 = pread_disk(**ctx, 3 * 1024 * 1024, buf);  // unallocated in the overlay: the raw backing file
+  bool backing_ok = r2.has_value() && std::all_of(buf.begin(), buf.end(), [](uint8_t b) { return b == 0x11; });
+  served.set_value();
+  holder.join();
+  EXPECT_TRUE(released_by_requests) << "the requests waited for the shared section to end";
+  EXPECT_TRUE(read_ok) << (r1 ? "wrong data" : r1.error().message());
+  EXPECT_TRUE(w.has_value()) << w.error().message();
+  EXPECT_TRUE(backing_ok) << (r2 ? "wrong data" : r2.error().message());
+  ASSERT_TRUE(pread_disk(**ctx, 64 * 1024, buf).has_value());
+  EXPECT_EQ(buf, data);
+  ctx->reset();
+  ASSERT_TRUE(disk->close().has_value());
+  disk.reset();  // and its image lock
+  SH_OK("qemu-img check -q '" + img + "'");
+  SH_OK("qemu-io -f qcow2 -r -c 'read -P 0x33 64k 4k' -c 'read -P 0x22 68k 956k' -c 'read -P 0x11 1M 3M' '" + img + "'");
+}
 
 }  // namespace
 }  // namespace tern::block::qcow2::test
