@@ -354,7 +354,6 @@ Result<void> Engine::set_l2_entry(const L2Slot& slot, uint64_t entry) {
 // Drops the references a mapping holds on host clusters: one for a standard
 // cluster, one on every host cluster a compressed cluster's data touches.
 Result<void> Engine::release_cluster(const Mapping& m) {
-  compressed_cursor_ = 0;
   if (m.kind == Mapping::Compressed) {
     const uint32_t x = 62 - (cluster_bits_ - 8);
     uint64_t offset = m.entry & ((uint64_t{1} << x) - 1);
@@ -362,12 +361,22 @@ Result<void> Engine::release_cluster(const Mapping& m) {
     uint64_t first = offset & ~uint64_t{511};
     uint64_t last = first + sectors * 512 - 1;
     for (uint64_t c = first >> cluster_bits_; c <= last >> cluster_bits_; ++c) {
-      if (auto r = refcounts_->adjust(c << cluster_bits_, -1); !r) return std::unexpected(r.error());
+      if (auto r = drop_reference(c << cluster_bits_); !r) return r;
     }
     return {};
   }
-  if (m.host_offset != 0) {
-    if (auto r = refcounts_->adjust(m.host_offset, -1); !r) return std::unexpected(r.error());
+  if (m.host_offset != 0) return drop_reference(m.host_offset);
+  return {};
+}
+
+// A cluster whose last reference goes may be handed out again as anything
+// (a data cluster, a table): compressed bytes must not be packed into it
+// any more, so the packing cursor leaves it.
+Result<void> Engine::drop_reference(uint64_t host_offset) {
+  auto left = refcounts_->adjust(host_offset, -1);
+  if (!left) return std::unexpected(left.error());
+  if (*left == 0 && compressed_cursor_ != 0 && (compressed_cursor_ >> cluster_bits_) == (host_offset >> cluster_bits_)) {
+    compressed_cursor_ = 0;
   }
   return {};
 }
@@ -668,9 +677,7 @@ Result<void> Engine::resize(uint64_t new_size) {
     if (auto r = header_.commit(); !r) return r;
     if (new_offset != old_offset) {
       for (uint64_t i = 0; i < old_clusters; ++i) {
-        if (auto r = refcounts_->adjust(old_offset + (i << cluster_bits_), -1); !r) {
-          return std::unexpected(r.error());
-        }
+        if (auto r = drop_reference(old_offset + (i << cluster_bits_)); !r) return r;
       }
     }
     return flush();

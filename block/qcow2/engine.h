@@ -166,6 +166,7 @@ class Engine {
   Result<uint64_t> l2_entry(const L2Slot& slot);
   Result<void> set_l2_entry(const L2Slot& slot, uint64_t entry);
   Result<void> read_compressed(uint64_t entry, std::span<uint8_t> out);
+  Result<void> drop_reference(uint64_t host_offset);
   Result<void> release_cluster(const Mapping& mapping);
   Result<void> fill_cluster(uint64_t guest_cluster, const Mapping& old, std::span<uint8_t> out);
   // `iov` is the request's cursor: clusters are written front to back.

@@ -128,6 +128,13 @@ TEST(TernImgVerbs, CompareMatchesQemuImg) {
 // qemu-img check finds the refcounts (shared host clusters, compressed
 // clusters spanning two of them) clean; incompressible clusters are
 // written uncompressed, as qemu-img does.
+// "Image end offset: N" from qemu-img check's output; 0 when missing.
+uint64_t image_end_offset(const std::string& check_output) {
+  const std::string key = "Image end offset: ";
+  auto at = check_output.find(key);
+  return at == std::string::npos ? 0 : std::stoull(check_output.substr(at + key.size()));
+}
+
 TEST(TernImgVerbs, ConvertCompressedReadBackByQemu) {
   TempDir dir;
   make_chain(dir);
@@ -157,6 +164,17 @@ TEST(TernImgVerbs, ConvertCompressedReadBackByQemu) {
       EXPECT_NE(line.find("\"depth\": 0, \"present\": true, \"zero\": false, \"data\": true, \"offset\""),
                 std::string::npos)
           << out;
+      // Compressed clusters share host clusters: the image is about as
+      // small as qemu-img's from the same source (one host cluster per
+      // compressed cluster made it larger than the raw file).
+      SH_OK(d + "rm -f q.qcow2 && qemu-img convert -c -O qcow2 -o compression_type=" + type + extra +
+            " src.raw q.qcow2");
+      std::string tern_check, qemu_check;
+      ASSERT_EQ(sh(d + "qemu-img check c.qcow2", &tern_check), 0) << tern_check;
+      ASSERT_EQ(sh(d + "qemu-img check q.qcow2", &qemu_check), 0) << qemu_check;
+      const uint64_t tern_end = image_end_offset(tern_check);
+      const uint64_t qemu_end = image_end_offset(qemu_check);
+      EXPECT_LE(tern_end, qemu_end + qemu_end / 4 + 65536) << tern_check << qemu_check;
     }
   }
   // From a chain, into a compressed overlay of its base and into a plain
