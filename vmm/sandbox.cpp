@@ -451,15 +451,22 @@ std::string directory_of(const std::string& path) {
 
 // The files under a QCOW2 image, top first, as the block layer opens them
 // (block/qcow2/backing.h: relative names from the naming image's
-// directory). Stops at a raw file or anything that is not QCOW2.
+// directory). The block layer opened them all during set-up; this reads
+// the headers again, so it follows the block layer's rules: only regular
+// files are read (a FIFO would block here), a backing file recorded as
+// raw ends the chain (its bytes are a guest's, never a header), and the
+// depth limit holds.
 std::vector<std::string> backing_chain(const std::string& top) {
   std::vector<std::string> chain;
   std::string current = top;
   while (chain.size() <= block::qcow2::kMaxBackingDepth) {
+    struct stat st {};
+    if (::stat(current.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) break;
     auto info = block::qcow2::read_image_info(current);
     if (!info || info->backing_file.empty()) break;
     current = block::qcow2::resolve_backing_name(current, info->backing_file);
     chain.push_back(current);
+    if (info->backing_format == "raw") break;
   }
   return chain;
 }
@@ -485,7 +492,8 @@ std::expected<UniqueFd, std::string> build_ruleset(const VmConfig& config, int a
     uint64_t access = LANDLOCK_ACCESS_FS_READ_FILE;
     if (!d.readonly) access |= LANDLOCK_ACCESS_FS_WRITE_FILE | LANDLOCK_ACCESS_FS_TRUNCATE;
     if (auto ok = add_path_rule(r, abi, d.path, access, "--disk " + d.id); !ok) return Unexpected(ok.error());
-    if (!d.backing_files) continue;
+    // A raw disk has no header to follow: its first bytes are the guest's.
+    if (!d.backing_files || d.image_type == block::ImageType::Raw) continue;
     for (const std::string& backing : backing_chain(d.path)) {
       auto ok = add_path_rule(r, abi, backing, LANDLOCK_ACCESS_FS_READ_FILE, "--disk " + d.id + " backing file");
       if (!ok) return Unexpected(ok.error());

@@ -243,5 +243,20 @@ TEST_F(SandboxGuest, LandlockRefusesFilesOutsideTheConfigurationButNotTheChain) 
   EXPECT_EQ(check.status, 0) << check.out;
 }
 
+// A raw disk's bytes are the guest's: a QCOW2 header that a guest wrote
+// into its raw disk (image_type=raw) names no file Landlock grants, even
+// with backing_files=on; the block layer never reads it as a header.
+TEST_F(SandboxGuest, LandlockGrantsNothingNamedInsideARawDisk) {
+  std::string disk = dir_ + "/raw-with-header.img", beside = dir_ + "/secret.txt";
+  write_file(beside, {'s'});
+  Shell made = sh("qemu-img create -q -f qcow2 -b " + beside + " -F raw " + disk + " && truncate -s 4M " + disk);
+  ASSERT_EQ(made.status, 0) << made.out;
+  std::string out = boot("raw disk holding a QCOW2 header, Landlock",
+                         "path=" + disk + ",image_type=raw,backing_files=on,serial=" + kSerial +
+                             " --landlock true --sandbox-test open=" + beside,
+                         std::string("expect_queues=1 serial=") + kSerial);
+  EXPECT_NE(out.find("sandbox test: open " + beside + ": Permission denied"), std::string::npos) << out;
+}
+
 }  // namespace
 }  // namespace tern::it
