@@ -36,4 +36,11 @@ void I8042::write(uint64_t offset, std::span<const uint8_t> data) {
   }
 }
 
+void GuestExitDevice::read(uint64_t, std::span<uint8_t> data) { std::memset(data.data(), 0, data.size()); }
+
+void GuestExitDevice::write(uint64_t offset, std::span<const uint8_t> data) {
+  // A wider access starting at the port carries the status in its low byte.
+  if (offset == 0 && !data.empty()) sink_.request_exit(data[0]);
+}
+
 }  // namespace tern::devices

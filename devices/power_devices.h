@@ -6,6 +6,10 @@
 //     S5 (the DSDT's _S5_ package), which powers off.
 //   I8042: the keyboard controller's reset line (command 0xFE on port
 //     0x64); data port 0x60 reads 0 and the status port reads "empty".
+//   GuestExitDevice: one byte written to it ends the VM with that status
+//     (in the spirit of QEMU's isa-debug-exit, at the same default port
+//     0x501; tern maps the byte to its exit status itself, docs/vmm.md).
+//     Reads return 0. A Linux guest writes it through /dev/port.
 //
 // Threads: vCPU threads; both are stateless apart from the sink.
 #pragma once
@@ -45,6 +49,19 @@ class I8042 final : public IoHandler {
   static constexpr uint64_t kSize = 5;
   static constexpr uint64_t kDataOffset = 0, kCommandOffset = 4;
   static constexpr uint8_t kResetCommand = 0xfe;
+
+ private:
+  PowerSink& sink_;
+};
+
+class GuestExitDevice final : public IoHandler {
+ public:
+  explicit GuestExitDevice(PowerSink& sink) : sink_(sink) {}
+  std::string_view name() const override { return "guest-exit"; }
+  void read(uint64_t offset, std::span<uint8_t> data) override;
+  void write(uint64_t offset, std::span<const uint8_t> data) override;
+
+  static constexpr uint64_t kSize = 1;
 
  private:
   PowerSink& sink_;

@@ -256,6 +256,9 @@ std::expected<VmConfig, ParseExit> parse_command_line(int argc, const char* cons
                  "on|off: append virtio_mmio.device= for each transport=mmio disk to a Linux command line "
                  "(the DSDT describes them either way)");
   app.add_option("--api-socket", api_socket, "path of the API's Unix socket");
+  app.add_option("--timeout", c.timeout_s,
+                 "SECONDS: stop a VM still running after this long, exit status 4 (default 0: no limit)")
+      ->check(CLI::Range(uint64_t{0}, uint64_t{1} << 31));
   app.add_option("--seccomp", seccomp,
                  "true | false | log: a seccomp filter per thread kind; true kills tern (status 1) on a forbidden "
                  "system call, log lets it through and the kernel logs it (default true)");

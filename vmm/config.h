@@ -97,6 +97,7 @@ struct VmConfig {
   std::vector<DiskConfig> disks;
   std::optional<std::string> api_socket;
   bool virtio_mmio_cmdline = true;  // --virtio-mmio-cmdline
+  uint64_t timeout_s = 0;           // --timeout; 0: none
   SandboxConfig sandbox;
 };
 

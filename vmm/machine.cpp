@@ -4,6 +4,7 @@
 #include <malloc.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <iterator>
@@ -167,6 +168,7 @@ std::expected<void, std::string> Machine::load_guest() {
   if (auto r = ax::write_boot_params(low, *kernel, bp); !r) return Unexpected("boot_params: " + r.error().message());
   ax::write_gdt(low);
   ax::write_identity_page_tables(low);
+  ax::write_reset_vector(low);
   return {};
 }
 
@@ -185,11 +187,13 @@ std::expected<void, std::string> Machine::build_devices() {
       std::move(out), [this](bool level) { services_.set_irq_line(ax::kCom1Irq, level); });
   acpi_power_ = std::make_unique<devices::AcpiPowerDevice>(*this);
   i8042_ = std::make_unique<devices::I8042>(*this);
+  guest_exit_ = std::make_unique<devices::GuestExitDevice>(*this);
   pci_ = std::make_unique<devices::PciRoot>(ax::kPciMmioStart, ax::kPciMmioEnd - ax::kPciMmioStart);
 
   bool ok = pio_.add(ax::kCom1Port, devices::Serial16550::kSize, *serial_) &&
             pio_.add(ax::kI8042DataPort, devices::I8042::kSize, *i8042_) &&
             pio_.add(ax::kAcpiSleepControlPort, devices::AcpiPowerDevice::kSize, *acpi_power_) &&
+            pio_.add(ax::kGuestExitPort, devices::GuestExitDevice::kSize, *guest_exit_) &&
             pio_.add(devices::PciRoot::kType1Base, devices::PciRoot::kType1Size, pci_->type1_handler()) &&
             mmio_.add(ax::kPciEcamStart, ax::kPciEcamSize, pci_->ecam_handler()) &&
             mmio_.add(ax::kPciMmioStart, ax::kPciMmioEnd - ax::kPciMmioStart, pci_->mmio_handler());
@@ -290,6 +294,10 @@ void Machine::request(devices::GuestPowerEvent event) {
   else finish(kExitReset, "guest reset");
 }
 
+void Machine::request_exit(uint8_t status) {
+  finish(guest_exit_status(status), "the guest ended the VM with status " + std::to_string(status));
+}
+
 int Machine::run() {
   Vcpu::install_kick_handler();
   if (config_.serial.mode == SerialMode::Tty) {
@@ -307,7 +315,13 @@ int Machine::run() {
   std::string why;
   {
     std::unique_lock lock(mutex_);
-    done_cv_.wait(lock, [&] { return status_.has_value(); });
+    auto done = [&] { return status_.has_value(); };
+    if (config_.timeout_s == 0) {
+      done_cv_.wait(lock, done);
+    } else if (!done_cv_.wait_for(lock, std::chrono::seconds(config_.timeout_s), done)) {
+      status_ = kExitTimeout;
+      why_ = "--timeout " + std::to_string(config_.timeout_s) + " s ran out; the VM was stopped";
+    }
     status = *status_;
     why = why_;
   }
@@ -317,8 +331,8 @@ int Machine::run() {
 
   if (status == kExitGuestCrash || status == kExitVmmFailure) {
     std::fprintf(stderr, "tern: %s\n", why.c_str());
-  } else if (status == kExitReset) {
-    std::fprintf(stderr, "tern: %s (exit status %d)\n", why.c_str(), kExitReset);
+  } else if (status != kExitPowerOff) {
+    std::fprintf(stderr, "tern: %s (exit status %d)\n", why.c_str(), status);
   }
   for (const Disk& d : disks_) {
     if (auto r = d.device->close(); !r) {

@@ -79,6 +79,7 @@ class Machine final : public VmControl, public devices::PowerSink {
   bool finished() const override;
   // PowerSink (devices on vCPU threads).
   void request(devices::GuestPowerEvent event) override;
+  void request_exit(uint8_t status) override;
 
  private:
   Machine(VmConfig config, Kvm kvm, VmFd vm, GuestRam ram);
@@ -94,6 +95,7 @@ class Machine final : public VmControl, public devices::PowerSink {
   std::unique_ptr<devices::Serial16550> serial_;
   std::unique_ptr<devices::AcpiPowerDevice> acpi_power_;
   std::unique_ptr<devices::I8042> i8042_;
+  std::unique_ptr<devices::GuestExitDevice> guest_exit_;
   std::unique_ptr<devices::PciRoot> pci_;
   std::vector<std::unique_ptr<devices::VirtioMmioDevice>> virtio_mmio_;
   devices::IoBus pio_;

@@ -46,6 +46,12 @@ inline constexpr int kExitPowerOff = 0;
 inline constexpr int kExitVmmFailure = 1;
 inline constexpr int kExitReset = 2;
 inline constexpr int kExitGuestCrash = 3;
+inline constexpr int kExitTimeout = 4;  // --timeout ran out
+// The guest's own status through the exit device (port 0x501): 0 stays 0,
+// N > 0 becomes kExitGuestStatusBase + N, at most 255, so that it never
+// reads as one of tern's own statuses above.
+inline constexpr int kExitGuestStatusBase = 32;
+constexpr int guest_exit_status(uint8_t n) { return n == 0 ? 0 : (n > 255 - kExitGuestStatusBase ? 255 : kExitGuestStatusBase + n); }
 
 // Where vCPU threads report that the VM is over.
 class VmControl {

@@ -27,6 +27,7 @@ inline constexpr uint64_t kCmdlineMax = 0x10000;      // up to 0x30000, below th
 inline constexpr uint64_t kEbdaStart = 0x9fc00;       // e820: reserved up to 1 MiB
 inline constexpr uint64_t kAcpiStart = 0xe0000;       // RSDP, then the other tables
 inline constexpr uint64_t kAcpiEnd = 0xf0000;
+inline constexpr uint64_t kResetVectorAddr = 0xffff0;  // f000:fff0, where a real-mode restart jumps
 inline constexpr uint64_t kKernelLoadAddr = 0x100000;  // protected-mode kernel / ELF
 
 // Devices.
@@ -58,6 +59,7 @@ inline constexpr uint16_t kPciConfigAddressPort = 0xcf8;
 inline constexpr uint16_t kPciConfigDataPort = 0xcfc;
 inline constexpr uint16_t kAcpiSleepControlPort = 0x600;  // then status 0x601, reset 0x602
 inline constexpr uint16_t kAcpiResetPort = 0x602;
+inline constexpr uint16_t kGuestExitPort = 0x501;  // QEMU's isa-debug-exit default
 inline constexpr uint8_t kAcpiResetValue = 1;
 
 // Size of the first RAM region for a guest with `mem` bytes.

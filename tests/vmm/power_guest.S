@@ -6,6 +6,7 @@
  *   "acpi"  ACPI reset register: 1 to port 0x602 (exit 2)
  *   "kbd"   i8042 reset: 0xfe to port 0x64 (exit 2)
  *   "fault" a triple fault: ud2 with no IDT (exit 2)
+ *   "xit"   status 7 to the exit device, port 0x501 (exit 32 + 7 = 39)
  *   "hang"  hlt with interrupts off, until the VMM is killed
  *   "mmio"  jumps into unbacked MMIO space: KVM cannot fetch or emulate
  *           code there, an internal error (exit 3, registers on stderr)
@@ -38,6 +39,8 @@ _start:
   je kbd_reset
   cmp $'f', %al
   je fault
+  cmp $'x', %al
+  je guest_exit
   cmp $'h', %al
   je hang
   cmp $'m', %al
@@ -57,6 +60,11 @@ acpi_reset:
 kbd_reset:
   mov $0x64, %dx
   mov $0xfe, %al
+  out %al, %dx
+  jmp hang
+guest_exit:
+  mov $0x501, %dx
+  mov $7, %al
   out %al, %dx
   jmp hang
 fault:

@@ -51,6 +51,18 @@ TEST_F(TernKvm, TripleFaultExitsTwo) {
   EXPECT_NE(r.out.find("triple fault"), std::string::npos) << r.out;
 }
 
+TEST_F(TernKvm, ExitDeviceEndsTheVmWithTheGuestsStatusPlus32) {
+  Shell r = boot("xit");
+  EXPECT_EQ(r.status, 39) << r.out;
+  EXPECT_NE(r.out.find("the guest ended the VM with status 7 (exit status 39)"), std::string::npos) << r.out;
+}
+
+TEST_F(TernKvm, TimeoutStopsAHungGuestWithStatusFour) {
+  Shell r = boot("hang", "--timeout 2");
+  EXPECT_EQ(r.status, 4) << r.out;
+  EXPECT_NE(r.out.find("--timeout 2 s ran out"), std::string::npos) << r.out;
+}
+
 TEST_F(TernKvm, InternalErrorExitsThreeWithRegisters) {
   Shell r = boot("mmio");
   EXPECT_EQ(r.status, 3) << r.out;
