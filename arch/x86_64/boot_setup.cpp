@@ -95,6 +95,18 @@ void write_gdt(std::span<uint8_t> ram) {
   put(ram, kGdtAddr, gdt);
 }
 
+void write_reset_vector(std::span<uint8_t> ram) {
+  static_assert(kAcpiResetPort <= 0xffff);
+  const uint8_t code[] = {
+      0xb0, 0x01,  // mov al, 1 (the FADT's reset value)
+      0xba, static_cast<uint8_t>(kAcpiResetPort & 0xff), static_cast<uint8_t>(kAcpiResetPort >> 8),  // mov dx, port
+      0xee,        // out dx, al
+      0xf4,        // hlt
+      0xeb, 0xfd,  // jmp to the hlt
+  };
+  put(ram, kResetVectorAddr, code);
+}
+
 void write_identity_page_tables(std::span<uint8_t> ram) {
   constexpr uint64_t kPresentWritable = 0x3, kHuge = 0x80;
   put(ram, kPml4Addr, kPdptAddr | kPresentWritable);

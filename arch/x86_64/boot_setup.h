@@ -64,6 +64,14 @@ inline constexpr size_t kGdtEntries = 5;
 void write_gdt(std::span<uint8_t> ram);
 // Page tables at kPml4Addr identity-mapping [0, 4 GiB) with 2 MiB pages.
 void write_identity_page_tables(std::span<uint8_t> ram);
+// At the BIOS reset vector (kResetVectorAddr), real-mode code that writes
+// the ACPI reset register and halts. tern has no BIOS, and Linux on a
+// hardware-reduced ACPI machine reboots through "EFI", then "BIOS"
+// (arch/x86/kernel/reboot.c: efi_reboot_required() is true when ACPI is
+// hardware-reduced; without EFI, machine_real_restart() jumps to f000:fff0):
+// without this, the guest ran zeroed memory there forever instead of
+// resetting.
+void write_reset_vector(std::span<uint8_t> ram);
 
 // The raw 8-byte GDT descriptor for (flags, base, limit) as in the SDM:
 // flags holds the access byte in bits 0..7 and G/DB/L/AVL in bits 12..15.

@@ -292,6 +292,17 @@ TEST(PageTables, IdentityMapFourGiBWithTwoMiBPages) {
   EXPECT_EQ(get<uint64_t>(ram, kPdptAddr + 8 * 4), 0u);  // nothing above 4 GiB
 }
 
+// Linux reboots a hardware-reduced ACPI machine without EFI through a
+// real-mode jump to f000:fff0; there the ACPI reset register must be hit.
+TEST(ResetVector, RealModeCodeWritesTheAcpiResetRegister) {
+  std::vector<uint8_t> ram(1 << 20);
+  write_reset_vector(ram);
+  const uint8_t expected[] = {0xb0, 0x01, 0xba, kAcpiResetPort & 0xff, kAcpiResetPort >> 8, 0xee, 0xf4, 0xeb, 0xfd};
+  ASSERT_LE(kResetVectorAddr + sizeof expected, ram.size());
+  EXPECT_EQ(0, std::memcmp(ram.data() + kResetVectorAddr, expected, sizeof expected));
+  EXPECT_EQ(kResetVectorAddr, 0xf0000u + 0xfff0u);
+}
+
 TEST(Gdt, BootSelectorsAreFlat64BitCodeAndData) {
   std::vector<uint8_t> ram(1 << 20);
   write_gdt(ram);
