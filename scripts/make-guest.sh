@@ -5,6 +5,8 @@
 #   build/guest/vmlinux            the same kernel decompressed (ELF64)
 #   build/guest/initramfs.cpio.gz  busybox-static (i386) + the virtio modules,
 #                                  /init and the guest test scripts (/tests)
+#   build/guest/initramfs64.cpio.gz  the same with a 64-bit busybox (amd64),
+#                                  for a real KVM (scripts/lab.sh, hardware)
 #   build/guest/small/initramfs.cpio  the same without the modules, uncompressed
 #                                  (for the small kernel)
 #   build/guest/small/{vmlinux,bzImage}  the small kernel (make-small-kernel.sh;
@@ -17,7 +19,9 @@
 # the cloud kernel's virtio modules when it runs on that kernel, prints the
 # disks and their sizes, runs the command given as `tern.run=CMD[,ARG...]` on
 # the kernel command line (e.g. tern.run=/tests/rw.sh) and powers off (busybox
-# poweroff -f), or reboots (reboot -f: tern exits 2) when the command fails.
+# poweroff -f: tern exits 0), or, when the command fails with status N, ends
+# the VM through tern's exit device so that tern exits with 32 + N
+# (docs/vmm.md, "Exit status").
 # Without tern.run it mounts /dev/vda read-only if it holds a file system and
 # lists it. `tern.shell` starts a shell on the console instead of powering off.
 set -euo pipefail
@@ -29,35 +33,11 @@ mkdir -p "$out" "$cache"
 
 say() { echo "make-guest: $*" >&2; }
 
-# The kernel package behind the metapackage, and its version.
-kernel_package() {
-  apt-cache depends linux-image-cloud-amd64 2>/dev/null |
-    awk '/Depends: linux-image-[0-9]/ { print $2; exit }'
-}
-pkg=$(kernel_package || true)
-if [ -z "$pkg" ]; then
-  say "linux-image-cloud-amd64 unknown to apt; running apt-get update"
-  apt-get update -qq
-  pkg=$(kernel_package)
-fi
-[ -n "$pkg" ] || { say "cannot resolve linux-image-cloud-amd64"; exit 1; }
-ver=$(apt-cache show --no-all-versions "$pkg" | awk '/^Version:/ { print $2; exit }')
-[ -n "$ver" ] || { say "no version for $pkg"; exit 1; }
-kdir="$cache/${pkg}_${ver}"
-
-if [ ! -f "$kdir/.done" ]; then
-  say "fetching $pkg $ver"
-  rm -rf "$kdir"
-  mkdir -p "$kdir/dl"
-  if ! (cd "$kdir/dl" && apt-get -q -o APT::Sandbox::User=root download "$pkg=$ver" >/dev/null); then
-    say "download failed; running apt-get update and retrying"
-    apt-get update -qq
-    (cd "$kdir/dl" && apt-get -q -o APT::Sandbox::User=root download "$pkg=$ver" >/dev/null)
-  fi
-  dpkg -x "$kdir"/dl/*.deb "$kdir/root"
-  rm -rf "$kdir/dl"
-  touch "$kdir/.done"
-fi
+# Debian's cloud kernel package, unpacked into the cache (scripts/lib/cloud-kernel.sh).
+. scripts/lib/cloud-kernel.sh
+cloud_kernel_fetch
+pkg=$kernel_pkg
+kdir=$kernel_dir
 
 vmlinuz=$(ls "$kdir"/root/boot/vmlinuz-* | head -n1)
 kver=${vmlinuz##*/vmlinuz-}
@@ -128,57 +108,76 @@ readelf -h "$busybox" | grep -q 'Intel 80386' || { say "$busybox is not an i386 
 if ! cmp -s "$busybox" "$out/busybox-i386"; then cp "$busybox" "$out/busybox-i386"; fi
 
 # The initramfs, rebuilt when the kernel, busybox, init, the guest test
-# scripts or this script change.
+# scripts or this script change. Two user spaces, the same init and scripts:
+#   initramfs.cpio.gz    32-bit busybox (i386): runs on every KVM, including
+#                        this project's emulated CI host (int $0x80)
+#   initramfs64.cpio.gz  64-bit busybox (the host's busybox-static, amd64):
+#                        for a real KVM (scripts/lab.sh, hardware), where a
+#                        64-bit user space runs
 guest_src=tests/linux/guest
-stamp="$kver $(sha256sum "$0" "$busybox" "$guest_src"/* | awk '{ print $1 }' | tr '\n' ' ')"
-if [ -f "$out/initramfs.cpio.gz" ] && [ -f "$out/small/initramfs.cpio" ] &&
-   [ "$(cat "$out/.initramfs-stamp" 2>/dev/null)" = "$stamp" ]; then
-  say "up to date: $out/bzImage ($kver), $out/initramfs.cpio.gz"
-else
-  stage=$(mktemp -d)
-  trap 'rm -rf "$stage"' EXIT
-  mkdir -p "$stage"/{bin,dev,etc,proc,sys,mnt,tmp,tests,lib/modules/$kver}
-  cp "$busybox" "$stage/bin/busybox"
-  command -v busybox >/dev/null || { say "need busybox-static on the host (scripts/setup.sh installs it)"; exit 1; }
+[ -x /bin/busybox ] || { say "need busybox-static on the host (scripts/setup.sh installs it)"; exit 1; }
+stamp="$kver $(sha256sum "$0" scripts/lib/cloud-kernel.sh "$busybox" /bin/busybox "$guest_src"/* tests/linux/guest-tools/* | awk '{ print $1 }' | tr '\n' ' ')"
+
+# stage_initramfs DIR BUSYBOX LABEL BITS: the archive's tree, without modules.
+stage_initramfs() {
+  local stage=$1
+  mkdir -p "$stage"/{bin,dev,etc,proc,sys,mnt,tmp,tests}
+  cp "$2" "$stage/bin/busybox"
+  # outb: how /init reaches tern's exit device (freestanding, no libc).
+  gcc -m"$4" -static -nostdlib -ffreestanding -fno-pic -no-pie -fno-stack-protector -mgeneral-regs-only \
+    -Os -s -Wall -Wextra -Werror -o "$stage/bin/outb" tests/linux/guest-tools/outb.c
   # The applet links, made here rather than by `busybox --install` in the
   # guest (hundreds of system calls, slow under an emulated KVM). The host's
   # busybox-static is the same Debian version; it lists the applets.
-  for applet in $(busybox --list); do
+  for applet in $(/bin/busybox --list); do
     [ "$applet" = busybox ] || ln -s busybox "$stage/bin/$applet"
   done
-  echo "busybox-static:i386 $bb_ver" > "$stage/etc/tern-busybox"
+  echo "$3" > "$stage/etc/tern-busybox"
   cp "$guest_src/init" "$stage/init"
   for f in "$guest_src"/*.sh; do cp "$f" "$stage/tests/"; done   # (root-init goes on ext4 roots)
   chmod +x "$stage/init" "$stage"/tests/*.sh
-  # The cloud kernel's virtio modules, in load order, for /init to insmod
-  # when it runs on that kernel (the small kernel has them built in).
-  moddir="$kdir/root/lib/modules/$kver"
-  for m in virtio virtio_ring virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_mmio virtio_blk; do
-    f=$(find "$moddir/kernel" \( -name "$m.ko" -o -name "$m.ko.xz" -o -name "$m.ko.zst" \) | head -n1)
-    if [ -z "$f" ]; then
-      if grep -q "/$m.ko\$" "$moddir/modules.builtin" 2>/dev/null; then
-        say "$m is built into the kernel"
-        continue
-      fi
+}
+
+# add_modules DIR: the cloud kernel's virtio modules, in an order where each
+# module's dependencies come first (modinfo: virtio needs virtio_ring,
+# virtio_pci needs the other four), for /init to insmod when it runs on that
+# kernel (the small kernel has them built in).
+add_modules() {
+  local stage=$1 m
+  mkdir -p "$stage/lib/modules/$kver"
+  for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_mmio virtio_blk; do
+    if ! cloud_kernel_module "$m" "$stage/lib/modules/$kver/$m.ko"; then
+      if cloud_kernel_builtin "$m"; then say "$m is built into the kernel"; continue; fi
       say "module $m not found in $pkg"; exit 1
     fi
-    case "$f" in
-      *.xz) xz -dc "$f" > "$stage/lib/modules/$kver/$m.ko" ;;
-      *.zst) zstd -qdc "$f" > "$stage/lib/modules/$kver/$m.ko" ;;
-      *) cp "$f" "$stage/lib/modules/$kver/$m.ko" ;;
-    esac
     echo "$m" >> "$stage/lib/modules/$kver/order"
   done
-  (cd "$stage" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) | gzip -9 > "$out/initramfs.cpio.gz.tmp"
+}
+
+cpio_of() { (cd "$1" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0); }
+
+if [ -f "$out/initramfs.cpio.gz" ] && [ -f "$out/initramfs64.cpio.gz" ] && [ -f "$out/small/initramfs.cpio" ] &&
+   [ "$(cat "$out/.initramfs-stamp" 2>/dev/null)" = "$stamp" ]; then
+  say "up to date: $out/bzImage ($kver), $out/initramfs.cpio.gz, $out/initramfs64.cpio.gz"
+else
+  stage=$(mktemp -d)
+  trap 'rm -rf "$stage"' EXIT
+  stage_initramfs "$stage/i386" "$busybox" "busybox-static:i386 $bb_ver" 32
+  add_modules "$stage/i386"
+  cpio_of "$stage/i386" | gzip -9 > "$out/initramfs.cpio.gz.tmp"
   mv "$out/initramfs.cpio.gz.tmp" "$out/initramfs.cpio.gz"
   # The small kernel's: no modules, and not compressed, since under an
   # emulated KVM the kernel's own gunzip of the archive takes minutes.
-  rm -rf "$stage/lib"
+  rm -rf "$stage/i386/lib"
   mkdir -p "$out/small"
-  (cd "$stage" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) > "$out/small/initramfs.cpio.tmp"
+  cpio_of "$stage/i386" > "$out/small/initramfs.cpio.tmp"
   mv "$out/small/initramfs.cpio.tmp" "$out/small/initramfs.cpio"
+  stage_initramfs "$stage/amd64" /bin/busybox "busybox-static:amd64 $(dpkg-query -W -f='${Version}' busybox-static)" 64
+  add_modules "$stage/amd64"
+  cpio_of "$stage/amd64" | gzip -9 > "$out/initramfs64.cpio.gz.tmp"
+  mv "$out/initramfs64.cpio.gz.tmp" "$out/initramfs64.cpio.gz"
   echo "$stamp" > "$out/.initramfs-stamp"
-  say "built $out/bzImage ($kver), $out/initramfs.cpio.gz and $out/small/initramfs.cpio"
+  say "built $out/bzImage ($kver), $out/initramfs.cpio.gz, $out/initramfs64.cpio.gz and $out/small/initramfs.cpio"
 fi
 
 # The small kernel from Debian's linux-source (cached; minutes the first time).

@@ -1,0 +1,214 @@
+#!/usr/bin/env bash
+# The lab: a real KVM on any x86-64 Debian host, with or without a usable
+# /dev/kvm of its own. It boots Debian's cloud kernel under QEMU's TCG with
+# `-cpu max` (which emulates AMD SVM with nested paging), loads kvm-amd
+# there, and runs one command in that outer VM ("L1"), where /dev/kvm
+# behaves like an AMD host's. Its output streams to stdout and its exit
+# status becomes this script's.
+#
+#   scripts/lab.sh [-c CPUS] [-m MEM] [-t SECONDS] [-b BUILD_DIR] -- CMD [ARG...]
+#
+#   -c CPUS     L1's CPUs (default: the host's, at most 4)
+#   -m MEM      L1's memory (default 6G)
+#   -t SECONDS  ends L1 after this long (default 3600); status 124
+#   -b DIR      the build directory to carry (default build)
+#
+# What L1 sees: Debian's cloud kernel, a busybox (amd64) user space, and one
+# ext4 disk that holds, at their host paths, this source tree (without .git),
+# the build directory's programs, test binaries, CTest files and guest
+# images (debug info stripped), and the host programs the tests call (ctest,
+# qemu-img, qemu-io, curl, bash, e2fsprogs) with their shared libraries. CMD
+# runs there from the current directory with TMPDIR on that disk (ext4, so
+# O_DIRECT works). The command's files do not come back: check inside L1.
+#
+# Exit status: CMD's status; 124 when L1 ran past -t; 125 when L1 ended
+# without reporting CMD's status (its console says why).
+#
+# Cached in ${XDG_CACHE_HOME:-~/.cache}/tern-guest/lab: L1's initramfs,
+# rebuilt when the kernel package, the host's busybox or this script change.
+# The disk is made anew for every run (seconds). The lab is test
+# infrastructure; tern does not depend on it.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+src=$(cd "$here/.." && pwd)
+
+cpus=$(nproc); [ "$cpus" -gt 4 ] && cpus=4
+mem=6G
+limit=3600
+build=build
+while getopts "c:m:t:b:" o; do
+  case "$o" in
+    c) cpus=$OPTARG ;;
+    m) mem=$OPTARG ;;
+    t) limit=$OPTARG ;;
+    b) build=$OPTARG ;;
+    *) echo "usage: $0 [-c CPUS] [-m MEM] [-t SECONDS] [-b BUILD_DIR] -- CMD [ARG...]" >&2; exit 2 ;;
+  esac
+done
+shift $((OPTIND - 1))
+[ "${1:-}" = "--" ] && shift
+[ $# -gt 0 ] || { echo "lab: no command given" >&2; exit 2; }
+build=$(cd "$build" && pwd)
+
+say() { echo "lab: $*" >&2; }
+command -v qemu-system-x86_64 >/dev/null || { say "qemu-system-x86_64 missing (scripts/setup.sh installs it)"; exit 2; }
+[ -x /bin/busybox ] || { say "busybox-static missing (scripts/setup.sh installs it)"; exit 2; }
+
+# shellcheck source=lib/cloud-kernel.sh
+. "$here/lib/cloud-kernel.sh"
+cloud_kernel_fetch
+vmlinuz="$kernel_dir/root/boot/vmlinuz-$kver"
+
+# L1's initramfs: busybox, kvm-amd and the virtio disk modules, and an init
+# that mounts the disk and switches to it.
+l1_modules=(irqbypass kvm kvm-amd virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk)
+labcache="$tern_cache/lab"
+mkdir -p "$labcache"
+stamp=$(cat "$0" /bin/busybox | sha256sum | cut -c1-16)
+l1_initramfs="$labcache/l1-$kver-$stamp.cpio.gz"
+if [ ! -f "$l1_initramfs" ]; then
+  say "building L1's initramfs ($kver)"
+  stage=$(mktemp -d)
+  mkdir -p "$stage"/{bin,dev,proc,sys,newroot,modules}
+  cp /bin/busybox "$stage/bin/busybox"
+  for a in sh mount insmod switch_root echo poweroff mkdir cat; do ln -s busybox "$stage/bin/$a"; done
+  for m in "${l1_modules[@]}"; do
+    if ! cloud_kernel_module "$m" "$stage/modules/$m.ko"; then
+      cloud_kernel_builtin "$m" || { say "module $m not found in $kernel_pkg"; exit 1; }
+    fi
+  done
+  cat > "$stage/init" <<'INIT'
+#!/bin/sh
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+for m in irqbypass kvm kvm-amd virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk; do
+  [ -f /modules/$m.ko ] || continue
+  insmod /modules/$m.ko || echo "tern-lab: insmod $m failed"
+done
+[ -c /dev/kvm ] || echo "tern-lab: no /dev/kvm in L1"
+if ! mount -t ext4 /dev/vda /newroot; then
+  echo "tern-lab: cannot mount the lab disk"
+  poweroff -f
+fi
+exec switch_root /newroot /lab/init
+INIT
+  chmod +x "$stage/init"
+  (cd "$stage" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) | gzip -1 > "$l1_initramfs.tmp"
+  mv "$l1_initramfs.tmp" "$l1_initramfs"
+  rm -rf "$stage"
+fi
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/tern-lab.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+root="$work/root"
+mkdir -p "$root"/usr/{bin,sbin,lib,lib64} "$root"/{lab,tmp,proc,sys,dev,etc,root}
+for d in bin sbin lib lib64; do ln -s "usr/$d" "$root/$d"; done
+
+# carry FILE...: copies each file to its own path under the lab's root
+# (through usr/ for /bin, /lib...: the host is usr-merged), with the shared
+# libraries it needs.
+carry_one() {
+  local f=$1 dest
+  dest="$root$(readlink -f "$f" | sed -E 's#^/(bin|sbin|lib|lib64)/#/usr/\1/#')"
+  [ -e "$dest" ] && return 0
+  mkdir -p "$(dirname "$dest")"
+  cp -L "$f" "$dest"
+  # The same file under the name it was asked for, if that differs.
+  local asked
+  asked="$root$(echo "$f" | sed -E 's#^/(bin|sbin|lib|lib64)/#/usr/\1/#')"
+  if [ "$asked" != "$dest" ] && [ ! -e "$asked" ]; then mkdir -p "$(dirname "$asked")"; ln -s "${dest#"$root"}" "$asked" 2>/dev/null || cp -L "$f" "$asked"; fi
+}
+carry() {
+  local f lib
+  for f in "$@"; do
+    carry_one "$f"
+    while read -r lib; do carry_one "$lib"; done < <(ldd "$f" 2>/dev/null | grep -o '/[^ ]*' || true)
+  done
+}
+host_tools=(bash ctest qemu-img qemu-io qemu-system-x86_64 curl e2fsck debugfs mke2fs mkfs.ext4 resize2fs
+  sha256sum cmp dd truncate stat timeout setarch fio)
+for t in "${host_tools[@]}"; do
+  p=$(command -v "$t" || true)
+  [ -n "$p" ] && carry "$p"
+done
+# Data those programs read: ctest's modules, QEMU's firmware and modules.
+for d in /usr/share/cmake-*/Modules /usr/share/qemu /usr/share/seabios /usr/lib/ipxe/qemu /usr/lib/x86_64-linux-gnu/qemu; do
+  [ -d "$d" ] || continue
+  mkdir -p "$root$d"
+  cp -a "$d/." "$root$d/"
+done
+ln -sf ../lib64/ld-linux-x86-64.so.2 "$root/usr/lib/ld-linux-x86-64.so.2" 2>/dev/null || true
+cp /bin/busybox "$root/usr/bin/busybox"
+for a in $(/bin/busybox --list); do
+  [ -e "$root/usr/bin/$a" ] || [ -e "$root/usr/sbin/$a" ] || ln -s busybox "$root/usr/bin/$a"
+done
+echo "root:x:0:0:root:/root:/bin/sh" > "$root/etc/passwd"
+echo "root:x:0:" > "$root/etc/group"
+
+# The source tree (without .git and build directories) and the build
+# directory's files that tests use (no objects), at their host paths.
+mkdir -p "$root$src"
+tar -C "$src" --exclude=.git --exclude='./build*' -cf - . | tar -C "$root$src" -xf -
+mkdir -p "$root$build"
+tar -C "$build" --exclude=CMakeFiles --exclude='*.o' --exclude='*.a' --exclude=_CPack_Packages \
+  --exclude='*.deb' -cf - . | tar -C "$root$build" -xf -
+is_elf() { [ "$(head -c4 "$1" 2>/dev/null | od -An -tx1 | tr -d ' ')" = 7f454c46 ]; }
+while IFS= read -r -d '' f; do
+  if is_elf "$f"; then strip --strip-debug "$f" 2>/dev/null || true; fi
+done < <(find "$root$build" -type f -perm -u+x -size +1M -print0)
+# The libraries of the build's own programs.
+while IFS= read -r -d '' f; do
+  is_elf "$f" || continue
+  while read -r lib; do carry_one "$lib"; done < <(ldd "$f" 2>/dev/null | grep -o '/[^ ]*' || true)
+done < <(find "$build" -maxdepth 2 -type f -perm -u+x -print0)
+
+# L1's second stage: runs CMD from the current directory and reports.
+{
+  echo '#!/bin/sh'
+  echo 'mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev'
+  echo 'mkdir -p /dev/pts /dev/shm; mount -t devpts devpts /dev/pts; mount -t tmpfs tmpfs /dev/shm'
+  echo 'chmod 1777 /tmp; export TMPDIR=/tmp HOME=/root PATH=/usr/sbin:/usr/bin:/sbin:/bin'
+  echo "echo \"tern-lab: L1 up: \$(uname -r), \$(nproc) CPUs, \$(grep MemTotal /proc/meminfo | tr -s ' ')\""
+  echo '[ -c /dev/kvm ] && echo "tern-lab: /dev/kvm ready (kvm-amd)"'
+  printf 'cd %q\n' "$PWD"
+  # Environment the command needs (ctest's own TERN_* variables come from its files).
+  for v in TERN_BUILD_DIR TERN_SOURCE_DIR GTEST_FILTER TERN_LAB_ROUNDS; do
+    [ -n "${!v:-}" ] && printf 'export %s=%q\n' "$v" "${!v}"
+  done
+  echo 'export TERN_LAB=1'
+  printf '%q ' "$@"; echo
+  echo 'rc=$?'
+  echo 'sync'
+  echo 'echo "tern-lab: exit status $rc"'
+  echo 'poweroff -f'
+} > "$root/lab/init"
+chmod +x "$root/lab/init"
+
+used=$(du -sm "$root" | cut -f1)
+disk="$work/lab.img"
+truncate -s $((used + 8192))M "$disk"
+mkfs.ext4 -q -F -d "$root" -E root_owner=0:0 -O ^has_journal "$disk"
+say "L1: $cpus CPUs, $mem; disk ${used} MiB used; running: $*"
+
+# stdin from /dev/null: a console reader must not wait on the caller's terminal.
+set +e
+timeout --foreground -k 10 "$limit" qemu-system-x86_64 -accel tcg,thread=multi -cpu max \
+  -smp "$cpus" -m "$mem" -nodefaults -no-user-config -display none -no-reboot \
+  -serial stdio -kernel "$vmlinuz" -initrd "$l1_initramfs" \
+  -append "console=ttyS0 quiet loglevel=3 panic=-1 no_timer_check tsc=reliable" \
+  -drive "file=$disk,format=raw,if=virtio,cache=unsafe" < /dev/null 2> "$work/qemu.err" |
+  tee "$work/console.log"
+qemu_rc=${PIPESTATUS[0]}
+set -e
+if [ "$qemu_rc" -eq 124 ] || [ "$qemu_rc" -eq 137 ]; then
+  say "L1 ran past ${limit}s; stopped"
+  exit 124
+fi
+status=$(tr -d '\r' < "$work/console.log" | sed -n 's/^tern-lab: exit status \([0-9]*\)$/\1/p' | tail -n1)
+if [ -z "$status" ]; then
+  say "L1 ended (qemu status $qemu_rc) without reporting the command's status"
+  grep -v "TCG doesn't support requested feature" "$work/qemu.err" >&2 || true
+  exit 125
+fi
+exit "$status"
