@@ -148,7 +148,9 @@ TEST(Serial, LoopbackForTheDriversProbe) {
 class Sink final : public PowerSink {
  public:
   void request(GuestPowerEvent e) override { events.push_back(e); }
+  void request_exit(uint8_t status) override { exits.push_back(status); }
   std::vector<GuestPowerEvent> events;
+  std::vector<uint8_t> exits;
 };
 
 TEST(Power, AcpiSleepS5PowersOffAndResetRegisterResets) {
@@ -178,6 +180,20 @@ TEST(Power, I8042ResetCommand) {
   k.write(I8042::kCommandOffset, std::span<const uint8_t>(&v, 1));
   ASSERT_EQ(s.events.size(), 1u);
   EXPECT_EQ(s.events[0], GuestPowerEvent::Reset);
+}
+
+TEST(Power, GuestExitDeviceCarriesTheWrittenByte) {
+  Sink s;
+  GuestExitDevice x(s);
+  uint8_t st = 0xaa;
+  x.read(0, std::span<uint8_t>(&st, 1));
+  EXPECT_EQ(st, 0);
+  uint8_t v = 7;
+  x.write(0, std::span<const uint8_t>(&v, 1));
+  const uint8_t wide[2] = {0, 9};  // a 16-bit write of 0x0900: the low byte
+  x.write(0, std::span<const uint8_t>(wide, 2));
+  EXPECT_EQ(s.exits, (std::vector<uint8_t>{7, 0}));
+  EXPECT_TRUE(s.events.empty());
 }
 
 }  // namespace
