@@ -33,6 +33,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 src=$(cd "$here/.." && pwd)
 
 cpus=$(nproc); [ "$cpus" -gt 4 ] && cpus=4
+cpu_model=${TERN_LAB_CPU:-max}
 mem=6G
 limit=3600
 build=build
@@ -176,10 +177,11 @@ done < <(find "$build" -maxdepth 2 -type f -perm -u+x -print0)
   for v in TERN_BUILD_DIR TERN_SOURCE_DIR GTEST_FILTER TERN_LAB_ROUNDS; do
     [ -n "${!v:-}" ] && printf 'export %s=%q\n' "$v" "${!v}"
   done
-  echo 'export TERN_LAB=1'
+  echo 'export TERN_LAB=1 TERN_GUEST_PREBUILT=1'
   printf '%q ' "$@"; echo
   echo 'rc=$?'
   echo 'sync'
+  echo 'read -r up _ < /proc/uptime; echo "tern-lab: L1 uptime $up s"'
   echo 'echo "tern-lab: exit status $rc"'
   echo 'poweroff -f'
 } > "$root/lab/init"
@@ -191,9 +193,10 @@ truncate -s $((used + 8192))M "$disk"
 mkfs.ext4 -q -F -d "$root" -E root_owner=0:0 -O ^has_journal "$disk"
 say "L1: $cpus CPUs, $mem; disk ${used} MiB used; running: $*"
 
+started=$SECONDS
 # stdin from /dev/null: a console reader must not wait on the caller's terminal.
 set +e
-timeout --foreground -k 10 "$limit" qemu-system-x86_64 -accel tcg,thread=multi -cpu max \
+timeout --foreground -k 10 "$limit" qemu-system-x86_64 -accel tcg,thread=multi -cpu "$cpu_model" \
   -smp "$cpus" -m "$mem" -nodefaults -no-user-config -display none -no-reboot \
   -serial stdio -kernel "$vmlinuz" -initrd "$l1_initramfs" \
   -append "console=ttyS0 quiet loglevel=3 panic=-1 no_timer_check tsc=reliable" \
@@ -205,6 +208,7 @@ if [ "$qemu_rc" -eq 124 ] || [ "$qemu_rc" -eq 137 ]; then
   say "L1 ran past ${limit}s; stopped"
   exit 124
 fi
+say "L1 ran $((SECONDS - started)) s (host time)"
 status=$(tr -d '\r' < "$work/console.log" | sed -n 's/^tern-lab: exit status \([0-9]*\)$/\1/p' | tail -n1)
 if [ -z "$status" ]; then
   say "L1 ended (qemu status $qemu_rc) without reporting the command's status"

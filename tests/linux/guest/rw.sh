@@ -5,7 +5,9 @@
 . /tests/lib.sh
 dev=/dev/vda
 read -r size < /sys/block/vda/size
-say "rw on $dev, $size sectors"
+queues=0
+for q in /sys/block/vda/mq/*; do [ -e "$q" ] && queues=$((queues + 1)); done
+say "rw on $dev, $size sectors, $queues queues"
 write_verify $dev 0 8 0x5a
 write_verify $dev 2049 1 0xa5
 write_verify $dev $((size / 2)) 128 0x3c
