@@ -326,6 +326,38 @@ TEST(TernImgVerbs, MeasureMatchesQemuImg) {
   for (const char* c : cases) EXPECT_SAME(dir, std::string("measure ") + c);
 }
 
+// A raw file whose size is not a multiple of 512: qemu's raw format rounds
+// its virtual size up to 512, the bytes past the file's end reading as
+// zeros. Before, tern-img convert -O qcow2 of it failed ("the backing file
+// sets another size": the new image's size is rounded up, the input's was
+// not) and left the new image behind.
+TEST(TernImgVerbs, OddSizedRawAsQemuImg) {
+  TempDir dir;
+  const std::string d = "cd '" + dir.file("") + "' && ";
+  SH_OK(d + "head -c 1000 /dev/urandom > small.raw && head -c 1000000 /dev/urandom > odd.raw");
+  for (const char* input : {"small.raw", "odd.raw"}) {
+    for (const char* format : {"raw", "qcow2"}) {
+      SCOPED_TRACE(std::string(input) + " -> " + format);
+      const std::string out = std::string("t.") + format;
+      std::string text;
+      EXPECT_EQ(sh(d + "rm -f " + out + " && " + tern_img() + " convert -O " + format + " " + input + " " + out,
+                   &text),
+                0)
+          << text;
+      SH_OK(d + "rm -f q." + format + " && qemu-img convert -O " + format + " " + input + " q." + format);
+      SH_OK(d + "qemu-img compare " + input + " " + out);
+      std::string q_info, t_info;
+      ASSERT_EQ(sh(d + "qemu-img info q." + format, &q_info), 0);
+      ASSERT_EQ(sh(d + "qemu-img info " + out, &t_info), 0);
+      EXPECT_EQ(line_with(t_info, "virtual size"), line_with(q_info, "virtual size"));
+      EXPECT_SAME(dir, "compare " + out + " " + input);
+    }
+    EXPECT_SAME(dir, std::string("map --output json ") + input);
+    EXPECT_SAME(dir, std::string("map ") + input);
+    EXPECT_SAME(dir, std::string("measure ") + input);
+  }
+}
+
 // The engine's compressed write over every kind of old mapping (standard,
 // zero, compressed sharing a host cluster, unallocated), then a standard
 // write onto a compressed cluster (copy-on-write from it) and a discard:
