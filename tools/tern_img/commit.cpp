@@ -74,8 +74,11 @@ int commit_data(const CommitArgs& a, bool& qcow2_top) {
 
   std::vector<uint8_t> buf;
   for (uint64_t offset = 0; offset < size;) {
-    auto e = chain->layer_status(0, offset, std::min(kChunk, size - offset));
+    auto e = chain->layer_status(0, offset, size - offset);
     if (!e) return error(a.file + ": " + e.error().message());
+    // Unallocated ranges are skipped whole; data goes a buffer's worth at
+    // a time, zeros a request's worth.
+    if (e->present) e->length = std::min(e->length, e->zero ? block::kMaxTransferBytes : kChunk);
     if (e->present) {
       block::Request r;
       iovec v{};

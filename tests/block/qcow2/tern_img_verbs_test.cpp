@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <sstream>
 
+#include "block/chain.h"
 #include "block/qcow2/engine.h"
 #include "block/qcow2/qcow2_disk.h"
 #include "tests/block/qcow2/qcow2_test_util.h"
@@ -355,6 +356,76 @@ TEST(TernImgVerbs, OddSizedRawAsQemuImg) {
     EXPECT_SAME(dir, std::string("map --output json ") + input);
     EXPECT_SAME(dir, std::string("map ") + input);
     EXPECT_SAME(dir, std::string("measure ") + input);
+  }
+}
+
+// Before, map, compare, measure and rebase asked the chain one cluster at a
+// time, so their cost followed the virtual size (an empty 1 TiB image:
+// 16 Mi lookups). The status of a QCOW2 layer now comes from a walk of its
+// tables: an unallocated L1 entry answers for its whole L2 range, and
+// clusters of one kind (data at consecutive host offsets) form one extent.
+TEST(TernImgVerbs, ChainStatusWalksTheTablesNotTheClusters) {
+  TempDir dir;
+  const std::string d = "cd '" + dir.file("") + "' && ";
+  // 64 KiB clusters: one L2 table maps 512 MiB.
+  SH_OK(d + "qemu-img create -q -f qcow2 big.qcow2 1T");
+  SH_OK(d + "qemu-io -c 'write -P 1 0 128k' -c 'write -P 2 512M 64k' -c 'write -z 600M 64k' "
+            "-c 'write -P 3 1023G 64k' big.qcow2");
+  {  // the chain's image lock goes with it
+    auto chain = block::Chain::open(dir.file("big.qcow2"));
+    ASSERT_TRUE(chain) << chain.error().message();
+    const uint64_t size = chain->size(0);
+    auto expect_extent = [&](uint64_t offset, uint64_t length, bool present, bool data) {
+      auto e = chain->layer_status(0, offset, size - offset);
+      ASSERT_TRUE(e) << e.error().message();
+      EXPECT_EQ(e->start, offset);
+      EXPECT_EQ(e->length, length) << "at " << offset;
+      EXPECT_EQ(e->present, present) << "at " << offset;
+      EXPECT_EQ(e->data, data) << "at " << offset;
+      auto top = chain->status(offset, size - offset);
+      ASSERT_TRUE(top) << top.error().message();
+      EXPECT_EQ(top->length, length) << "at " << offset;
+    };
+    expect_extent(0, 128 << 10, true, true);                            // two clusters, one after the other
+    expect_extent(4096, (128 << 10) - 4096, true, true);               // from inside a cluster
+    expect_extent(128 << 10, (512 << 20) - (128 << 10), false, false);  // the rest of the first L2 table
+    expect_extent(512ull << 20, 64 << 10, true, true);
+    expect_extent((512ull << 20) + (64 << 10), (88ull << 20) - (64 << 10), false, false);
+    expect_extent(600ull << 20, 64 << 10, true, false);                // the zero cluster
+    // Past it: the rest of that L2 table, then unallocated L1 entries up to 1023 GiB.
+    expect_extent((600ull << 20) + (64 << 10), (1023ull << 30) - (600ull << 20) - (64 << 10), false, false);
+    expect_extent(1023ull << 30, 64 << 10, true, true);
+    expect_extent((1023ull << 30) + (64 << 10), (1ull << 30) - (64 << 10), false, false);
+    auto capped = chain->layer_status(0, 128 << 10, 4096);
+    ASSERT_TRUE(capped);
+    EXPECT_EQ(capped->length, 4096u);
+    ASSERT_TRUE(chain->close());
+  }
+
+  // The verbs over it, as qemu-img prints them; clusters whose host
+  // offsets do not follow are extents of their own.
+  SH_OK(d + "qemu-io -c 'write -P 4 2M 64k' -c 'write -P 5 1984k 64k' big.qcow2");
+  SH_OK(d + "qemu-img create -q -f qcow2 empty.qcow2 1T");
+  SH_OK(d + "qemu-img create -q -f qcow2 -b big.qcow2 -F qcow2 top.qcow2");
+  SH_OK(d + "qemu-io -c 'write -P 6 1023G 4k' -c 'write -P 7 5G 64k' top.qcow2");
+  SH_OK(d + "qemu-img convert -O qcow2 top.qcow2 flat.qcow2");
+  for (const char* image : {"big.qcow2", "empty.qcow2", "top.qcow2"}) {
+    EXPECT_SAME(dir, std::string("map --output json ") + image);
+    EXPECT_SAME(dir, std::string("map ") + image);
+    EXPECT_SAME(dir, std::string("measure -O qcow2 ") + image);
+  }
+  for (const char* c : {"big.qcow2 empty.qcow2", "empty.qcow2 empty.qcow2", "top.qcow2 flat.qcow2",
+                        "-s top.qcow2 flat.qcow2", "big.qcow2 top.qcow2"}) {
+    EXPECT_SAME(dir, std::string("compare ") + c);
+  }
+  // rebase onto nothing and onto the empty image: the data of the old
+  // backing file is copied up (only where it holds some), reads the same.
+  SH_OK(d + "cp top.qcow2 r1.qcow2 && cp top.qcow2 r2.qcow2");
+  SH_OK(d + tern_img() + " rebase -b '' r1.qcow2");
+  SH_OK(d + tern_img() + " rebase -b empty.qcow2 -F qcow2 r2.qcow2");
+  for (const char* image : {"r1.qcow2", "r2.qcow2"}) {
+    SH_OK(d + "qemu-img check -q " + image);
+    SH_OK(d + "qemu-img compare -q flat.qcow2 " + image);
   }
 }
 
