@@ -429,6 +429,54 @@ TEST(TernImgVerbs, ChainStatusWalksTheTablesNotTheClusters) {
   }
 }
 
+// A command that fails leaves no output behind, and an image it was to
+// replace is as it was: convert and create write a new image under a
+// temporary name and rename it into place once it is complete. (qemu-img
+// leaves a partial output of a failed convert; tern-img does not.)
+TEST(TernImgVerbs, FailuresLeaveNoPartialOutput) {
+  TempDir dir;
+  const std::string d = "cd '" + dir.file("") + "' && ";
+  // A compressed cluster in the middle whose bytes are garbage: reading it fails.
+  SH_OK(d + "qemu-img create -q -f raw src.raw 4M && qemu-io -f raw -c 'write -P 1 0 4M' src.raw");
+  SH_OK(d + "qemu-img convert -c -O qcow2 src.raw bad.qcow2 && rm src.raw");
+  SH_OK(d + "python3 -c \"import struct\nf=open('bad.qcow2','r+b'); h=f.read(48)\n"
+            "f.seek(struct.unpack('>Q',h[40:48])[0]); l2=struct.unpack('>Q',f.read(8))[0]&0xfffffffffffe00\n"
+            "f.seek(l2+40*8); e=struct.unpack('>Q',f.read(8))[0]\n"
+            "f.seek(e&((1<<54)-1)); f.write(bytes([0xff])*64)\"");
+  auto listing = [&] {
+    std::string out;
+    EXPECT_EQ(sh(d + "ls -a", &out), 0);
+    return out;
+  };
+  const std::string before = listing();
+  for (const char* format : {"raw", "qcow2"}) {
+    SCOPED_TRACE(format);
+    std::string out;
+    EXPECT_EQ(sh(d + "qemu-img convert -O " + format + " bad.qcow2 q.out", &out), 1) << out;
+    SH_OK(d + "rm q.out");
+    EXPECT_EQ(sh(d + tern_img() + " convert -O " + format + " bad.qcow2 t.out", &out), 1) << out;
+    EXPECT_EQ(listing(), before) << out;
+    // Over an existing file: left as it was.
+    SH_OK(d + "echo keep > t.out");
+    EXPECT_EQ(sh(d + tern_img() + " convert -O " + format + " bad.qcow2 t.out", &out), 1) << out;
+    ASSERT_EQ(sh(d + "head -c 16 t.out", &out), 0);
+    EXPECT_EQ(out, "keep\n");
+    SH_OK(d + "rm t.out");
+  }
+  // create: a size the format cannot hold (qemu-img leaves no qcow2 image
+  // either; of a raw one it leaves an empty file).
+  for (const char* format : {"raw", "qcow2"}) {
+    SCOPED_TRACE(format);
+    std::string out;
+    EXPECT_EQ(sh(d + tern_img() + " create -f " + format + " huge.img 100P", &out), 1) << out;
+    EXPECT_EQ(listing(), before) << out;
+  }
+  // A successful convert over an existing file replaces it.
+  SH_OK(d + "qemu-img create -q -f qcow2 good.qcow2 1M && echo keep > t.out");
+  SH_OK(d + tern_img() + " convert -O qcow2 good.qcow2 t.out");
+  SH_OK(d + "qemu-img check -q t.out && qemu-img compare -q good.qcow2 t.out");
+}
+
 // The engine's compressed write over every kind of old mapping (standard,
 // zero, compressed sharing a host cluster, unallocated), then a standard
 // write onto a compressed cluster (copy-on-write from it) and a discard:
