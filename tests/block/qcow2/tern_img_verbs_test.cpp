@@ -475,6 +475,18 @@ TEST(TernImgVerbs, FailuresLeaveNoPartialOutput) {
   SH_OK(d + "qemu-img create -q -f qcow2 good.qcow2 1M && echo keep > t.out");
   SH_OK(d + tern_img() + " convert -O qcow2 good.qcow2 t.out");
   SH_OK(d + "qemu-img check -q t.out && qemu-img compare -q good.qcow2 t.out");
+  // An image that is open (its image lock held) is not replaced, as
+  // qemu-img refuses to write an image in use.
+  SH_OK(d + "qemu-img create -q -f qcow2 busy.qcow2 1M");
+  {
+    auto busy = open_image(dir.file("busy.qcow2"), /*read_only=*/true);
+    ASSERT_TRUE(busy);
+    std::string out;
+    EXPECT_EQ(sh(d + tern_img() + " convert -O qcow2 good.qcow2 busy.qcow2", &out), 1) << out;
+    EXPECT_NE(out.find("lock"), std::string::npos) << out;
+    EXPECT_EQ(sh(d + tern_img() + " create -f raw busy.qcow2 1M", &out), 1) << out;
+  }
+  SH_OK(d + "qemu-img info busy.qcow2 | grep -q 'file format: qcow2'");
 }
 
 // The engine's compressed write over every kind of old mapping (standard,
