@@ -176,7 +176,10 @@ Result<ExtentStatus> Engine::extent_status(uint64_t guest_offset, uint64_t max_l
   uint64_t pos = guest_offset;
   while (pos < end) {
     const uint64_t l1_index = pos >> l2_shift;
-    const uint64_t table_end = std::min(end, (l1_index + 1) << l2_shift);
+    // The end of this L1 entry's range, or `end`; no sum that could wrap.
+    const uint64_t table_start = l1_index << l2_shift;
+    const uint64_t table_span = uint64_t{1} << l2_shift;
+    const uint64_t table_end = end - table_start > table_span ? table_start + table_span : end;
     const uint64_t l2_table = l1_index < header_.get().l1_size ? l1_entry(l1_index) & kOffsetMask : 0;
     if (l2_table == 0) {
       // No L2 table: its whole range is unallocated, one step.
@@ -206,7 +209,7 @@ Result<ExtentStatus> Engine::extent_status(uint64_t guest_offset, uint64_t max_l
         break;
       }
       next_host = m->host_offset + cluster_size_;
-      pos = std::min(table_end, ((pos >> cluster_bits_) + 1) << cluster_bits_);
+      pos += std::min(table_end - pos, cluster_size_ - (pos & (cluster_size_ - 1)));
     }
     if (ended) break;
   }
