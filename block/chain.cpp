@@ -110,17 +110,17 @@ Result<ChainExtent> Chain::layer_status(size_t i, uint64_t offset, uint64_t max_
   uint64_t limit = std::min(max_length, size - offset);
   if (l.qcow2) {
     const uint64_t in_cluster = offset & (l.cluster_size - 1);
-    e.length = std::min(limit, l.cluster_size - in_cluster);
-    auto s = l.qcow2->with_engine([&](qcow2::Engine& engine) { return engine.cluster_status(offset); });
+    auto s = l.qcow2->with_engine([&](qcow2::Engine& engine) { return engine.extent_status(offset, limit); });
     if (!s) return std::unexpected(s.error());
-    switch (s->kind) {
+    e.length = s->length;
+    switch (s->status.kind) {
       case qcow2::ClusterKind::Unallocated:
         break;
       case qcow2::ClusterKind::Zero:
         e.present = e.zero = true;
-        if (s->host_offset != 0) {
+        if (s->status.host_offset != 0) {
           e.has_offset = true;
-          e.offset = s->host_offset + in_cluster;
+          e.offset = s->status.host_offset + in_cluster;
         }
         break;
       case qcow2::ClusterKind::Compressed:
@@ -128,7 +128,7 @@ Result<ChainExtent> Chain::layer_status(size_t i, uint64_t offset, uint64_t max_
         break;
       case qcow2::ClusterKind::Data:
         e.present = e.data = e.has_offset = true;
-        e.offset = s->host_offset + in_cluster;
+        e.offset = s->status.host_offset + in_cluster;
         break;
     }
     return e;
@@ -158,9 +158,10 @@ Result<ChainExtent> Chain::layer_status(size_t i, uint64_t offset, uint64_t max_
   return e;
 }
 
-Result<ChainExtent> Chain::status(uint64_t offset, uint64_t max_length) {
-  uint64_t length = std::min(max_length, size(0) - offset);
-  for (size_t i = 0;; ++i) {
+Result<ChainExtent> Chain::status(uint64_t offset, uint64_t max_length, size_t top) {
+  if (offset >= size(top)) return fail(Errc::OutOfRange, 0, path(top));
+  uint64_t length = std::min(max_length, size(top) - offset);
+  for (size_t i = top;; ++i) {
     auto e = layer_status(i, offset, length);
     if (!e) return e;
     if (e->present) return e;

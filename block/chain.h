@@ -58,13 +58,16 @@ class Chain {
   DiskFile& disk(size_t layer);
 
   // What layer i alone holds at `offset` (below size(i)): present/zero/data
-  // as if it had no backing file, depth = i. At most `max_length` bytes;
-  // a QCOW2 layer answers one cluster (or its rest) at a time.
+  // as if it had no backing file, depth = i. At most `max_length` bytes,
+  // as far as the range is alike: a QCOW2 layer walks its L1/L2 tables
+  // (Engine::extent_status), a raw one asks the file for its holes, so the
+  // cost of a walk over an image follows its allocated extents, not its
+  // size.
   [[nodiscard]] Result<ChainExtent> layer_status(size_t layer, uint64_t offset, uint64_t max_length);
-  // What the chain shows at `offset` (below size(0)), the way qemu-img map
-  // walks it: down through unallocated ranges to the first layer that has
-  // the range allocated, or the last one.
-  [[nodiscard]] Result<ChainExtent> status(uint64_t offset, uint64_t max_length);
+  // What the chain from layer `top` down shows at `offset` (below
+  // size(top)), the way qemu-img map walks it: down through unallocated
+  // ranges to the first layer that has the range allocated, or the last one.
+  [[nodiscard]] Result<ChainExtent> status(uint64_t offset, uint64_t max_length, size_t top = 0);
 
   // Reads layer i's view (with its backing files) of [offset, offset + size).
   [[nodiscard]] Result<void> read(size_t layer, uint64_t offset, std::span<uint8_t> out);

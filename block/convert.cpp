@@ -9,6 +9,7 @@
 
 #include "base/unique_fd.h"
 #include "block/chain.h"
+#include "block/new_image.h"
 #include "block/qcow2/engine.h"
 #include "block/qcow2/qcow2_disk.h"
 
@@ -122,14 +123,15 @@ class Qcow2Sink final : public Sink {
   std::vector<uint8_t> below_;
 };
 
-Result<std::unique_ptr<Sink>> make_sink(const ConvertOptions& options, uint64_t size) {
+// The sink writes into `path`, the file NewImage gave for options.output.
+Result<std::unique_ptr<Sink>> make_sink(const ConvertOptions& options, const std::string& path, uint64_t size) {
   if (options.output_type == ImageType::Qcow2) {
     qcow2::CreateOptions create = options.qcow2;
-    create.path = options.output;
+    create.path = path;
     create.size = size;
     if (auto r = qcow2::create_image(create); !r) return std::unexpected(r.error());
     OpenOptions out_options;
-    out_options.path = options.output;
+    out_options.path = path;
     out_options.type = ImageType::Qcow2;
     out_options.allow_backing = !create.backing_file.empty();
     out_options.aio = AioMode::Sync;
@@ -146,7 +148,7 @@ Result<std::unique_ptr<Sink>> make_sink(const ConvertOptions& options, uint64_t 
   if (options.compress || !options.qcow2.backing_file.empty()) {
     return fail(Errc::InvalidArgument, 0, "compression and backing files need a qcow2 output");
   }
-  int fd = ::open(options.output.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return fail(Errc::OpenFailed, errno, options.output);
   UniqueFd owned(fd);
   while (::ftruncate(fd, static_cast<off_t>(size)) != 0) {
@@ -170,23 +172,31 @@ Result<void> convert_image(const ConvertOptions& options) {
   if (!in_ctx) return std::unexpected(in_ctx.error());
   const uint64_t size = (*in)->size();
 
-  auto sink = make_sink(options, size);
-  if (!sink) return std::unexpected(sink.error());
-  const uint64_t granule = (*sink)->granule();
-  const uint64_t chunk = std::max(kChunk, granule);
-  std::vector<uint8_t> buf(chunk);
-  for (uint64_t offset = 0; offset < size; offset += chunk) {
-    uint64_t n = std::min(chunk, size - offset);
-    iovec v{buf.data(), n};
-    if (auto s = run_request(**in_ctx, single(Op::Read, offset, v)); !s) return s;
-    for (uint64_t g = 0; g < n; g += granule) {
-      uint64_t len = std::min(granule, n - g);
-      if (auto s = (*sink)->write(offset + g, std::span<const uint8_t>(buf.data() + g, len)); !s) return s;
+  // Written under a temporary name and renamed into place when complete:
+  // a failure leaves no partial output (block/new_image.h).
+  auto output = NewImage::prepare(options.output);
+  if (!output) return std::unexpected(output.error());
+  auto copied = [&]() -> Result<void> {
+    auto sink = make_sink(options, output->path(), size);
+    if (!sink) return std::unexpected(sink.error());
+    const uint64_t granule = (*sink)->granule();
+    const uint64_t chunk = std::max(kChunk, granule);
+    std::vector<uint8_t> buf(chunk);
+    for (uint64_t offset = 0; offset < size; offset += chunk) {
+      uint64_t n = std::min(chunk, size - offset);
+      iovec v{buf.data(), n};
+      if (auto s = run_request(**in_ctx, single(Op::Read, offset, v)); !s) return s;
+      for (uint64_t g = 0; g < n; g += granule) {
+        uint64_t len = std::min(granule, n - g);
+        if (auto s = (*sink)->write(offset + g, std::span<const uint8_t>(buf.data() + g, len)); !s) return s;
+      }
+      if (options.progress) options.progress(static_cast<double>(offset + n) / static_cast<double>(size));
     }
-    if (options.progress) options.progress(static_cast<double>(offset + n) / static_cast<double>(size));
-  }
-  if (size == 0 && options.progress) options.progress(1.0);
-  return (*sink)->finish();
+    if (size == 0 && options.progress) options.progress(1.0);
+    return (*sink)->finish();
+  }();
+  if (!copied) return std::unexpected(output->named_for_destination(copied.error()));
+  return output->commit();
 }
 
 }  // namespace tern::block

@@ -149,6 +149,81 @@ Result<ClusterStatus> Engine::cluster_status(uint64_t guest_offset) {
   return ClusterStatus{};
 }
 
+Result<ExtentStatus> Engine::extent_status(uint64_t guest_offset, uint64_t max_length) {
+  const uint64_t size = header_.get().size;
+  if (guest_offset >= size) return fail(Errc::OutOfRange, 0, "status past the end of the image");
+  if (max_length == 0) return fail(Errc::InvalidArgument, 0, "status of no bytes");
+  const uint64_t end = guest_offset + std::min(max_length, size - guest_offset);
+  const uint32_t l2_bits = cluster_bits_ - 3;
+  const uint32_t l2_shift = cluster_bits_ + l2_bits;  // bytes one L2 table maps: 2^l2_shift
+  std::optional<Mapping> first;
+  uint64_t next_host = 0;  // where the extent's next cluster must lie to continue it
+  // Whether the cluster mapped as `m` continues the extent that `first` began.
+  auto continues = [&](const Mapping& m) {
+    if (m.kind != first->kind) return false;
+    switch (m.kind) {
+      case Mapping::Unallocated:
+      case Mapping::Compressed:
+        return true;
+      case Mapping::Zero:
+        // A zero cluster that keeps its allocation shows its offset.
+        return first->host_offset == 0 ? m.host_offset == 0 : m.host_offset == next_host;
+      case Mapping::Standard:
+        return m.host_offset == next_host;
+    }
+    return false;
+  };
+  uint64_t pos = guest_offset;
+  while (pos < end) {
+    const uint64_t l1_index = pos >> l2_shift;
+    // The end of this L1 entry's range, or `end`; no sum that could wrap.
+    const uint64_t table_start = l1_index << l2_shift;
+    const uint64_t table_span = uint64_t{1} << l2_shift;
+    const uint64_t table_end = end - table_start > table_span ? table_start + table_span : end;
+    const uint64_t l2_table = l1_index < header_.get().l1_size ? l1_entry(l1_index) & kOffsetMask : 0;
+    if (l2_table == 0) {
+      // No L2 table: its whole range is unallocated, one step.
+      if (!first) first = Mapping{};
+      if (first->kind != Mapping::Unallocated) break;
+      pos = table_end;
+      continue;
+    }
+    if (l2_table & (cluster_size_ - 1)) {
+      return std::unexpected(header_.mark_corrupt("unaligned L2 table offset " + std::to_string(l2_table)));
+    }
+    if (l2_table >= refcounts_->end()) {
+      return std::unexpected(header_.mark_corrupt("L2 table offset " + std::to_string(l2_table) +
+                                                  " past the end of the image"));
+    }
+    auto table = l2_cache_.get(l2_table);
+    if (!table) return std::unexpected(table.error());
+    bool ended = false;
+    while (pos < table_end) {
+      const uint64_t index = (pos >> cluster_bits_) & ((uint64_t{1} << l2_bits) - 1);
+      auto m = classify(load_be<uint64_t>(*table + index * 8));
+      if (!m) return std::unexpected(m.error());
+      if (!first) {
+        first = *m;
+      } else if (!continues(*m)) {
+        ended = true;
+        break;
+      }
+      next_host = m->host_offset + cluster_size_;
+      pos += std::min(table_end - pos, cluster_size_ - (pos & (cluster_size_ - 1)));
+    }
+    if (ended) break;
+  }
+  ExtentStatus out;
+  out.length = std::min(pos, end) - guest_offset;
+  switch (first->kind) {
+    case Mapping::Unallocated: break;
+    case Mapping::Zero: out.status = ClusterStatus{ClusterKind::Zero, first->host_offset}; break;
+    case Mapping::Compressed: out.status = ClusterStatus{ClusterKind::Compressed, 0}; break;
+    case Mapping::Standard: out.status = ClusterStatus{ClusterKind::Data, first->host_offset}; break;
+  }
+  return out;
+}
+
 std::optional<Engine::Mapping> Engine::lookup_shared(uint64_t guest_offset, bool for_write) {
   const uint32_t l2_bits = cluster_bits_ - 3;
   uint64_t l1_index = guest_offset >> (cluster_bits_ + l2_bits);

@@ -78,6 +78,13 @@ struct ClusterStatus {
   ClusterKind kind = ClusterKind::Unallocated;
   uint64_t host_offset = 0;  // Data; Zero when it keeps its allocation; else 0
 };
+// A run of clusters mapped alike: the status of its first cluster and the
+// bytes it spans (Data, and Zero with an allocation: at consecutive host
+// offsets).
+struct ExtentStatus {
+  ClusterStatus status;
+  uint64_t length = 0;
+};
 
 class Engine {
  public:
@@ -123,6 +130,12 @@ class Engine {
   [[nodiscard]] Result<void> write_compressed(uint64_t guest_offset, std::span<const uint8_t> data);
   // The mapping of the cluster holding `guest_offset` (below size()).
   [[nodiscard]] Result<ClusterStatus> cluster_status(uint64_t guest_offset);
+  // The mapping from `guest_offset` (below size()) on, for at most
+  // `max_length` bytes: as far as the clusters after the first are mapped
+  // the same way, read from the L1/L2 tables, so the cost follows the
+  // tables rather than the clusters (an unallocated L1 entry answers for
+  // its whole L2 range at once).
+  [[nodiscard]] Result<ExtentStatus> extent_status(uint64_t guest_offset, uint64_t max_length);
   [[nodiscard]] Result<void> write_zeroes(uint64_t offset, uint64_t length, bool may_unmap);
   // Writes back dirty metadata (refcounts, L2, L1), then syncs the file.
   [[nodiscard]] Result<void> flush();

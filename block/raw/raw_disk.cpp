@@ -45,6 +45,20 @@ uint64_t iov_bytes(std::span<const iovec> iov) {
   return total;
 }
 
+// Zeros every byte of `iov` from byte `from` on: a read that reached the
+// end of the file reads zeros for the rest (the last sector of a file whose
+// size is not a multiple of 512, RawDisk::open).
+void zero_iov_from(std::span<const iovec> iov, uint64_t from) {
+  for (const iovec& v : iov) {
+    if (from >= v.iov_len) {
+      from -= v.iov_len;
+      continue;
+    }
+    std::memset(static_cast<uint8_t*>(v.iov_base) + from, 0, v.iov_len - from);
+    from = 0;
+  }
+}
+
 Errc failure_for(Op op) {
   switch (op) {
     case Op::Read: return Errc::ReadFailed;
@@ -400,6 +414,11 @@ class AioContext final : public IoContext {
         Op op = slot.owned.request.op;
         if (res < 0) {
           status = fail(failure_for(op), static_cast<int>(-res), disk_.path());
+        } else if (op == Op::Read && static_cast<uint64_t>(res) < slot.expected) {
+          // A short read ends at the end of the file, inside the disk
+          // (validate() checked the range): zeros for the rest, as qemu's
+          // linux-aio pads it.
+          zero_iov_from(slot.owned.iov, static_cast<uint64_t>(res));
         } else if (op != Op::Flush && static_cast<uint64_t>(res) != slot.expected) {
           status = fail(Errc::ShortTransfer, 0, disk_.path());
         }
@@ -452,6 +471,12 @@ Result<void> transfer(int fd, Op op, std::span<const iovec> iov_in, uint64_t off
     if (n < 0) {
       if (errno == EINTR) continue;
       return fail(failure_for(op), errno);
+    }
+    if (n == 0 && op == Op::Read) {
+      // End of file inside the disk (validate() checked the range): zeros,
+      // as qemu's file-posix pads a short read.
+      zero_iov_from(std::span<const iovec>(iov).subspan(first), 0);
+      return {};
     }
     if (n == 0) return fail(Errc::ShortTransfer);
     offset += static_cast<uint64_t>(n);
@@ -515,6 +540,12 @@ Result<std::unique_ptr<RawDisk>> RawDisk::open(const OpenOptions& options) {
     }
   } else {
     topology.discard_granularity = static_cast<uint32_t>(std::max<blksize_t>(st.st_blksize, 512));
+    // A disk is whole sectors: a file whose size is not a multiple of 512
+    // is the disk of that size rounded up, its tail past the end of the
+    // file reading as zeros (transfer(), AioContext::drain()) and a write
+    // there growing the file. qemu's raw format counts the same sectors,
+    // so tern-img and qemu-img agree on the virtual size of such a file.
+    size = (size + 511) & ~uint64_t{511};
   }
   if (options.direct) {
     uint32_t mem_align = 4096, offset_align = std::max(topology.logical_block_size, 512u);

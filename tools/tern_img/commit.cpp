@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "block/chain.h"
+#include "block/new_image.h"
 #include "block/qcow2/info.h"
 #include "tools/tern_img/verbs.h"
 
@@ -28,12 +29,16 @@ int error(const std::string& message) {
 }
 
 // Empties a QCOW2 overlay: a new image with the same header settings, as
-// qemu's make_empty leaves it (no cluster allocated, same backing file).
+// qemu's make_empty leaves it (no cluster allocated, same backing file),
+// built beside it and renamed over it, so a failure leaves the overlay as
+// it was (block/new_image.h).
 block::Result<void> empty_overlay(const std::string& path) {
   auto info = block::qcow2::read_image_info(path);
   if (!info) return std::unexpected(info.error());
+  auto image = block::NewImage::prepare(path);
+  if (!image) return std::unexpected(image.error());
   block::qcow2::CreateOptions c;
-  c.path = path;
+  c.path = image->path();
   c.size = info->virtual_size;
   c.cluster_size = static_cast<uint32_t>(info->cluster_size);
   c.refcount_bits = info->refcount_bits;
@@ -42,7 +47,8 @@ block::Result<void> empty_overlay(const std::string& path) {
                                                         : block::qcow2::CompressionType::Zlib;
   c.backing_file = info->backing_file;
   c.backing_format = info->backing_format;
-  return block::qcow2::create_image(c);
+  if (auto r = block::qcow2::create_image(c); !r) return std::unexpected(image->named_for_destination(r.error()));
+  return image->commit();
 }
 
 // Copies the overlay's clusters into its backing file; 0 or an exit status.
@@ -74,8 +80,11 @@ int commit_data(const CommitArgs& a, bool& qcow2_top) {
 
   std::vector<uint8_t> buf;
   for (uint64_t offset = 0; offset < size;) {
-    auto e = chain->layer_status(0, offset, std::min(kChunk, size - offset));
+    auto e = chain->layer_status(0, offset, size - offset);
     if (!e) return error(a.file + ": " + e.error().message());
+    // Unallocated ranges are skipped whole; data goes a buffer's worth at
+    // a time, zeros a request's worth.
+    if (e->present) e->length = std::min(e->length, e->zero ? block::kMaxTransferBytes : kChunk);
     if (e->present) {
       block::Request r;
       iovec v{};

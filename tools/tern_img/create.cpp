@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "base/unique_fd.h"
+#include "block/new_image.h"
 #include "block/qcow2/create.h"
 #include "tools/tern_img/verbs.h"
 
@@ -23,15 +24,31 @@ struct CreateArgs {
   std::string size;
 };
 
-int create_raw(const std::string& path, uint64_t size) {
+// Writes the new raw image into `path` (NewImage's file for it).
+block::Result<void> create_raw(const std::string& path, uint64_t size) {
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    std::fprintf(stderr, "tern-img: %s: %s\n", path.c_str(), std::strerror(errno));
+  if (fd < 0) return block::fail(block::Errc::OpenFailed, errno);
+  UniqueFd owned(fd);
+  if (::ftruncate(fd, static_cast<off_t>(size)) != 0) return block::fail(block::Errc::ResizeFailed, errno);
+  if (::fsync(fd) != 0) return block::fail(block::Errc::FlushFailed, errno);
+  return {};
+}
+
+// Creates the image `file` through `make` (given the file to write), under
+// a temporary name renamed into place once complete (block/new_image.h): a
+// failure leaves no partial image, and a file it was to replace as it was.
+template <class Make>
+int create_new(const std::string& file, Make&& make) {
+  auto image = block::NewImage::prepare(file);
+  if (!image) {
+    std::fprintf(stderr, "tern-img: %s: %s\n", file.c_str(), image.error().message().c_str());
     return 1;
   }
-  UniqueFd owned(fd);
-  if (::ftruncate(fd, static_cast<off_t>(size)) != 0 || ::fsync(fd) != 0) {
-    std::fprintf(stderr, "tern-img: %s: %s\n", path.c_str(), std::strerror(errno));
+  block::Result<void> r = make(image->path());
+  if (r) r = image->commit();
+  if (!r) {
+    std::fprintf(stderr, "tern-img: %s: %s\n", file.c_str(),
+                 image->named_for_destination(r.error()).message().c_str());
     return 1;
   }
   return 0;
@@ -52,14 +69,13 @@ int run_create(const CreateArgs& a) {
       std::fprintf(stderr, "tern-img: raw images take no -o options or backing file\n");
       return 1;
     }
-    return create_raw(a.file, size);
+    return create_new(a.file, [&](const std::string& path) { return create_raw(path, size); });
   }
   if (a.format != "qcow2") {
     std::fprintf(stderr, "tern-img: unknown format '%s' (raw or qcow2)\n", a.format.c_str());
     return 1;
   }
   block::qcow2::CreateOptions c;
-  c.path = a.file;
   c.size = size;
   c.backing_file = a.backing;
   c.backing_format = a.backing_format;
@@ -68,11 +84,10 @@ int run_create(const CreateArgs& a) {
     std::fprintf(stderr, "tern-img: image size required\n");
     return 1;
   }
-  if (auto r = block::qcow2::create_image(c); !r) {
-    std::fprintf(stderr, "tern-img: %s: %s\n", a.file.c_str(), r.error().message().c_str());
-    return 1;
-  }
-  return 0;
+  return create_new(a.file, [&](const std::string& path) {
+    c.path = path;
+    return block::qcow2::create_image(c);
+  });
 }
 
 }  // namespace

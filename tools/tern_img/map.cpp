@@ -1,5 +1,5 @@
 // tern-img map [--output human|json] [-f FMT] IMG: the extents of an image
-// over its backing chain, as qemu-img map prints them (docs/tern-img.md).
+// over its backing chain, as qemu-img map prints them (docs/qcow2.md, "Tools").
 #include <cstdio>
 
 #include "block/chain.h"

@@ -24,6 +24,8 @@
 namespace tern::img {
 namespace {
 
+constexpr uint64_t kChunk = 1 << 20;  // the most compared (and copied) at once
+
 struct RebaseArgs {
   bool quiet = false;
   bool unsafe = false;
@@ -98,22 +100,49 @@ block::Result<void> read_view(block::Chain* chain, size_t layer, uint64_t offset
   return chain->read(layer, offset, out.subspan(0, n));
 }
 
+// How many bytes from `offset` (at most `max`) `chain`'s view from `layer`
+// down reads as zeros (0: it holds something there); no chain, or past its
+// end, is zeros all along.
+block::Result<uint64_t> zeros_in_view(block::Chain* chain, size_t layer, uint64_t offset, uint64_t max) {
+  if (chain == nullptr || layer >= chain->layers() || offset >= chain->size(layer)) return max;
+  auto s = chain->status(offset, max, layer);
+  if (!s) return std::unexpected(s.error());
+  return s->zero ? s->length : 0;
+}
+
+// The ranges IMG leaves to its backing files are compared between the old
+// chain and NEW a chunk at a time; where both read as zeros (by their block
+// status) nothing is read, so the cost follows the data the backing files
+// hold, not the virtual size.
 int copy_differences(const RebaseArgs& a, block::Chain& image, block::Chain* new_backing) {
   const uint64_t size = image.size(0);
   std::vector<uint8_t> old_data, new_data;
   for (uint64_t offset = 0; offset < size;) {
     auto e = image.layer_status(0, offset, size - offset);
     if (!e) return error(a.file + ": " + e.error().message());
-    if (!e->present) {
-      old_data.resize(e->length);
-      new_data.resize(e->length);
-      if (auto r = read_view(&image, 1, offset, old_data); !r) return error(r.error().message());
-      if (auto r = read_view(new_backing, 0, offset, new_data); !r) return error(r.error().message());
-      if (old_data != new_data) {
-        if (auto r = image.write(offset, old_data); !r) return error(a.file + ": " + r.error().message());
+    if (e->present) {
+      offset += e->length;
+      continue;
+    }
+    auto old_zeros = zeros_in_view(&image, 1, offset, e->length);
+    if (!old_zeros) return error(a.file + ": " + old_zeros.error().message());
+    if (*old_zeros > 0) {
+      auto new_zeros = zeros_in_view(new_backing, 0, offset, *old_zeros);
+      if (!new_zeros) return error(new_backing->path(0) + ": " + new_zeros.error().message());
+      if (*new_zeros > 0) {
+        offset += *new_zeros;
+        continue;
       }
     }
-    offset += e->length;
+    const uint64_t n = std::min(e->length, kChunk);
+    old_data.resize(n);
+    new_data.resize(n);
+    if (auto r = read_view(&image, 1, offset, old_data); !r) return error(r.error().message());
+    if (auto r = read_view(new_backing, 0, offset, new_data); !r) return error(r.error().message());
+    if (old_data != new_data) {
+      if (auto r = image.write(offset, old_data); !r) return error(a.file + ": " + r.error().message());
+    }
+    offset += n;
   }
   return 0;
 }

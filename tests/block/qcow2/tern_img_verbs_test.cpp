@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <sstream>
 
+#include "block/chain.h"
 #include "block/qcow2/engine.h"
 #include "block/qcow2/qcow2_disk.h"
 #include "tests/block/qcow2/qcow2_test_util.h"
@@ -324,6 +325,168 @@ TEST(TernImgVerbs, MeasureMatchesQemuImg) {
       "-O qcow2 -o cluster_size=512 --size 9T",      // L1 too large
   };
   for (const char* c : cases) EXPECT_SAME(dir, std::string("measure ") + c);
+}
+
+// A raw file whose size is not a multiple of 512: qemu's raw format rounds
+// its virtual size up to 512, the bytes past the file's end reading as
+// zeros. Before, tern-img convert -O qcow2 of it failed ("the backing file
+// sets another size": the new image's size is rounded up, the input's was
+// not) and left the new image behind.
+TEST(TernImgVerbs, OddSizedRawAsQemuImg) {
+  TempDir dir;
+  const std::string d = "cd '" + dir.file("") + "' && ";
+  SH_OK(d + "head -c 1000 /dev/urandom > small.raw && head -c 1000000 /dev/urandom > odd.raw");
+  for (const char* input : {"small.raw", "odd.raw"}) {
+    for (const char* format : {"raw", "qcow2"}) {
+      SCOPED_TRACE(std::string(input) + " -> " + format);
+      const std::string out = std::string("t.") + format;
+      std::string text;
+      EXPECT_EQ(sh(d + "rm -f " + out + " && " + tern_img() + " convert -O " + format + " " + input + " " + out,
+                   &text),
+                0)
+          << text;
+      SH_OK(d + "rm -f q." + format + " && qemu-img convert -O " + format + " " + input + " q." + format);
+      SH_OK(d + "qemu-img compare " + input + " " + out);
+      std::string q_info, t_info;
+      ASSERT_EQ(sh(d + "qemu-img info q." + format, &q_info), 0);
+      ASSERT_EQ(sh(d + "qemu-img info " + out, &t_info), 0);
+      EXPECT_EQ(line_with(t_info, "virtual size"), line_with(q_info, "virtual size"));
+      EXPECT_SAME(dir, "compare " + out + " " + input);
+    }
+    EXPECT_SAME(dir, std::string("map --output json ") + input);
+    EXPECT_SAME(dir, std::string("map ") + input);
+    EXPECT_SAME(dir, std::string("measure ") + input);
+  }
+}
+
+// Before, map, compare, measure and rebase asked the chain one cluster at a
+// time, so their cost followed the virtual size (an empty 1 TiB image:
+// 16 Mi lookups). The status of a QCOW2 layer now comes from a walk of its
+// tables: an unallocated L1 entry answers for its whole L2 range, and
+// clusters of one kind (data at consecutive host offsets) form one extent.
+TEST(TernImgVerbs, ChainStatusWalksTheTablesNotTheClusters) {
+  TempDir dir;
+  const std::string d = "cd '" + dir.file("") + "' && ";
+  // 64 KiB clusters: one L2 table maps 512 MiB.
+  SH_OK(d + "qemu-img create -q -f qcow2 big.qcow2 1T");
+  SH_OK(d + "qemu-io -c 'write -P 1 0 128k' -c 'write -P 2 512M 64k' -c 'write -z 600M 64k' "
+            "-c 'write -P 3 1023G 64k' big.qcow2");
+  {  // the chain's image lock goes with it
+    auto chain = block::Chain::open(dir.file("big.qcow2"));
+    ASSERT_TRUE(chain) << chain.error().message();
+    const uint64_t size = chain->size(0);
+    auto expect_extent = [&](uint64_t offset, uint64_t length, bool present, bool data) {
+      auto e = chain->layer_status(0, offset, size - offset);
+      ASSERT_TRUE(e) << e.error().message();
+      EXPECT_EQ(e->start, offset);
+      EXPECT_EQ(e->length, length) << "at " << offset;
+      EXPECT_EQ(e->present, present) << "at " << offset;
+      EXPECT_EQ(e->data, data) << "at " << offset;
+      auto top = chain->status(offset, size - offset);
+      ASSERT_TRUE(top) << top.error().message();
+      EXPECT_EQ(top->length, length) << "at " << offset;
+    };
+    expect_extent(0, 128 << 10, true, true);                            // two clusters, one after the other
+    expect_extent(4096, (128 << 10) - 4096, true, true);               // from inside a cluster
+    expect_extent(128 << 10, (512 << 20) - (128 << 10), false, false);  // the rest of the first L2 table
+    expect_extent(512ull << 20, 64 << 10, true, true);
+    expect_extent((512ull << 20) + (64 << 10), (88ull << 20) - (64 << 10), false, false);
+    expect_extent(600ull << 20, 64 << 10, true, false);                // the zero cluster
+    // Past it: the rest of that L2 table, then unallocated L1 entries up to 1023 GiB.
+    expect_extent((600ull << 20) + (64 << 10), (1023ull << 30) - (600ull << 20) - (64 << 10), false, false);
+    expect_extent(1023ull << 30, 64 << 10, true, true);
+    expect_extent((1023ull << 30) + (64 << 10), (1ull << 30) - (64 << 10), false, false);
+    auto capped = chain->layer_status(0, 128 << 10, 4096);
+    ASSERT_TRUE(capped);
+    EXPECT_EQ(capped->length, 4096u);
+    ASSERT_TRUE(chain->close());
+  }
+
+  // The verbs over it, as qemu-img prints them; clusters whose host
+  // offsets do not follow are extents of their own.
+  SH_OK(d + "qemu-io -c 'write -P 4 2M 64k' -c 'write -P 5 1984k 64k' big.qcow2");
+  SH_OK(d + "qemu-img create -q -f qcow2 empty.qcow2 1T");
+  SH_OK(d + "qemu-img create -q -f qcow2 -b big.qcow2 -F qcow2 top.qcow2");
+  SH_OK(d + "qemu-io -c 'write -P 6 1023G 4k' -c 'write -P 7 5G 64k' top.qcow2");
+  SH_OK(d + "qemu-img convert -O qcow2 top.qcow2 flat.qcow2");
+  for (const char* image : {"big.qcow2", "empty.qcow2", "top.qcow2"}) {
+    EXPECT_SAME(dir, std::string("map --output json ") + image);
+    EXPECT_SAME(dir, std::string("map ") + image);
+    EXPECT_SAME(dir, std::string("measure -O qcow2 ") + image);
+  }
+  for (const char* c : {"big.qcow2 empty.qcow2", "empty.qcow2 empty.qcow2", "top.qcow2 flat.qcow2",
+                        "-s top.qcow2 flat.qcow2", "big.qcow2 top.qcow2"}) {
+    EXPECT_SAME(dir, std::string("compare ") + c);
+  }
+  // rebase onto nothing and onto the empty image: the data of the old
+  // backing file is copied up (only where it holds some), reads the same.
+  SH_OK(d + "cp top.qcow2 r1.qcow2 && cp top.qcow2 r2.qcow2");
+  SH_OK(d + tern_img() + " rebase -b '' r1.qcow2");
+  SH_OK(d + tern_img() + " rebase -b empty.qcow2 -F qcow2 r2.qcow2");
+  for (const char* image : {"r1.qcow2", "r2.qcow2"}) {
+    SH_OK(d + "qemu-img check -q " + image);
+    SH_OK(d + "qemu-img compare -q flat.qcow2 " + image);
+  }
+}
+
+// A command that fails leaves no output behind, and an image it was to
+// replace is as it was: convert and create write a new image under a
+// temporary name and rename it into place once it is complete. (qemu-img
+// leaves a partial output of a failed convert; tern-img does not.)
+TEST(TernImgVerbs, FailuresLeaveNoPartialOutput) {
+  TempDir dir;
+  const std::string d = "cd '" + dir.file("") + "' && ";
+  // A compressed cluster in the middle whose bytes are garbage: reading it fails.
+  SH_OK(d + "qemu-img create -q -f raw src.raw 4M && qemu-io -f raw -c 'write -P 1 0 4M' src.raw");
+  SH_OK(d + "qemu-img convert -c -O qcow2 src.raw bad.qcow2 && rm src.raw");
+  SH_OK(d + "python3 -c \"import struct\nf=open('bad.qcow2','r+b'); h=f.read(48)\n"
+            "f.seek(struct.unpack('>Q',h[40:48])[0]); l2=struct.unpack('>Q',f.read(8))[0]&0xfffffffffffe00\n"
+            "f.seek(l2+40*8); e=struct.unpack('>Q',f.read(8))[0]\n"
+            "f.seek(e&((1<<54)-1)); f.write(bytes([0xff])*64)\"");
+  auto listing = [&] {
+    std::string out;
+    EXPECT_EQ(sh(d + "ls -a", &out), 0);
+    return out;
+  };
+  const std::string before = listing();
+  for (const char* format : {"raw", "qcow2"}) {
+    SCOPED_TRACE(format);
+    std::string out;
+    EXPECT_EQ(sh(d + "qemu-img convert -O " + format + " bad.qcow2 q.out", &out), 1) << out;
+    SH_OK(d + "rm q.out");
+    EXPECT_EQ(sh(d + tern_img() + " convert -O " + format + " bad.qcow2 t.out", &out), 1) << out;
+    EXPECT_EQ(listing(), before) << out;
+    // Over an existing file: left as it was.
+    SH_OK(d + "echo keep > t.out");
+    EXPECT_EQ(sh(d + tern_img() + " convert -O " + format + " bad.qcow2 t.out", &out), 1) << out;
+    ASSERT_EQ(sh(d + "head -c 16 t.out", &out), 0);
+    EXPECT_EQ(out, "keep\n");
+    SH_OK(d + "rm t.out");
+  }
+  // create: a size the format cannot hold (qemu-img leaves no qcow2 image
+  // either; of a raw one it leaves an empty file).
+  for (const char* format : {"raw", "qcow2"}) {
+    SCOPED_TRACE(format);
+    std::string out;
+    EXPECT_EQ(sh(d + tern_img() + " create -f " + format + " huge.img 100P", &out), 1) << out;
+    EXPECT_EQ(listing(), before) << out;
+  }
+  // A successful convert over an existing file replaces it.
+  SH_OK(d + "qemu-img create -q -f qcow2 good.qcow2 1M && echo keep > t.out");
+  SH_OK(d + tern_img() + " convert -O qcow2 good.qcow2 t.out");
+  SH_OK(d + "qemu-img check -q t.out && qemu-img compare -q good.qcow2 t.out");
+  // An image that is open (its image lock held) is not replaced, as
+  // qemu-img refuses to write an image in use.
+  SH_OK(d + "qemu-img create -q -f qcow2 busy.qcow2 1M");
+  {
+    auto busy = open_image(dir.file("busy.qcow2"), /*read_only=*/true);
+    ASSERT_TRUE(busy);
+    std::string out;
+    EXPECT_EQ(sh(d + tern_img() + " convert -O qcow2 good.qcow2 busy.qcow2", &out), 1) << out;
+    EXPECT_NE(out.find("lock"), std::string::npos) << out;
+    EXPECT_EQ(sh(d + tern_img() + " create -f raw busy.qcow2 1M", &out), 1) << out;
+  }
+  SH_OK(d + "qemu-img info busy.qcow2 | grep -q 'file format: qcow2'");
 }
 
 // The engine's compressed write over every kind of old mapping (standard,

@@ -233,6 +233,47 @@ TEST_P(RawBackend, UnalignedBuffersAreBouncedUnalignedOffsetsRefusedWithDirect) 
   }
 }
 
+// A file whose size is not a multiple of 512 is a disk of that size rounded
+// up to 512, the bytes past the file's end reading as zeros (qemu's raw
+// format does the same: its size is counted in sectors, a short read at
+// the end of the file is padded with zeros). Before, the disk was the
+// file's size: its last partial sector could not be read in sectors, and
+// tern-img convert of such a file to qcow2 failed.
+TEST_P(RawBackend, OddSizedFileRoundsUpToASectorReadingZerosPastItsEnd) {
+  // The last 4 KiB: O_DIRECT may need 4 KiB alignment of the requests.
+  constexpr uint64_t kFile = (1 << 20) + 4096 - 24;
+  constexpr uint64_t kDisk = (1 << 20) + 4096;
+  make_file(path, 0);
+  {
+    std::vector<uint8_t> bytes(kFile, 0x6b);
+    int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::pwrite(fd, bytes.data(), bytes.size(), 0), static_cast<ssize_t>(bytes.size()));
+    ::close(fd);
+  }
+  auto disk = open();
+  ASSERT_TRUE(disk);
+  EXPECT_EQ(disk->size(), kDisk);
+  auto ctx = disk->make_io_context(2);
+  ASSERT_TRUE(ctx.has_value());
+  Buf r = buffer(8192, 0xee);
+  auto last = rw(**ctx, Op::Read, kDisk - 4096, r.get(), 4096);
+  ASSERT_TRUE(last) << "the last 4 KiB, its last sector partial: " << last.error().message();
+  for (size_t i = 0; i < 4096; ++i) {
+    ASSERT_EQ(r.get()[i], i < 4096 - 24 ? 0x6b : 0) << "byte " << i;
+  }
+  auto past = rw(**ctx, Op::Read, kDisk - 4096, r.get(), 8192);
+  ASSERT_FALSE(past.has_value());
+  EXPECT_EQ(past.error().code, Errc::OutOfRange);
+  // Writing the last sectors makes the file whole, as in qemu.
+  Buf w = buffer(4096, 0x21);
+  ASSERT_TRUE(rw(**ctx, Op::Write, kDisk - 4096, w.get(), 4096));
+  EXPECT_EQ(std::filesystem::file_size(path), kDisk);
+  ASSERT_TRUE(rw(**ctx, Op::Read, kDisk - 4096, r.get(), 4096));
+  EXPECT_EQ(r.get()[0], 0x21);
+  EXPECT_EQ(r.get()[4095], 0x21);
+}
+
 // Unaligned buffers under O_DIRECT go through a bounded bounce buffer in
 // chunks; a request several chunks long, in odd-sized pieces, round-trips.
 TEST_P(RawBackend, UnalignedRequestLongerThanTheBounceChunkRoundTrips) {
