@@ -12,8 +12,18 @@
 // The table is arch::x86_64::FallbackOp; anything outside it ends the VM
 // (exit status 3) as before, with the instruction bytes in the report.
 // Each completion follows the SDM's checks for its instruction and raises
-// the architectural fault (#UD, #GP(0), #NM) instead of completing when a
-// check fails.
+// the architectural fault (#UD, #GP, #NP, #SS, #NM, #PF) instead of
+// completing when a check fails. Memory operands, the IDT and the GDT are
+// reached through the guest's page tables walked with the access's own
+// rights (vmm/guest_paging.h), not through KVM_TRANSLATE.
+//
+// An event already pending injection (KVM_GET_VCPU_EVENTS) is never
+// overwritten: the completion is deferred instead (FallbackDone::deferred),
+// with nothing changed. The pending event belongs before the instruction
+// (an interrupt or exception whose delivery an exit cut short, re-injected
+// at the next entry with RIP on this instruction), so the guest's next entry
+// delivers it and, once its handler returns, the instruction exits again
+// and is completed then.
 //
 // Threads: complete() runs on the vCPU thread that took the exit; the
 // counters are atomics read by whoever reports them.
@@ -45,12 +55,16 @@ class FallbackCpu {
   [[nodiscard]] virtual SysResult<kvm_sregs> get_sregs() = 0;
   [[nodiscard]] virtual SysResult<kvm_fpu> get_fpu() = 0;
   [[nodiscard]] virtual SysResult<void> set_fpu(const kvm_fpu& fpu) = 0;
-  // KVM_TRANSLATE: the guest's page tables walked for one linear address.
-  [[nodiscard]] virtual SysResult<kvm_translation> translate(uint64_t linear) = 0;
+  // The vCPU's event state (KVM_GET_VCPU_EVENTS).
+  [[nodiscard]] virtual SysResult<kvm_vcpu_events> get_events() = 0;
+  // CR2, for a #PF about to be injected (KVM takes it from there).
+  [[nodiscard]] virtual SysResult<void> set_cr2(uint64_t cr2) = 0;
   // Queues exception `vector` for the next entry (KVM_SET_VCPU_EVENTS).
+  // Refused (EBUSY) when an event is already pending injection.
   [[nodiscard]] virtual SysResult<void> inject_exception(uint8_t vector, std::optional<uint32_t> error_code) = 0;
   // Queues interrupt `vector` for the next entry, delivered through the
-  // guest's IDT with RIP as it is (INT n, after its checks).
+  // guest's IDT with RIP as it is (INT n, after its checks). Refused (EBUSY)
+  // when an event is already pending injection.
   [[nodiscard]] virtual SysResult<void> inject_interrupt(uint8_t vector) = 0;
   // Whether KVM_GET_FPU/KVM_SET_FPU reach the guest's MXCSR. kvm_pvm keeps
   // the guest FPU state out of reach (KVM_GET_FPU answers zeros, KVM_SET_FPU
@@ -67,7 +81,8 @@ class KvmVcpuFallbackCpu final : public FallbackCpu {
   SysResult<kvm_sregs> get_sregs() override;
   SysResult<kvm_fpu> get_fpu() override;
   SysResult<void> set_fpu(const kvm_fpu& fpu) override;
-  SysResult<kvm_translation> translate(uint64_t linear) override;
+  SysResult<kvm_vcpu_events> get_events() override;
+  SysResult<void> set_cr2(uint64_t cr2) override;
   SysResult<void> inject_exception(uint8_t vector, std::optional<uint32_t> error_code) override;
   SysResult<void> inject_interrupt(uint8_t vector) override;
   bool mxcsr_reachable() const override { return mxcsr_reachable_; }
@@ -82,11 +97,15 @@ class KvmVcpuFallbackCpu final : public FallbackCpu {
 // state out of reach. For set-up, before the vCPU first runs.
 [[nodiscard]] SysResult<bool> probe_mxcsr_reachable(int vcpu_fd);
 
+// Whether `events` holds an event that KVM will inject at the next entry:
+// an exception injected or pending, an interrupt or an NMI injected.
+bool event_pending_injection(const kvm_vcpu_events& events);
+
 enum class FallbackErrorKind : uint8_t {
   NoInstructionBytes,  // KVM gave none and RIP could not be read
   Decode,              // see decode
-  OperandNotMapped,    // a linear address the guest's page tables do not map
   OperandNotRam,       // mapped to something other than guest RAM (MMIO)
+  PageTableNotRam,     // a paging-structure entry for `address` lies outside guest RAM
   Kvm,                 // an ioctl failed; see sys
   MxcsrUnreachable,    // stmxcsr on a host that keeps MXCSR out of reach
 };
@@ -95,23 +114,36 @@ struct FallbackError {
   FallbackErrorKind kind;
   arch::x86_64::DecodeError decode{};
   SysError sys{};
-  uint64_t address = 0;  // OperandNotMapped / OperandNotRam: the linear address
+  uint64_t address = 0;  // OperandNotRam / PageTableNotRam: the linear address
   std::string message() const;
 };
 
 // How one completion ended.
 struct FallbackDone {
+  // FallbackOp::Count when deferred or when fetching the instruction itself
+  // faulted (not decoded).
   arch::x86_64::FallbackOp op;
   std::optional<uint8_t> fault;  // the exception or interrupt raised (int3: #BP; int n: n), if any
   // ldmxcsr retired without loading MXCSR because the host keeps it out of
   // reach (FallbackCpu::mxcsr_reachable); counted apart.
   bool mxcsr_not_loaded = false;
+  // Nothing was done because an event was pending injection: run the vCPU
+  // again; the instruction exits again after the event's delivery.
+  bool deferred = false;
 };
 
 // Per-kind counts of completed (or faulted) instructions.
 class FallbackCounters {
  public:
   void count(const FallbackDone& done) {
+    if (done.deferred) {
+      deferred_.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+    if (done.op == arch::x86_64::FallbackOp::Count) {
+      fetch_faults_.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
     counts_[static_cast<size_t>(done.op)].fetch_add(1, std::memory_order_relaxed);
     if (done.mxcsr_not_loaded) mxcsr_not_loaded_.fetch_add(1, std::memory_order_relaxed);
   }
@@ -120,11 +152,16 @@ class FallbackCounters {
   }
   uint64_t total() const;
   uint64_t mxcsr_not_loaded() const { return mxcsr_not_loaded_.load(std::memory_order_relaxed); }
+  uint64_t deferred() const { return deferred_.load(std::memory_order_relaxed); }
+  uint64_t fetch_faults() const { return fetch_faults_.load(std::memory_order_relaxed); }
   // "int3 12, clac 3401, ..." (kinds with a zero count left out, then the
-  // ldmxcsr that could not load MXCSR); empty when none.
+  // ldmxcsr that could not load MXCSR, the #PF raised for fetching the
+  // instruction itself and the deferred ones); empty when none.
   std::string summary() const;
 
  private:
+  std::atomic<uint64_t> deferred_{0};
+  std::atomic<uint64_t> fetch_faults_{0};
   std::atomic<uint64_t> mxcsr_not_loaded_{0};
   std::array<std::atomic<uint64_t>, static_cast<size_t>(arch::x86_64::FallbackOp::Count)> counts_{};
 };

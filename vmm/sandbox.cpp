@@ -150,12 +150,13 @@ constexpr Allow kLauncher[] = {
 };
 
 // The KVM ioctls of a vCPU thread: its own run loop and registers (the
-// emulation fallback and the SIGUSR1 dump), and what the virtio-pci and
+// emulation fallback, which walks the guest's page tables itself and sets
+// CR2 with KVM_SET_SREGS for a #PF, and the SIGUSR1 dump), and what the virtio-pci and
 // serial devices do when the guest programs them (ioeventfds on BAR
 // placement, irqfds and MSI routes for MSI-X, the UART's line).
 constexpr unsigned long kVcpuIoctls[] = {
-    KVM_RUN,       KVM_GET_REGS, KVM_SET_REGS,  KVM_GET_SREGS,     KVM_SET_SREGS,
-    KVM_GET_FPU,   KVM_SET_FPU,  KVM_TRANSLATE, KVM_GET_VCPU_EVENTS, KVM_SET_VCPU_EVENTS,
+    KVM_RUN,       KVM_GET_REGS, KVM_SET_REGS,      KVM_GET_SREGS, KVM_SET_SREGS,
+    KVM_GET_FPU,   KVM_SET_FPU,  KVM_GET_VCPU_EVENTS, KVM_SET_VCPU_EVENTS,
     KVM_IOEVENTFD, KVM_IRQFD,    kKvmSetGsiRouting, KVM_IRQ_LINE,
 };
 // An MSI-X vector bound or moved by a queue or the control thread.

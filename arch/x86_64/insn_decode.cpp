@@ -194,7 +194,11 @@ std::expected<DecodedInsn, DecodeError> decode_fallback_insn(std::span<const uin
     DecodedInsn d = done(FallbackOp::Lsl);
     d.reg = reg | ((p.rex & 4) ? 8 : 0);
     d.rm = (*modrm & 7) | ((p.rex & 1) ? 8 : 0);
-    d.operand_bits = (p.rex & 8) ? 64 : (p.opsize ? 16 : 32);
+    // Operand size (SDM vol. 2A, 2.2.1.2 and LSL): REX.W makes it 64 bits in
+    // 64-bit mode; otherwise 0x66 flips the code segment's default (CS.D: 32
+    // bits, or 16 in 16-bit code; 64-bit code defaults to 32).
+    const bool default16 = mode == CodeMode::Bits16;
+    d.operand_bits = (p.rex & 8) ? 64 : (p.opsize != default16 ? 16 : 32);
     return d;
   }
   if (*op2 == 0xae && (reg == 2 || reg == 3)) {

@@ -57,7 +57,7 @@ struct DecodedInsn {
   bool lock = false;  // an F0 prefix (#UD for every entry of the table)
   uint8_t vector = 0; // IntN: the immediate
   // Lsl: destination (ModRM.reg) and source (ModRM.rm) registers in
-  // encoding order, and the operand size (16, 32 or 64 bits).
+  // encoding order, and the operand size (16, 32 or 64 bits) for the mode.
   int reg = -1;
   int rm = -1;
   uint8_t operand_bits = 32;

@@ -59,6 +59,27 @@ TEST(InsnDecode, NoOperandEntries) {
   EXPECT_EQ(i->length, 3);
 }
 
+// LSL's operand size: CS.D's default (16 or 32 bits), the other one with
+// 0x66, and 64 bits with REX.W in 64-bit mode (SDM vol. 2A, 2.2.1 and LSL).
+TEST(InsnDecode, LslOperandSizeByMode) {
+  struct Case {
+    std::vector<uint8_t> bytes;
+    ax::CodeMode mode;
+    uint8_t bits;
+  };
+  for (const Case& c : {Case{{0x0f, 0x03, 0xd1}, ax::CodeMode::Bits16, 16},
+                        Case{{0x66, 0x0f, 0x03, 0xd1}, ax::CodeMode::Bits16, 32},
+                        Case{{0x0f, 0x03, 0xd1}, ax::CodeMode::Bits32, 32},
+                        Case{{0x66, 0x0f, 0x03, 0xd1}, ax::CodeMode::Bits32, 16},
+                        Case{{0x0f, 0x03, 0xd1}, ax::CodeMode::Bits64, 32},
+                        Case{{0x66, 0x0f, 0x03, 0xd1}, ax::CodeMode::Bits64, 16},
+                        Case{{0x66, 0x48, 0x0f, 0x03, 0xd1}, ax::CodeMode::Bits64, 64}}) {
+    auto i = dec(c.bytes, c.mode);
+    ASSERT_TRUE(i);
+    EXPECT_EQ(i->operand_bits, c.bits) << "mode " << int(c.mode) << " length " << c.bytes.size();
+  }
+}
+
 TEST(InsnDecode, LdmxcsrFromKernelFpuBegin) {
   // ldmxcsr 4(%rsp), as Debian's 6.1 kernel_fpu_begin has it.
   auto i = dec({0x0f, 0xae, 0x54, 0x24, 0x04});

@@ -30,7 +30,7 @@
  *
  * Before the device checks it executes each instruction of tern's emulation
  * fallback table (vmm/emulation_fallback.h: int3, int n, clac/stac, fwait, lsl,
- * ldmxcsr, and ldmxcsr raising #GP) and checks the architectural
+ * ldmxcsr, ldmxcsr raising #GP and #PF) and checks the architectural
  * result: on an emulated KVM these exit to tern, which completes them; on
  * hardware they run natively, with the same results.
  *
@@ -250,6 +250,17 @@ __attribute__((interrupt)) static void gp_isr(struct interrupt_frame* f, u64 err
   ((struct cpu_frame*)f)->ip += 3;
 }
 
+/* #PF from the deliberate `ldmxcsr (%rax)` at an unmapped address: skip its 3 bytes. */
+static volatile u64 pf_count, pf_error, pf_cr2;
+__attribute__((interrupt)) static void pf_isr(struct interrupt_frame* f, u64 error) {
+  u64 cr2;
+  __asm__ volatile("mov %%cr2, %0" : "=r"(cr2));
+  pf_cr2 = cr2;
+  pf_error = error;
+  pf_count = pf_count + 1;
+  ((struct cpu_frame*)f)->ip += 3;
+}
+
 static void set_gate_raw(int vec, u64 a) {
   u16 cs;
   __asm__ volatile("mov %%cs, %0" : "=r"(cs));
@@ -265,6 +276,7 @@ static void setup_interrupts(void) {
   set_gate(3, bp_isr);
   set_gate(0x81, sw_isr);
   set_gate_raw(13, (u64)gp_isr);
+  set_gate_raw(14, (u64)pf_isr);
   struct {
     u16 limit;
     u64 base;
@@ -986,6 +998,10 @@ static void cpu_checks(void) {
   } else {
     check(gp_count == 1 && gp_error == 0, "ldmxcsr with a reserved bit raises #GP(0)");
   }
+  /* 512 GiB: beyond the boot page tables' one PML4 entry (4 GiB identity). */
+  __asm__ volatile("ldmxcsr (%%rax)" : : "a"(0x8000000000ull) : "memory");
+  check(pf_count == 1 && pf_error == 0 && pf_cr2 == 0x8000000000ull,
+        "ldmxcsr from an unmapped address raises #PF(0) with CR2");
 }
 
 static void idle_loop(int ro) {

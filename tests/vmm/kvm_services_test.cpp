@@ -7,8 +7,12 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <vector>
+
 #include "base/event_fd.h"
 #include "arch/x86_64/cpu_setup.h"
+#include "vmm/emulation_fallback.h"
 #include "vmm/kvm.h"
 #include "vmm/vcpu.h"
 
@@ -80,6 +84,48 @@ TEST_F(KvmServicesTest, VcpusAcceptTheBootState) {
     ASSERT_TRUE(r.has_value()) << r.error().message();
     EXPECT_NE((*v)->dump_state().find(i == 0 ? "rip=0000000000100000" : "rip="), std::string::npos);
   }
+}
+
+// The fallback's event injection on a real vCPU: an event already pending
+// injection is kept and the new one refused (EBUSY); otherwise the
+// exception, its error code and CR2 reach KVM; and a completion with an
+// event pending is deferred with nothing changed.
+TEST_F(KvmServicesTest, FallbackInjectionNeverClobbersAPendingEvent) {
+  auto v = Vcpu::create(*kvm_, vm_->fd(), 0);
+  ASSERT_TRUE(v.has_value()) << v.error().message();
+  const int fd = (*v)->fd();
+  kvm_vcpu_events ev{};
+  ev.interrupt.injected = 1;
+  ev.interrupt.nr = 0x30;
+  ASSERT_TRUE(kvm_ioctl(fd, KVM_SET_VCPU_EVENTS, "KVM_SET_VCPU_EVENTS", &ev).has_value());
+
+  KvmVcpuFallbackCpu cpu(fd, false);
+  auto r = cpu.inject_exception(14, 2u);
+  ASSERT_FALSE(r.has_value());
+  EXPECT_EQ(r.error().err, EBUSY);
+  EXPECT_FALSE(cpu.inject_interrupt(0x80).has_value());
+  auto done = complete_failed_instruction(std::vector<uint8_t>{0xcc}, cpu, devices::GuestMemory{});
+  ASSERT_TRUE(done.has_value()) << done.error().message();
+  EXPECT_TRUE(done->deferred);
+  auto now = cpu.get_events();
+  ASSERT_TRUE(now.has_value());
+  EXPECT_TRUE(now->interrupt.injected);
+  EXPECT_EQ(now->interrupt.nr, 0x30);
+  EXPECT_FALSE(now->exception.injected);
+
+  ev = {};
+  ASSERT_TRUE(kvm_ioctl(fd, KVM_SET_VCPU_EVENTS, "KVM_SET_VCPU_EVENTS", &ev).has_value());
+  ASSERT_TRUE(cpu.set_cr2(0xdead000).has_value());
+  ASSERT_TRUE(cpu.inject_exception(14, 2u).has_value());
+  now = cpu.get_events();
+  ASSERT_TRUE(now.has_value());
+  EXPECT_TRUE(now->exception.injected);
+  EXPECT_EQ(now->exception.nr, 14);
+  EXPECT_TRUE(now->exception.has_error_code);
+  EXPECT_EQ(now->exception.error_code, 2u);
+  auto s = cpu.get_sregs();
+  ASSERT_TRUE(s.has_value());
+  EXPECT_EQ(s->cr2, 0xdead000u);
 }
 
 }  // namespace
