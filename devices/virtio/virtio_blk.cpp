@@ -392,12 +392,21 @@ block::Result<void> VirtioBlk::close() {
   return disk_->close();
 }
 
+uint8_t VirtioBlk::config_generation() const {
+  std::lock_guard lock(config_mutex_);
+  return generation_;
+}
+
 void VirtioBlk::read_config(uint32_t offset, std::span<uint8_t> data) const {
   // struct virtio_blk_config (5.2.4), little-endian on x86.
   uint8_t cfg[kBlkConfigSize] = {};
   auto put = [&](size_t at, auto value) { std::memcpy(cfg + at, &value, sizeof value); };
   block::Topology topo = disk_->topology();
-  put(0, shared_.capacity.load(std::memory_order_acquire));
+  {
+    // Not between a resize's capacity and its generation (resize()).
+    std::lock_guard lock(config_mutex_);
+    put(0, shared_.capacity.load(std::memory_order_acquire));
+  }
   put(8, kBlkSizeMax);          // size_max
   put(12, shared_.seg_max);     // seg_max
   put(20, uint32_t{topo.logical_block_size});                          // blk_size
@@ -446,8 +455,14 @@ void VirtioBlk::reset() {
 
 block::Result<void> VirtioBlk::resize(uint64_t new_size) {
   if (auto r = disk_->resize(new_size); !r) return r;
-  shared_.capacity.store(disk_->size() / kSector, std::memory_order_release);
-  generation_.fetch_add(1);
+  {
+    // 4.1.4.3.1, 4.2.2.2: the driver re-reads the generation to
+    // detect a change during its reads; the change must therefore be one
+    // step with the new value, not a store followed later by the bump.
+    std::lock_guard lock(config_mutex_);
+    shared_.capacity.store(disk_->size() / kSector, std::memory_order_release);
+    ++generation_;
+  }
   std::lock_guard lock(mutex_);
   if (interrupt_) interrupt_->signal_config();
   return {};
