@@ -427,18 +427,23 @@ void VirtioBlk::write_config(uint32_t, std::span<const uint8_t>) {
   // Every field we offer is read-only (no CONFIG_WCE).
 }
 
-void VirtioBlk::activate(const GuestMemory& memory, uint64_t features,
-                         std::vector<ActiveQueue> queues, VirtioInterrupt& interrupt) {
-  std::lock_guard lock(mutex_);
-  runners_.clear();
-  interrupt_ = &interrupt;
+std::unique_ptr<QueueRunner> VirtioBlk::start_queue(const GuestMemory& memory, uint64_t features,
+                                                    const ActiveQueue& queue, VirtioInterrupt& interrupt) {
   auto make_queue = [this](uint16_t size) -> std::expected<std::unique_ptr<QueueHandler>, std::string> {
     auto ctx = disk_->make_io_context(size);
     if (!ctx) return std::unexpected("cannot create I/O context: " + ctx.error().message());
     return std::make_unique<BlkQueue>(shared_, std::move(*ctx), size);
   };
+  return QueueRunner::start(memory, features, queue, options_.queue_size, interrupt, make_queue);
+}
+
+void VirtioBlk::activate(const GuestMemory& memory, uint64_t features,
+                         std::vector<ActiveQueue> queues, VirtioInterrupt& interrupt) {
+  std::lock_guard lock(mutex_);
+  runners_.clear();
+  interrupt_ = &interrupt;
   for (const ActiveQueue& q : queues) {
-    auto r = QueueRunner::start(memory, features, q, options_.queue_size, interrupt, make_queue);
+    auto r = start_queue(memory, features, q, interrupt);
     if (!r) {
       runners_.clear();
       return;
@@ -451,6 +456,20 @@ void VirtioBlk::reset() {
   std::lock_guard lock(mutex_);
   runners_.clear();  // stops and joins every queue thread
   interrupt_ = nullptr;
+}
+
+void VirtioBlk::disable_queue(uint16_t index) {
+  std::lock_guard lock(mutex_);
+  // Stops and joins that queue's thread, which waits for its requests.
+  std::erase_if(runners_, [&](const std::unique_ptr<QueueRunner>& r) { return r->index() == index; });
+}
+
+void VirtioBlk::enable_queue(const GuestMemory& memory, uint64_t features, const ActiveQueue& queue,
+                             VirtioInterrupt& interrupt) {
+  std::lock_guard lock(mutex_);
+  if (!interrupt_) return;  // not active
+  if (std::ranges::any_of(runners_, [&](const auto& r) { return r->index() == queue.index; })) return;
+  if (auto r = start_queue(memory, features, queue, interrupt)) runners_.push_back(std::move(r));
 }
 
 block::Result<void> VirtioBlk::resize(uint64_t new_size) {

@@ -88,6 +88,9 @@ class VirtioBlk final : public VirtioDevice {
   void activate(const GuestMemory& memory, uint64_t features, std::vector<ActiveQueue> queues,
                 VirtioInterrupt& interrupt) override;
   void reset() override;
+  void disable_queue(uint16_t index) override;
+  void enable_queue(const GuestMemory& memory, uint64_t features, const ActiveQueue& queue,
+                    VirtioInterrupt& interrupt) override;
 
   // Grows the backend, then capacity in config space, bumps the config
   // generation and raises the configuration-change interrupt. The capacity
@@ -122,6 +125,10 @@ class VirtioBlk final : public VirtioDevice {
   };
 
  private:
+  // A runner for `queue` (nullptr after interrupt.needs_reset()).
+  std::unique_ptr<QueueRunner> start_queue(const GuestMemory& memory, uint64_t features, const ActiveQueue& queue,
+                                           VirtioInterrupt& interrupt);
+
   std::unique_ptr<block::DiskFile> disk_;
   VirtioBlkOptions options_;
   uint64_t features_ = 0;

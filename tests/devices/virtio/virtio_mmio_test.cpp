@@ -275,6 +275,66 @@ TEST_F(MmioFixture, StatusMovingBackwardsIsRefused) {
   expect_works_after_reset();
 }
 
+// 4.2.2 QueueReady: "Reading from this register returns the last value
+// written to it." Linux's vm_setup_vq error path and vm_del_vq write 0 and
+// WARN when it still reads 1, and a later set-up of the same queue fails
+// with -ENOENT while it does. A 0 disables the queue: its registers take
+// writes again, and a 1 enables it again with what they hold. Before, the
+// 0 was ignored (the queue stayed ready and frozen).
+TEST_F(MmioFixture, QueueReadyZeroDisablesTheQueueBeforeDriverOk) {
+  DriverQueue q0(ram, kSize, 0x1000);
+  negotiate(features());
+  setup_queue(0, QueueConfig{kSize, 0x7000, 0x8000, 0x9000});  // a set-up the driver then abandons
+  ASSERT_EQ(rd(r::kQueueReady), 1u);
+  wr(r::kQueueReady, 0);
+  EXPECT_EQ(rd(r::kQueueReady), 0u) << "QueueReady must read back the 0 just written";
+  setup_queue(0, q0.config());  // the retried set-up: the registers take the new rings
+  EXPECT_EQ(rd(r::kQueueDescLow), static_cast<uint32_t>(q0.config().desc_addr));
+  EXPECT_EQ(rd(r::kQueueReady), 1u);
+  wr(r::kStatus, kAll);
+  ASSERT_EQ(rd(r::kStatus) & kStatusNeedsReset, 0u);
+  read_sector_7(q0, 0);
+  ASSERT_TRUE(wait_for([&] { return q0.used_idx() == 1; }));
+  EXPECT_EQ(ram.get<uint8_t>(0x300000), kBlkSOk);
+  EXPECT_EQ(ram.get<uint8_t>(0x200000), 0x77);
+}
+
+// After DRIVER_OK a 0 stops the device serving that queue (a notification
+// is no longer answered), the registers take writes again, and a 1 starts
+// it again on the rings they then name.
+TEST_F(MmioFixture, QueueReadyZeroStopsAQueueAfterDriverOkAndOneRestartsIt) {
+  DriverQueue q0(ram, kSize, 0x1000), q1(ram, kSize, 0x3000);
+  negotiate(features());
+  setup_queue(0, q0.config());
+  setup_queue(1, q1.config());
+  wr(r::kStatus, kAll);
+  read_sector_7(q1, 1);
+  ASSERT_TRUE(wait_for([&] { return q1.used_idx() == 1; }));
+  wr(r::kQueueSel, 1);
+  wr(r::kQueueReady, 0);
+  EXPECT_EQ(rd(r::kQueueReady), 0u);
+  // Disabled: a request made available and notified stays unanswered
+  // (the queue's thread is gone, so nothing could answer it later either).
+  read_sector_7(q1, 1);
+  wr(r::kQueueNotify, 1);
+  // Queue 0 still works meanwhile.
+  read_sector_7(q0, 0);
+  ASSERT_TRUE(wait_for([&] { return q0.used_idx() == 1; }));
+  EXPECT_EQ(q1.used_idx(), 1u);
+  // Set up again on fresh rings, then enabled: served from the start.
+  std::memset(ram.at(0x5000), 0, 0x2000);
+  DriverQueue fresh(ram, kSize, 0x5000);
+  setup_queue(1, fresh.config());
+  EXPECT_EQ(rd(r::kQueueDescLow), static_cast<uint32_t>(fresh.config().desc_addr));
+  EXPECT_EQ(rd(r::kQueueReady), 1u);
+  ram.put<uint8_t>(0x200000, 0);
+  read_sector_7(fresh, 1);
+  ASSERT_TRUE(wait_for([&] { return fresh.used_idx() == 1; }));
+  EXPECT_EQ(ram.get<uint8_t>(0x200000), 0x77);
+  EXPECT_EQ(rd(r::kStatus) & kStatusNeedsReset, 0u);
+  expect_works_after_reset();
+}
+
 // A disk whose size is all it has: resizes of terabytes cost nothing.
 class SizeOnlyDisk final : public block::DiskFile {
  public:
