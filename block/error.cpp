@@ -13,6 +13,8 @@ const char* errc_name(Errc code) {
     case Errc::LockConflict: return "image is locked by another process";
     case Errc::LockFailed: return "cannot lock image";
     case Errc::UnknownFormat: return "unknown image format";
+    case Errc::ProbedBacking:
+      return "the image was probed as QCOW2 and names a backing file; follow it only with image_type=qcow2";
     case Errc::OutOfRange: return "request past the end of the disk";
     case Errc::Unaligned: return "unaligned request";
     case Errc::ReadOnly: return "disk is read-only";
@@ -29,6 +31,8 @@ const char* errc_name(Errc code) {
     case Errc::SubmitFailed: return "cannot submit AIO request";
     case Errc::TooLarge: return "request longer than the largest transfer";
     case Errc::Cancelled: return "request cancelled";
+    case Errc::ProbeChange:
+      return "write refused: it would make this probed raw image look like another format (give image_type=raw)";
     case Errc::OutOfMemory: return "cannot allocate a buffer";
     case Errc::ShrinkRefused: return "shrinking is not supported";
     case Errc::ResizeFailed: return "resize failed";
@@ -74,6 +78,7 @@ int Error::to_errno() const {
     case Errc::QueueFull: return EAGAIN;
     case Errc::TooLarge: return E2BIG;
     case Errc::Cancelled: return ECANCELED;
+    case Errc::ProbeChange: return EPERM;
     case Errc::OutOfMemory: return ENOMEM;
     case Errc::NoSpace: return ENOSPC;
     case Errc::LockConflict: return EAGAIN;

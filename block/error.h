@@ -16,6 +16,7 @@ enum class Errc {
   LockConflict,        // another process holds a conflicting OFD lock
   LockFailed,          // fcntl(F_OFD_SETLK) failed for another reason
   UnknownFormat,       // probing could not tell the image format
+  ProbedBacking,       // a probed QCOW2 image names a backing file and the caller wants image_type=qcow2 for that
   // Requests.
   OutOfRange,          // request extends past the end of the disk
   Unaligned,           // O_DIRECT request or buffer not aligned
@@ -33,6 +34,7 @@ enum class Errc {
   SubmitFailed,        // io_submit failed
   TooLarge,            // read or write longer than kMaxTransferBytes
   Cancelled,           // dropped by IoContext::cancel() (reset, shutdown)
+  ProbeChange,         // a write that would make a probed raw image probe as another format
   OutOfMemory,         // a bounded buffer could not be allocated
   // Resizing.
   ShrinkRefused,

@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 
@@ -14,7 +15,7 @@
 namespace tern::block {
 namespace {
 
-// The first bytes of the image tell its format; QCOW2 starts "QFI\xfb".
+// The first bytes of the image tell its format (probe_bytes).
 Result<ImageType> probe(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);  // a FIFO must not block
   if (fd < 0) return fail(Errc::OpenFailed, errno, path);
@@ -22,31 +23,52 @@ Result<ImageType> probe(const std::string& path) {
   struct stat st {};
   if (::fstat(fd, &st) != 0) return fail(Errc::OpenFailed, errno, path);
   if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) return fail(Errc::NotAFile, 0, path);
-  std::array<unsigned char, 4> magic{};
+  std::array<uint8_t, kProbeBytes> head{};
   ssize_t n;
   do {
-    n = ::pread(fd, magic.data(), magic.size(), 0);
+    n = ::pread(fd, head.data(), head.size(), 0);
   } while (n < 0 && errno == EINTR);
   if (n < 0) return fail(Errc::ReadFailed, errno, path);
-  if (n == 4 && magic == std::array<unsigned char, 4>{'Q', 'F', 'I', 0xfb}) return ImageType::Qcow2;
-  return ImageType::Raw;
+  return probe_bytes(std::span<const uint8_t>(head.data(), static_cast<size_t>(n)));
 }
 
 }  // namespace
 
+ImageType probe_bytes(std::span<const uint8_t> head) {
+  // QCOW2 starts "QFI\xfb" (docs/qcow2.md); every other image is raw.
+  constexpr std::array<uint8_t, 4> kQcow2Magic{'Q', 'F', 'I', 0xfb};
+  if (head.size() >= kQcow2Magic.size() && std::equal(kQcow2Magic.begin(), kQcow2Magic.end(), head.begin())) {
+    return ImageType::Qcow2;
+  }
+  return ImageType::Raw;
+}
+
 Result<std::unique_ptr<DiskFile>> open_disk(const OpenOptions& options) {
   ImageType type = options.type;
-  if (type == ImageType::Auto) {
-    auto probed = probe(options.path);
-    if (!probed) return std::unexpected(probed.error());
-    type = *probed;
+  const bool probed = type == ImageType::Auto;
+  if (probed) {
+    auto found = probe(options.path);
+    if (!found) return std::unexpected(found.error());
+    type = *found;
   }
   if (type == ImageType::Qcow2) {
-    auto disk = qcow2::Qcow2Disk::open(options);
-    if (!disk) return std::unexpected(disk.error());
+    OpenOptions o = options;
+    // A probed header does not get to name host files unless the caller
+    // lets it (OpenOptions::follow_probed_backing).
+    const bool refuse_backing = probed && options.allow_backing && !options.follow_probed_backing;
+    if (refuse_backing) o.allow_backing = false;
+    auto disk = qcow2::Qcow2Disk::open(o);
+    if (!disk) {
+      if (refuse_backing && disk.error().code == Errc::BackingRefused) {
+        return fail(Errc::ProbedBacking, 0, disk.error().detail);
+      }
+      return std::unexpected(disk.error());
+    }
     return std::unique_ptr<DiskFile>(std::move(*disk));
   }
-  auto raw = RawDisk::open(options);
+  // QEMU's rule for a probed raw image: the guest may not write what
+  // would make the next probe see another format (RawDisk::open).
+  auto raw = RawDisk::open(options, probed);
   if (!raw) return std::unexpected(raw.error());
   return std::unique_ptr<DiskFile>(std::move(*raw));
 }

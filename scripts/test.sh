@@ -23,8 +23,4 @@ tsan_targets=(qcow2_concurrency_test qcow2_chain_stress_test virtio_test base_te
 cmake -S . -B build-tsan -G Ninja -DTERN_WERROR=ON -DTERN_SANITIZE=thread
 cmake --build build-tsan --target "${tsan_targets[@]}"
 # Debian's TSan runtime needs ASLR entropy it can map (vm.mmap_rnd_bits <= 28).
-# ResetBehindHugeRequests is left out here (it runs in the normal build): it
-# plays a guest that polls the buffer the device is reading 8 GiB into, a
-# race with the device's preadv by design that TSan reports, and under TSan
-# its worker-pool variant ran for minutes.
-setarch "$(uname -m)" -R ctest --test-dir build-tsan -L tsan -E ResetBehindHugeRequests --output-on-failure --timeout 1200
+setarch "$(uname -m)" -R ctest --test-dir build-tsan -L tsan --output-on-failure --timeout 1200

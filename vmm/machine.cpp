@@ -210,6 +210,10 @@ std::expected<void, std::string> Machine::build_devices() {
     o.direct = d.direct;
     o.lock = d.lock;
     o.allow_backing = d.backing_files;
+    // A header found by probing may be one a guest wrote into what was its
+    // raw disk: it names no backing file unless image_type=qcow2 says the
+    // header is the user's (docs/SECURITY.md, "Probed images").
+    o.follow_probed_backing = false;
     o.aio = d.aio;
     devices::VirtioBlkOptions bo;
     bo.read_only = d.readonly;

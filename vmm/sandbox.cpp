@@ -493,8 +493,11 @@ std::expected<UniqueFd, std::string> build_ruleset(const VmConfig& config, int a
     uint64_t access = LANDLOCK_ACCESS_FS_READ_FILE;
     if (!d.readonly) access |= LANDLOCK_ACCESS_FS_WRITE_FILE | LANDLOCK_ACCESS_FS_TRUNCATE;
     if (auto ok = add_path_rule(r, abi, d.path, access, "--disk " + d.id); !ok) return Unexpected(ok.error());
-    // A raw disk has no header to follow: its first bytes are the guest's.
-    if (!d.backing_files || d.image_type == block::ImageType::Raw) continue;
+    // Only a header the user vouched for (image_type=qcow2) names files:
+    // a raw disk's first bytes are the guest's, and a probed header may be
+    // too (the block layer refuses its backing file; docs/SECURITY.md,
+    // "Probed images").
+    if (!d.backing_files || d.image_type != block::ImageType::Qcow2) continue;
     for (const std::string& backing : backing_chain(d.path)) {
       auto ok = add_path_rule(r, abi, backing, LANDLOCK_ACCESS_FS_READ_FILE, "--disk " + d.id + " backing file");
       if (!ok) return Unexpected(ok.error());

@@ -133,6 +133,12 @@ Result<void> transfer(int fd, Op op, std::span<const iovec> iov_in, uint64_t off
 // that. A bounced request checks `cancelled` between chunks.
 Result<void> run_request(const RawDisk& disk, const Request& r, BounceBuffer& bounce,
                          const std::atomic<bool>* cancelled) {
+  if (disk.guards_probe_window(r)) {
+    Request tail;
+    std::vector<iovec> tail_iov;
+    if (auto head = disk.write_probe_window(r, tail, tail_iov); !head || tail.iov.empty()) return head;
+    return run_request(disk, tail, bounce, cancelled);  // past the window: not guarded again
+  }
   if (!needs_bounce(r, disk)) return disk.execute(r);
   auto chunk = bounce.get(disk.memory_alignment());
   if (!chunk) return std::unexpected(chunk.error());
@@ -353,7 +359,10 @@ class AioContext final : public IoContext {
     // Bounced requests (O_DIRECT, unaligned memory) go to the worker, which
     // copies them a chunk at a time; so do lists longer than one iocb takes.
     bool rw = request.op == Op::Read || request.op == Op::Write;
-    bool via_aio = (rw && !needs_bounce(request, disk_) && request.iov.size() <= IOV_MAX) ||
+    // So do writes into a probed image's probe window, which are checked
+    // from a private copy.
+    bool via_aio = (rw && !needs_bounce(request, disk_) && !disk_.guards_probe_window(request) &&
+                    request.iov.size() <= IOV_MAX) ||
                    (request.op == Op::Flush && aio_fsync_works_);
     if (!via_aio) {
       pool_.post(OwnedRequest::prepare(request));
@@ -496,13 +505,56 @@ Result<void> transfer(int fd, Op op, std::span<const iovec> iov_in, uint64_t off
 }  // namespace
 
 RawDisk::RawDisk(UniqueFd fd, std::string path, bool read_only, bool direct, bool block_device,
-                 AioMode aio, uint64_t size, Topology topology)
+                 AioMode aio, uint64_t size, Topology topology, bool probed)
     : fd_(std::move(fd)), path_(std::move(path)), read_only_(read_only), direct_(direct),
-      block_device_(block_device), aio_(aio), size_(size), topology_(topology) {}
+      block_device_(block_device), aio_(aio), size_(size), topology_(topology), probed_(probed) {}
 
 RawDisk::~RawDisk() = default;
 
-Result<std::unique_ptr<RawDisk>> RawDisk::open(const OpenOptions& options) {
+Result<void> RawDisk::write_probe_window(const Request& r, Request& tail, std::vector<iovec>& tail_iov) const {
+  const uint64_t window = probe_window();
+  const uint64_t total = iov_bytes(r.iov);
+  const size_t head = static_cast<size_t>(std::min<uint64_t>(window - r.offset, total));
+  AlignedBuffer copy = aligned_buffer(std::max<uint32_t>(topology_.buffer_alignment, 512), window);
+  if (!copy) return fail(Errc::OutOfMemory, ENOMEM, "probe window buffer");
+  std::lock_guard lock(probe_mutex_);
+  if (r.offset != 0 || head != window) {
+    // Only part of the window is written: what the probe will see next
+    // time includes the bytes around it.
+    std::memset(copy.get(), 0, window);
+    ssize_t n;
+    do {
+      n = ::pread(fd_.get(), copy.get(), window, 0);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) return fail(Errc::ReadFailed, errno, path_);
+  }
+  // The guest's bytes are copied once; the copy is checked and written.
+  IovPosition at;
+  copy_chunk(r.iov, at, copy.get() + r.offset, head, true);
+  if (probe_bytes(std::span<const uint8_t>(copy.get(), kProbeBytes)) != ImageType::Raw) {
+    return fail(Errc::ProbeChange, 0, path_ + ": " + std::to_string(head) + " bytes at " + std::to_string(r.offset));
+  }
+  iovec v{copy.get() + r.offset, head};
+  if (head > 0) {
+    if (auto t = transfer(fd_.get(), Op::Write, std::span<const iovec>(&v, 1), r.offset); !t) {
+      t.error().detail = path_;
+      return t;
+    }
+  }
+  tail_iov.clear();
+  for (size_t i = at.index; i < r.iov.size(); ++i) {
+    size_t skip = i == at.index ? at.offset : 0;
+    if (r.iov[i].iov_len > skip) {
+      tail_iov.push_back(iovec{static_cast<uint8_t*>(r.iov[i].iov_base) + skip, r.iov[i].iov_len - skip});
+    }
+  }
+  tail = r;
+  tail.offset = r.offset + head;
+  tail.iov = tail_iov;
+  return {};
+}
+
+Result<std::unique_ptr<RawDisk>> RawDisk::open(const OpenOptions& options, bool probed) {
   // O_NONBLOCK so that a FIFO given as a disk fails the type check below
   // instead of blocking the open; it is cleared once the file is known.
   int flags = O_CLOEXEC | O_NONBLOCK | (options.read_only ? O_RDONLY : O_RDWR) |
@@ -561,7 +613,8 @@ Result<std::unique_ptr<RawDisk>> RawDisk::open(const OpenOptions& options) {
     topology.logical_block_size = offset_align;
   }
   return std::unique_ptr<RawDisk>(new RawDisk(std::move(fd), options.path, options.read_only,
-                                              options.direct, block_device, options.aio, size, topology));
+                                              options.direct, block_device, options.aio, size, topology,
+                                              probed));
 }
 
 Capabilities RawDisk::capabilities() const {

@@ -13,11 +13,21 @@
 // that are not aligned in memory are bounced, 1 MiB at a time, through one
 // aligned buffer per thread that runs requests (Native: by its worker).
 // Reads and writes longer than kMaxTransferBytes are Errc::TooLarge.
+//
+// A raw image whose format was probed (open_disk with ImageType::Auto)
+// refuses, with Errc::ProbeChange, a write after which its first
+// kProbeBytes would probe as another format: QEMU's rule for probed raw
+// images (docs/SECURITY.md, "Probed images"). Such a write runs from a
+// private copy of those bytes, checked, so the guest cannot change them
+// between the check and the write.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <vector>
 
 #include "base/unique_fd.h"
 #include "block/disk.h"
@@ -27,7 +37,8 @@ namespace tern::block {
 
 class RawDisk final : public DiskFile {
  public:
-  [[nodiscard]] static Result<std::unique_ptr<RawDisk>> open(const OpenOptions& options);
+  // `probed`: the format was found by probing (the rule above applies).
+  [[nodiscard]] static Result<std::unique_ptr<RawDisk>> open(const OpenOptions& options, bool probed = false);
   ~RawDisk() override;
 
   std::string_view format_name() const override { return "raw"; }
@@ -48,10 +59,22 @@ class RawDisk final : public DiskFile {
   bool direct() const { return direct_; }
   uint32_t memory_alignment() const { return topology_.buffer_alignment; }
   const std::string& path() const { return path_; }
+  // A write that reaches the probed bytes of a probed image: it must go
+  // through write_probe_window(), never straight from guest memory.
+  bool guards_probe_window(const Request& r) const {
+    return probed_ && r.op == Op::Write && r.offset < probe_window();
+  }
+  // The part of such a write inside the window, from a checked private
+  // copy; `tail` is set to what is left (offset past the window, iov into
+  // `tail_iov`), empty when nothing is.
+  [[nodiscard]] Result<void> write_probe_window(const Request& r, Request& tail, std::vector<iovec>& tail_iov) const;
 
  private:
   RawDisk(UniqueFd fd, std::string path, bool read_only, bool direct, bool block_device,
-          AioMode aio, uint64_t size, Topology topology);
+          AioMode aio, uint64_t size, Topology topology, bool probed);
+  // kProbeBytes, or one direct-I/O block when that is larger (so the
+  // private copy is written with an aligned offset and length).
+  uint64_t probe_window() const { return std::max<uint64_t>(kProbeBytes, topology_.logical_block_size); }
   [[nodiscard]] Result<void> write_zeroes(uint64_t offset, uint64_t length, bool may_unmap) const;
 
   UniqueFd fd_;
@@ -62,6 +85,10 @@ class RawDisk final : public DiskFile {
   const AioMode aio_;
   std::atomic<uint64_t> size_;  // grows only; every context reads it
   const Topology topology_;
+  const bool probed_;
+  // Serializes writes into the probe window: two partial writes checked
+  // against the same old bytes could otherwise assemble a magic together.
+  mutable std::mutex probe_mutex_;
 };
 
 }  // namespace tern::block

@@ -15,6 +15,7 @@ BlkErrorKind blk_error_kind(const block::Error& error) {
     case Errc::Unaligned:
     case Errc::ReadOnly:
     case Errc::InvalidArgument:
+    case Errc::ProbeChange:  // the guest's write would turn its raw disk into another format
       return BlkErrorKind::Invalid;
     case Errc::Unsupported:
       return BlkErrorKind::Unsupported;

@@ -392,12 +392,21 @@ block::Result<void> VirtioBlk::close() {
   return disk_->close();
 }
 
+uint8_t VirtioBlk::config_generation() const {
+  std::lock_guard lock(config_mutex_);
+  return generation_;
+}
+
 void VirtioBlk::read_config(uint32_t offset, std::span<uint8_t> data) const {
   // struct virtio_blk_config (5.2.4), little-endian on x86.
   uint8_t cfg[kBlkConfigSize] = {};
   auto put = [&](size_t at, auto value) { std::memcpy(cfg + at, &value, sizeof value); };
   block::Topology topo = disk_->topology();
-  put(0, shared_.capacity.load(std::memory_order_acquire));
+  {
+    // Not between a resize's capacity and its generation (resize()).
+    std::lock_guard lock(config_mutex_);
+    put(0, shared_.capacity.load(std::memory_order_acquire));
+  }
   put(8, kBlkSizeMax);          // size_max
   put(12, shared_.seg_max);     // seg_max
   put(20, uint32_t{topo.logical_block_size});                          // blk_size
@@ -418,18 +427,23 @@ void VirtioBlk::write_config(uint32_t, std::span<const uint8_t>) {
   // Every field we offer is read-only (no CONFIG_WCE).
 }
 
-void VirtioBlk::activate(const GuestMemory& memory, uint64_t features,
-                         std::vector<ActiveQueue> queues, VirtioInterrupt& interrupt) {
-  std::lock_guard lock(mutex_);
-  runners_.clear();
-  interrupt_ = &interrupt;
+std::unique_ptr<QueueRunner> VirtioBlk::start_queue(const GuestMemory& memory, uint64_t features,
+                                                    const ActiveQueue& queue, VirtioInterrupt& interrupt) {
   auto make_queue = [this](uint16_t size) -> std::expected<std::unique_ptr<QueueHandler>, std::string> {
     auto ctx = disk_->make_io_context(size);
     if (!ctx) return std::unexpected("cannot create I/O context: " + ctx.error().message());
     return std::make_unique<BlkQueue>(shared_, std::move(*ctx), size);
   };
+  return QueueRunner::start(memory, features, queue, options_.queue_size, interrupt, make_queue);
+}
+
+void VirtioBlk::activate(const GuestMemory& memory, uint64_t features,
+                         std::vector<ActiveQueue> queues, VirtioInterrupt& interrupt) {
+  std::lock_guard lock(mutex_);
+  runners_.clear();
+  interrupt_ = &interrupt;
   for (const ActiveQueue& q : queues) {
-    auto r = QueueRunner::start(memory, features, q, options_.queue_size, interrupt, make_queue);
+    auto r = start_queue(memory, features, q, interrupt);
     if (!r) {
       runners_.clear();
       return;
@@ -444,10 +458,30 @@ void VirtioBlk::reset() {
   interrupt_ = nullptr;
 }
 
+void VirtioBlk::disable_queue(uint16_t index) {
+  std::lock_guard lock(mutex_);
+  // Stops and joins that queue's thread, which waits for its requests.
+  std::erase_if(runners_, [&](const std::unique_ptr<QueueRunner>& r) { return r->index() == index; });
+}
+
+void VirtioBlk::enable_queue(const GuestMemory& memory, uint64_t features, const ActiveQueue& queue,
+                             VirtioInterrupt& interrupt) {
+  std::lock_guard lock(mutex_);
+  if (!interrupt_) return;  // not active
+  if (std::ranges::any_of(runners_, [&](const auto& r) { return r->index() == queue.index; })) return;
+  if (auto r = start_queue(memory, features, queue, interrupt)) runners_.push_back(std::move(r));
+}
+
 block::Result<void> VirtioBlk::resize(uint64_t new_size) {
   if (auto r = disk_->resize(new_size); !r) return r;
-  shared_.capacity.store(disk_->size() / kSector, std::memory_order_release);
-  generation_.fetch_add(1);
+  {
+    // 4.1.4.3.1, 4.2.2.2: the driver re-reads the generation to
+    // detect a change during its reads; the change must therefore be one
+    // step with the new value, not a store followed later by the bump.
+    std::lock_guard lock(config_mutex_);
+    shared_.capacity.store(disk_->size() / kSector, std::memory_order_release);
+    ++generation_;
+  }
   std::lock_guard lock(mutex_);
   if (interrupt_) interrupt_->signal_config();
   return {};

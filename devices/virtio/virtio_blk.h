@@ -82,15 +82,23 @@ class VirtioBlk final : public VirtioDevice {
   uint64_t device_features() const override { return features_; }
   uint16_t num_queues() const override { return options_.num_queues; }
   uint16_t max_queue_size() const override { return options_.queue_size; }
-  uint8_t config_generation() const override { return generation_.load(); }
+  uint8_t config_generation() const override;
   void read_config(uint32_t offset, std::span<uint8_t> data) const override;
   void write_config(uint32_t offset, std::span<const uint8_t> data) override;
   void activate(const GuestMemory& memory, uint64_t features, std::vector<ActiveQueue> queues,
                 VirtioInterrupt& interrupt) override;
   void reset() override;
+  void disable_queue(uint16_t index) override;
+  void enable_queue(const GuestMemory& memory, uint64_t features, const ActiveQueue& queue,
+                    VirtioInterrupt& interrupt) override;
 
   // Grows the backend, then capacity in config space, bumps the config
-  // generation and raises the configuration-change interrupt.
+  // generation and raises the configuration-change interrupt. The capacity
+  // and the generation change together, under the lock every config and
+  // generation read takes, so a driver that reads the generation, the
+  // capacity as two halves and the generation again sees either the same
+  // generation around one capacity or two generations (virtio 1.x
+  // "Device Configuration Space"; 4.1.4.3.1, 4.2.2.2).
   [[nodiscard]] block::Result<void> resize(uint64_t new_size);
   BlkCounters counters() const;
   // Stops the queues and writes back and syncs the backend (qcow2 clears its
@@ -117,11 +125,19 @@ class VirtioBlk final : public VirtioDevice {
   };
 
  private:
+  // A runner for `queue` (nullptr after interrupt.needs_reset()).
+  std::unique_ptr<QueueRunner> start_queue(const GuestMemory& memory, uint64_t features, const ActiveQueue& queue,
+                                           VirtioInterrupt& interrupt);
+
   std::unique_ptr<block::DiskFile> disk_;
   VirtioBlkOptions options_;
   uint64_t features_ = 0;
-  std::atomic<uint8_t> generation_{0};
   Shared shared_;
+  // Config space as the driver reads it: capacity and generation move
+  // together under it (resize), and every read_config()/config_generation()
+  // takes it, so no read falls between the two.
+  mutable std::mutex config_mutex_;
+  uint8_t generation_ = 0;  // guarded by config_mutex_
   std::mutex mutex_;
   VirtioInterrupt* interrupt_ = nullptr;  // guarded by mutex_; set while active
   std::vector<std::unique_ptr<QueueRunner>> runners_;  // guarded by mutex_

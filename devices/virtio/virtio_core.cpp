@@ -87,25 +87,41 @@ const QueueRegs* VirtioCore::queue(uint16_t index) const {
 }
 
 QueueRegs* VirtioCore::queue_for_setup(uint16_t index) {
-  if (index >= num_queues_ || (status_ & kStatusDriverOk) || queues_[index].ready) return nullptr;
+  if (index >= num_queues_ || queues_[index].ready) return nullptr;
   return &queues_[index];
+}
+
+void VirtioCore::set_queue_ready(uint16_t index, bool ready) {
+  if (index >= num_queues_ || queues_[index].ready == ready) return;
+  queues_[index].ready = ready;
+  if (!active_) return;  // DRIVER_OK will start what is ready then
+  if (!ready) {
+    device_->disable_queue(index);  // joins the queue's thread, as reset() does
+  } else if (!needs_reset_.load()) {
+    device_->enable_queue(memory_, driver_features_, active_queue(index), *this);
+  }
+}
+
+ActiveQueue VirtioCore::active_queue(uint16_t index) const {
+  const QueueRegs& q = queues_[index];
+  return ActiveQueue{
+      .index = index,
+      .config = QueueConfig{.size = q.size, .desc_addr = q.desc, .avail_addr = q.driver, .used_addr = q.device},
+      .notify_fd = notify_[index].fd()};
 }
 
 void VirtioCore::activate() {
   std::vector<ActiveQueue> active;
   for (uint16_t i = 0; i < num_queues_; ++i) {
-    const QueueRegs& q = queues_[i];
-    if (!q.ready) continue;
-    active.push_back(ActiveQueue{
-        .index = i,
-        .config = QueueConfig{.size = q.size, .desc_addr = q.desc, .avail_addr = q.driver, .used_addr = q.device},
-        .notify_fd = notify_[i].fd()});
+    if (queues_[i].ready) active.push_back(active_queue(i));
   }
+  active_ = true;
   device_->activate(memory_, driver_features_, std::move(active), *this);
 }
 
 void VirtioCore::reset() {
   device_->reset();  // joins the queue threads; they never take the transport's lock
+  active_ = false;
   status_ = 0;
   driver_features_ = 0;
   for (uint16_t i = 0; i < num_queues_; ++i) {

@@ -88,9 +88,16 @@ class VirtioCore final : private VirtioInterrupt {
 
   // The queue's registers, or nullptr when it does not exist.
   const QueueRegs* queue(uint16_t index) const;
-  // The same for a write: nullptr also once the queue is ready or the driver
-  // set DRIVER_OK (4.1.4.3.2, 4.2.2.3: set-up happens before).
+  // The same for a write: nullptr also while the queue is ready (the
+  // device's view of an enabled queue never changes under its thread).
+  // virtio-pci also freezes them at DRIVER_OK (4.1.4.3.2), in the transport.
   QueueRegs* queue_for_setup(uint16_t index);
+  // virtio-mmio QueueReady (4.2.2), which reads back the last value
+  // written: 1 enables the queue, 0 disables it (its registers take
+  // writes again). Once the device is active the device starts or stops
+  // serving that queue too. Linux writes 0 when a queue's set-up fails
+  // and in vm_del_vq, and refuses to set up a queue that still reads 1.
+  void set_queue_ready(uint16_t index, bool ready);
 
   uint8_t config_generation() const { return device_->config_generation(); }
   void read_config(uint32_t offset, std::span<uint8_t> data) const { device_->read_config(offset, data); }
@@ -105,6 +112,7 @@ class VirtioCore final : private VirtioInterrupt {
              TransportSignals& signals);
   void activate();
   void reset();
+  ActiveQueue active_queue(uint16_t index) const;
 
   // VirtioInterrupt, for the device (its threads, vCPU threads, the API).
   void signal_queue(uint16_t queue) override { signals_.queue_interrupt(queue); }
@@ -120,6 +128,7 @@ class VirtioCore final : private VirtioInterrupt {
   RateLimitedLog log_;
 
   uint8_t status_ = 0;  // the driver's bits
+  bool active_ = false;  // device activated, not reset since
   uint64_t driver_features_ = 0;
   std::vector<QueueRegs> queues_;
   std::atomic<bool> needs_reset_{false};  // set by device threads too

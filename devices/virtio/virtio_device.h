@@ -10,7 +10,10 @@
 //   reset()                                         threads stopped, back to start
 //   activate(...) again after re-initialization, and so on.
 //
-// Threads: activate()/reset() come from a vCPU thread under the transport's
+// Between activate() and reset() a virtio-mmio driver may disable one queue
+// (QueueReady 0, 4.2.2) and enable it again: disable_queue(), enable_queue().
+//
+// Threads: activate()/reset()/enable_queue()/disable_queue() come from a vCPU thread under the transport's
 // lock; read_config()/write_config() from vCPU threads; the device calls the
 // VirtioInterrupt from its own threads (QueueRunner, queue_runner.h).
 #pragma once
@@ -74,6 +77,14 @@ class VirtioDevice {
                         std::vector<ActiveQueue> queues, VirtioInterrupt& interrupt) = 0;
   // Stops every queue thread and returns to the state before activate().
   virtual void reset() = 0;
+  // While active: stops serving queue `index` as reset() stops them all
+  // (nothing reaches its rings afterwards; requests running are waited
+  // for); a queue not served is left alone.
+  virtual void disable_queue(uint16_t index) = 0;
+  // While active: starts serving `queue` (validated as activate() does;
+  // failures end in interrupt.needs_reset()).
+  virtual void enable_queue(const GuestMemory& memory, uint64_t features, const ActiveQueue& queue,
+                            VirtioInterrupt& interrupt) = 0;
 };
 
 }  // namespace tern::devices

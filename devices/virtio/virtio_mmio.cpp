@@ -125,7 +125,8 @@ void VirtioMmioDevice::write_register(uint64_t offset, uint32_t value) {
       if (q) q->size = static_cast<uint16_t>(std::min<uint32_t>(value, 0xffff));
       break;
     case r::kQueueReady:
-      if (q) q->ready = value == 1;
+      // 4.2.2: reads back the last value written; 0 disables the queue.
+      if (queue_sel_ <= 0xffff && value <= 1) core_->set_queue_ready(static_cast<uint16_t>(queue_sel_), value == 1);
       break;
     case r::kQueueNotify:
       // Reached only when the ioeventfd did not match (another width, or

@@ -339,7 +339,8 @@ void VirtioPciDevice::common_write(uint64_t offset, std::span<const uint8_t> dat
     uint16_t v = get<uint16_t>(s, kQueueMsixVector);
     queue_vectors_[queue_select_].store(v < num_vectors_ ? v : kVirtioNoVector);
   }
-  if (QueueRegs* q = core_->queue_for_setup(queue_select_)) {
+  QueueRegs* q = (core_->status() & kStatusDriverOk) ? nullptr : core_->queue_for_setup(queue_select_);
+  if (q) {
     if (touches(offset, len, kQueueSize, 2)) q->size = get<uint16_t>(s, kQueueSize);
     if (touches(offset, len, kQueueDesc, 8)) q->desc = get<uint64_t>(s, kQueueDesc);
     if (touches(offset, len, kQueueDriver, 8)) q->driver = get<uint64_t>(s, kQueueDriver);

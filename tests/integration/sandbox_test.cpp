@@ -215,7 +215,8 @@ TEST_F(SandboxGuest, LogModeLetsForbiddenCallsThroughAndTheKernelLogsThem) {
   EXPECT_NE(dmesg.out.find("type=1326"), std::string::npos);
 }
 
-// Landlock: a QCOW2 overlay on a raw backing file (backing_files=on) runs
+// Landlock: a QCOW2 overlay on a raw backing file (image_type=qcow2,
+// backing_files=on) runs
 // the guest's whole check through the chain, while /etc/passwd, a file
 // beside the image and the kernel (loaded during set-up) are refused
 // (EACCES); --landlock-rules opens one more.
@@ -227,7 +228,7 @@ TEST_F(SandboxGuest, LandlockRefusesFilesOutsideTheConfigurationButNotTheChain) 
   write_file(beside, {'x'});
   write_file(allowed, {'y'});
   std::string out = boot("qcow2 over raw, Landlock",
-                         "path=" + overlay + ",backing_files=on,serial=" + kSerial + " --landlock true" +
+                         "path=" + overlay + ",image_type=qcow2,backing_files=on,serial=" + kSerial + " --landlock true" +
                              " --landlock-rules path=" + allowed + ",access=ro --sandbox-test open=" + beside +
                              " --sandbox-test open=" + allowed + " --sandbox-test open=" + base +
                              " --sandbox-test open=" + kernel,
@@ -256,6 +257,25 @@ TEST_F(SandboxGuest, LandlockGrantsNothingNamedInsideARawDisk) {
                              " --landlock true --sandbox-test open=" + beside,
                          std::string("expect_queues=1 serial=") + kSerial);
   EXPECT_NE(out.find("sandbox test: open " + beside + ": Permission denied"), std::string::npos) << out;
+}
+
+// The same header in a disk whose type is left to the probe (the default,
+// image_type=auto): the probe sees QCOW2, but a probed header may not name
+// a host file (docs/SECURITY.md, "Probed images"), so tern refuses to
+// start and says which option would follow it. Before, it started, opened
+// the named file as the disk's backing file (the guest read it) and
+// Landlock granted it.
+TEST_F(SandboxGuest, AProbedHeaderNamesNoBackingFile) {
+  std::string disk = dir_ + "/was-raw.img", secret = dir_ + "/secret.txt";
+  write_file(secret, std::vector<uint8_t>(1 << 20, 's'));
+  Shell made = sh("qemu-img create -q -f qcow2 -b " + secret + " -F raw " + disk + " && truncate -s 4M " + disk);
+  ASSERT_EQ(made.status, 0) << made.out;
+  Shell r = sh("timeout 120 " + build_dir() + "/tern --kernel " + build_dir() +
+               "/tests/guest/tern-test-guest --memory size=128M --disk path=" + disk +
+               ",backing_files=on --landlock true --sandbox-test open=" + secret + " --cmdline 'expect_queues=1'");
+  EXPECT_EQ(r.status, 1) << r.out;
+  EXPECT_NE(r.out.find("image_type=qcow2"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("open " + secret + ": opened"), std::string::npos) << r.out;
 }
 
 }  // namespace

@@ -126,6 +126,39 @@ TEST(Backing, RefusedUnlessAllowed) {
   EXPECT_NE(disk.error().message().find("backing_files=on"), std::string::npos);
 }
 
+// The VMM's rule for probed images (docs/SECURITY.md, "Probed images"):
+// with follow_probed_backing off, a QCOW2 header found by probing names no
+// file; the error says which option would follow it. With image_type=qcow2
+// given, or for callers that follow probed headers (tern-img), it opens.
+TEST(Backing, ProbedImageNamesNoBackingFileUnlessTheTypeIsGiven) {
+  TempDir dir;
+  std::string base = dir.file("base.raw");
+  std::string top = dir.file("top.qcow2");
+  std::string plain = dir.file("plain.qcow2");
+  SH_OK("qemu-img create -q -f raw '" + base + "' 1M");
+  SH_OK("qemu-img create -q -f qcow2 -b base.raw -F raw '" + top + "'");
+  SH_OK("qemu-img create -q -f qcow2 '" + plain + "' 1M");
+  OpenOptions o;
+  o.path = top;
+  o.allow_backing = true;
+  o.follow_probed_backing = false;
+  auto refused = open_disk(o);
+  ASSERT_FALSE(refused.has_value());
+  EXPECT_EQ(refused.error().code, Errc::ProbedBacking);
+  EXPECT_NE(refused.error().message().find("image_type=qcow2"), std::string::npos) << refused.error().message();
+  EXPECT_NE(refused.error().message().find("base.raw"), std::string::npos) << refused.error().message();
+  o.type = ImageType::Qcow2;  // the user says the header is theirs
+  auto given = open_disk(o);
+  ASSERT_TRUE(given.has_value()) << given.error().message();
+  given->reset();
+  o.type = ImageType::Auto;
+  o.follow_probed_backing = true;  // tern-img, as qemu-img
+  EXPECT_TRUE(open_disk(o).has_value());
+  o.follow_probed_backing = false;
+  o.path = plain;  // probed, but names nothing: opens
+  EXPECT_TRUE(open_disk(o).has_value());
+}
+
 TEST(Backing, FormatProbedWhenNotRecorded) {
   TempDir dir;
   std::string base = dir.file("base.qcow2");

@@ -199,6 +199,53 @@ TEST_P(RawBackend, PastTheEndFailsAndReadOnlyRefusesWrites) {
   EXPECT_TRUE(run_one(**rctx, Request{.op = Op::Flush, .cookie = 9}).has_value());
 }
 
+// QEMU's rule for a probed raw image (docs/SECURITY.md, "Probed images"):
+// once open_disk probed "raw", a write after which the first sector would
+// probe as QCOW2 fails and leaves the disk as it was, whichever backend
+// runs it; an ordinary write to sector 0, and the magic anywhere else, go
+// through. Before, the write went through and the next open probed QCOW2,
+// so a guest could hand tern a header of its choosing.
+TEST_P(RawBackend, ProbedRawRefusesASectorZeroWriteThatWouldProbeAsQcow2) {
+  auto probed = open_disk(OpenOptions{.path = path, .direct = GetParam().direct, .aio = GetParam().aio});
+  ASSERT_TRUE(probed.has_value()) << probed.error().message();
+  auto& disk = *probed;
+  ASSERT_EQ(disk->format_name(), "raw");
+  auto ctx = disk->make_io_context(4);
+  ASSERT_TRUE(ctx.has_value());
+  Buf plain = buffer(8192, 0x5a);
+  ASSERT_TRUE(rw(**ctx, Op::Write, 0, plain.get(), 8192));  // sector 0 is the guest's, as data
+  Buf header = buffer(8192, 0);
+  std::memcpy(header.get(), "QFI\xfb\0\0\0\3", 8);
+  auto refused = rw(**ctx, Op::Write, 0, header.get(), 8192);
+  EXPECT_FALSE(refused.has_value()) << "a write made the probed raw disk a QCOW2 image";
+  if (!refused) {
+    EXPECT_EQ(refused.error().code, Errc::ProbeChange);
+  }
+  // The magic in two buffers, the first only two bytes long: still refused.
+  iovec split[2] = {{header.get(), 2}, {header.get() + 2, 8190}};
+  EXPECT_FALSE(run_one(**ctx, Request{.op = Op::Write, .offset = 0, .iov = split, .cookie = 11}).has_value());
+  // Past the probed bytes the same bytes are data like any other.
+  ASSERT_TRUE(rw(**ctx, Op::Write, 65536, header.get(), 8192));
+  Buf back = buffer(8192, 0);
+  ASSERT_TRUE(rw(**ctx, Op::Read, 0, back.get(), 8192));
+  EXPECT_EQ(std::memcmp(back.get(), plain.get(), 8192), 0) << "a refused write changed the disk";
+  if (!GetParam().direct) {
+    // Byte-granular writes: "QF" is harmless alone, "I\xfb" after it is not.
+    ASSERT_TRUE(rw(**ctx, Op::Write, 0, header.get(), 2));
+    EXPECT_FALSE(rw(**ctx, Op::Write, 2, header.get() + 2, 2).has_value());
+  }
+  ctx->reset();
+  disk.reset();
+  auto again = open_disk(OpenOptions{.path = path, .aio = GetParam().aio});
+  ASSERT_TRUE(again.has_value()) << again.error().message();
+  EXPECT_EQ((*again)->format_name(), "raw");
+  again->reset();
+  // image_type=raw given: the bytes are the guest's, whatever they say.
+  auto raw = open();
+  auto raw_ctx = raw->make_io_context(1);
+  EXPECT_TRUE(rw(**raw_ctx, Op::Write, 0, header.get(), 8192).has_value());
+}
+
 TEST_P(RawBackend, GrowIsSeenByAnOpenContextShrinkIsRefused) {
   auto disk = open();
   auto ctx = disk->make_io_context(2);

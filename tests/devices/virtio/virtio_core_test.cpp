@@ -44,12 +44,18 @@ class FakeDevice final : public VirtioDevice {
     ++resets;
     interrupt = nullptr;
   }
+  void disable_queue(uint16_t index) override { disabled.push_back(index); }
+  void enable_queue(const GuestMemory&, uint64_t, const ActiveQueue& q, VirtioInterrupt&) override {
+    enabled.push_back(q);
+  }
 
   uint16_t queues = 2;
   uint8_t generation = 7;
   int activations = 0, resets = 0;
   uint64_t last_features = 0;
   std::vector<ActiveQueue> last_queues;
+  std::vector<uint16_t> disabled;
+  std::vector<ActiveQueue> enabled;
   VirtioInterrupt* interrupt = nullptr;
 };
 
@@ -141,9 +147,41 @@ TEST_F(CoreFixture, DriverOkActivatesWithTheReadyQueuesOnly) {
   EXPECT_EQ(dev->last_queues[0].index, 1);
   EXPECT_EQ(dev->last_queues[0].config.avail_addr, 0x2000u);
   EXPECT_EQ(dev->last_queues[0].notify_fd, core->notify_fd(1));
-  EXPECT_EQ(core->queue_for_setup(0), nullptr);  // DRIVER_OK: frozen
-  core->write_status(kAll);                      // again: no second activation
+  // Not ready: its set-up may go on (virtio-mmio may enable it later;
+  // virtio-pci freezes it at DRIVER_OK itself).
+  EXPECT_NE(core->queue_for_setup(0), nullptr);
+  core->write_status(kAll);  // again: no second activation
   EXPECT_EQ(dev->activations, 1);
+}
+
+// QueueReady (virtio-mmio, 4.2.2) through the core: before DRIVER_OK only
+// the registers change; once active, the device stops or starts the queue.
+TEST_F(CoreFixture, QueueReadyDisablesAndEnablesOneQueue) {
+  negotiate(kOffered);
+  *core->queue_for_setup(0) = QueueRegs{.size = 16, .desc = 0x1000, .driver = 0x2000, .device = 0x3000};
+  core->set_queue_ready(0, true);
+  EXPECT_EQ(core->queue_for_setup(0), nullptr);
+  core->set_queue_ready(0, false);
+  ASSERT_NE(core->queue_for_setup(0), nullptr);  // writable again
+  core->queue_for_setup(0)->desc = 0x4000;
+  core->set_queue_ready(0, true);
+  EXPECT_TRUE(dev->disabled.empty());
+  EXPECT_TRUE(dev->enabled.empty());
+  core->write_status(kAll);
+  ASSERT_EQ(dev->last_queues.size(), 1u);
+  EXPECT_EQ(dev->last_queues[0].config.desc_addr, 0x4000u);
+  core->set_queue_ready(0, false);
+  EXPECT_EQ(dev->disabled, std::vector<uint16_t>{0});
+  core->set_queue_ready(0, false);  // already disabled: nothing more
+  EXPECT_EQ(dev->disabled.size(), 1u);
+  core->queue_for_setup(0)->desc = 0x5000;
+  core->set_queue_ready(0, true);
+  ASSERT_EQ(dev->enabled.size(), 1u);
+  EXPECT_EQ(dev->enabled[0].config.desc_addr, 0x5000u);
+  EXPECT_EQ(dev->enabled[0].notify_fd, core->notify_fd(0));
+  core->write_status(0);
+  core->set_queue_ready(0, true);  // after a reset: registers only again
+  EXPECT_EQ(dev->enabled.size(), 1u);
 }
 
 TEST_F(CoreFixture, DriverOkWithoutFeaturesOkDoesNotActivate) {
@@ -273,6 +311,10 @@ class FillDevice final : public VirtioDevice {
     }
   }
   void reset() override { runners_.clear(); }
+  void disable_queue(uint16_t index) override {
+    std::erase_if(runners_, [&](const auto& r) { return r->index() == index; });
+  }
+  void enable_queue(const GuestMemory&, uint64_t, const ActiveQueue&, VirtioInterrupt&) override {}
 
  private:
   std::vector<std::unique_ptr<QueueRunner>> runners_;

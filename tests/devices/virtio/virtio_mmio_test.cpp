@@ -6,8 +6,10 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cstring>
 #include <random>
+#include <thread>
 
 #include "devices/virtio/blk_factory.h"
 #include "devices/virtio/virtio_blk.h"
@@ -271,6 +273,155 @@ TEST_F(MmioFixture, StatusMovingBackwardsIsRefused) {
   wr(r::kStatus, kAll | kStatusFailed);  // the driver gives up: allowed
   EXPECT_EQ(rd(r::kStatus), kAll | kStatusFailed);
   expect_works_after_reset();
+}
+
+// 4.2.2 QueueReady: "Reading from this register returns the last value
+// written to it." Linux's vm_setup_vq error path and vm_del_vq write 0 and
+// WARN when it still reads 1, and a later set-up of the same queue fails
+// with -ENOENT while it does. A 0 disables the queue: its registers take
+// writes again, and a 1 enables it again with what they hold. Before, the
+// 0 was ignored (the queue stayed ready and frozen).
+TEST_F(MmioFixture, QueueReadyZeroDisablesTheQueueBeforeDriverOk) {
+  DriverQueue q0(ram, kSize, 0x1000);
+  negotiate(features());
+  setup_queue(0, QueueConfig{kSize, 0x7000, 0x8000, 0x9000});  // a set-up the driver then abandons
+  ASSERT_EQ(rd(r::kQueueReady), 1u);
+  wr(r::kQueueReady, 0);
+  EXPECT_EQ(rd(r::kQueueReady), 0u) << "QueueReady must read back the 0 just written";
+  setup_queue(0, q0.config());  // the retried set-up: the registers take the new rings
+  EXPECT_EQ(rd(r::kQueueDescLow), static_cast<uint32_t>(q0.config().desc_addr));
+  EXPECT_EQ(rd(r::kQueueReady), 1u);
+  wr(r::kStatus, kAll);
+  ASSERT_EQ(rd(r::kStatus) & kStatusNeedsReset, 0u);
+  read_sector_7(q0, 0);
+  ASSERT_TRUE(wait_for([&] { return q0.used_idx() == 1; }));
+  EXPECT_EQ(ram.get<uint8_t>(0x300000), kBlkSOk);
+  EXPECT_EQ(ram.get<uint8_t>(0x200000), 0x77);
+}
+
+// After DRIVER_OK a 0 stops the device serving that queue (a notification
+// is no longer answered), the registers take writes again, and a 1 starts
+// it again on the rings they then name.
+TEST_F(MmioFixture, QueueReadyZeroStopsAQueueAfterDriverOkAndOneRestartsIt) {
+  DriverQueue q0(ram, kSize, 0x1000), q1(ram, kSize, 0x3000);
+  negotiate(features());
+  setup_queue(0, q0.config());
+  setup_queue(1, q1.config());
+  wr(r::kStatus, kAll);
+  read_sector_7(q1, 1);
+  ASSERT_TRUE(wait_for([&] { return q1.used_idx() == 1; }));
+  wr(r::kQueueSel, 1);
+  wr(r::kQueueReady, 0);
+  EXPECT_EQ(rd(r::kQueueReady), 0u);
+  // Disabled: a request made available and notified stays unanswered
+  // (the queue's thread is gone, so nothing could answer it later either).
+  read_sector_7(q1, 1);
+  wr(r::kQueueNotify, 1);
+  // Queue 0 still works meanwhile.
+  read_sector_7(q0, 0);
+  ASSERT_TRUE(wait_for([&] { return q0.used_idx() == 1; }));
+  EXPECT_EQ(q1.used_idx(), 1u);
+  // Set up again on fresh rings, then enabled: served from the start.
+  std::memset(ram.at(0x5000), 0, 0x2000);
+  DriverQueue fresh(ram, kSize, 0x5000);
+  setup_queue(1, fresh.config());
+  EXPECT_EQ(rd(r::kQueueDescLow), static_cast<uint32_t>(fresh.config().desc_addr));
+  EXPECT_EQ(rd(r::kQueueReady), 1u);
+  ram.put<uint8_t>(0x200000, 0);
+  read_sector_7(fresh, 1);
+  ASSERT_TRUE(wait_for([&] { return fresh.used_idx() == 1; }));
+  EXPECT_EQ(ram.get<uint8_t>(0x200000), 0x77);
+  EXPECT_EQ(rd(r::kStatus) & kStatusNeedsReset, 0u);
+  expect_works_after_reset();
+}
+
+// A disk whose size is all it has: resizes of terabytes cost nothing.
+class SizeOnlyDisk final : public block::DiskFile {
+ public:
+  explicit SizeOnlyDisk(uint64_t size) : size_(size) {}
+  std::string_view format_name() const override { return "size-only"; }
+  uint64_t size() const override { return size_.load(); }
+  block::Result<void> resize(uint64_t new_size) override {
+    size_.store(new_size);
+    return {};
+  }
+  block::Topology topology() const override { return {}; }
+  block::Capabilities capabilities() const override { return {}; }
+  block::Result<std::unique_ptr<block::IoContext>> make_io_context(uint32_t) override {
+    return block::fail(block::Errc::Unsupported);
+  }
+  block::Result<void> close() override { return {}; }
+  uint64_t allocated_bytes() const override { return 0; }
+
+ private:
+  std::atomic<uint64_t> size_;
+};
+
+// 4.2.2.2 (and "Device Configuration Space" for every transport): a
+// driver reads a field wider than 32 bits as two register reads between
+// two reads of ConfigGeneration, and retries when the generation changed. So a read
+// whose generations match must see one value that was really set. Two
+// capacities whose high and low halves both differ: a torn read would show
+// 0x100000000 or 0x2ffffffff. Before, resize stored the capacity and only
+// then moved the generation, so a driver could read the low half before
+// the store, the high half and the second generation after it, and see the
+// same generation around a value that never existed.
+TEST(MmioConfigGeneration, CapacityReadAcrossResizesIsWholeWhenTheGenerationIsUnchanged) {
+  constexpr uint64_t kA = 0x1ffffffffull, kB = 0x200000000ull;  // sectors
+  TestRam ram{1 << 20};
+  FakeVmServices vm;
+  auto made = make_virtio_blk({}, VirtioBlkOptions{.num_queues = 1, .queue_size = kSize, .serial = "", .id = "g"},
+                              VirtioTransport::Mmio, {.base = kBase, .gsi = kGsi}, vm, ram.memory(),
+                              std::make_unique<SizeOnlyDisk>(kA * 512));
+  ASSERT_TRUE(made.has_value()) << made.error().message;
+  VirtioMmioDevice& dev = *made->mmio;
+  VirtioBlk& blk = *made->blk;
+  std::atomic<uint64_t> resizes{0};
+  std::atomic<bool> stop{false};
+  // One thread moves the capacity between the two values as fast as it can.
+  std::jthread resizer([&] {
+    for (uint64_t i = 0; !stop.load(); ++i) {
+      ASSERT_TRUE(blk.resize((i % 2 ? kA : kB) * 512).has_value());
+      resizes.fetch_add(1);
+    }
+  });
+  std::atomic<uint64_t> torn{0}, whole{0}, example{0};
+  // Drivers read as Linux's vm_get/vm_generation do; several, so that
+  // one is likely mid-read whenever the resizing thread is preempted.
+  auto driver = [&] {
+    auto rd = [&](uint64_t off) {
+      uint32_t v = 0;
+      dev.read(off, std::span<uint8_t>(reinterpret_cast<uint8_t*>(&v), 4));
+      return v;
+    };
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+    while (std::chrono::steady_clock::now() < deadline && torn.load() == 0) {
+      for (int i = 0; i < 1000; ++i) {
+        uint64_t before = resizes.load();
+        uint32_t g1 = rd(r::kConfigGeneration);
+        uint64_t lo = rd(r::kConfig), hi = rd(r::kConfig + 4);
+        uint32_t g2 = rd(r::kConfigGeneration);
+        // The generation is 8 bits: equal after 256 changes proves nothing.
+        if (g1 != g2 || resizes.load() - before >= 255) continue;
+        uint64_t v = lo | hi << 32;
+        if (v == kA || v == kB) {
+          whole.fetch_add(1);
+        } else {
+          example.store(v);
+          torn.fetch_add(1);
+        }
+      }
+    }
+  };
+  {
+    std::jthread d1(driver), d2(driver), d3(driver);
+  }
+  stop.store(true);
+  resizer.join();
+  EXPECT_EQ(torn.load(), 0u) << "a capacity of 0x" << std::hex << example.load()
+                             << " was read with an unchanged generation (" << std::dec << whole.load()
+                             << " whole reads, " << resizes.load() << " resizes)";
+  EXPECT_GT(whole.load(), 0u);
 }
 
 TEST_F(MmioFixture, RandomWritesNeverCrashAndResetRecovers) {
