@@ -2,9 +2,12 @@
 # Sets up the machine, builds Tern, and runs every test: unit tests, block and
 # QCOW2 tests against qemu-img, KVM integration tests with the test guest,
 # the Linux tests (label linux: Debian's cloud kernel, and the small kernel
-# from Debian's linux-source proving the disk paths from inside Linux), and
-# the concurrency tests (label tsan)
-# again in a ThreadSanitizer build. This is the command CI runs (.ci/run).
+# from Debian's linux-source proving the disk paths from inside Linux on an
+# emulated KVM), the lab (label lab: the kvm and linux suites again on a real
+# KVM, kvm-amd under QEMU TCG, scripts/lab.sh, where the Linux tests boot
+# Debian's stock kernel with a 64-bit user space), and the concurrency tests
+# (label tsan) again in a ThreadSanitizer build. This is the command CI runs
+# (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Reliability on a real KVM: N consecutive boots of Debian's stock kernel
+# under tern in the lab (scripts/lab.sh), each with 2 vCPUs, 512 MiB, a raw
+# disk and a 64-bit user space that writes and reads patterns with O_DIRECT
+# (tests/linux/guest/rw.sh) and powers off. A boot passes when tern exits 0
+# and the guest kernel printed no warning. Prints one line per boot and the
+# count, median and maximum wall time (seconds, tern start to exit).
+#
+#   bench/lab-boots.sh [-n N] [-l]
+#     -n N  boots (default 50)
+#     -l    load: one busy loop per host CPU for the whole run
+#
+# Needs scripts/build.sh and scripts/make-guest.sh first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = --inside ]; then
+  n=$2
+  b=build
+  disk=/tmp/lab-boots.raw
+  truncate -s 64M "$disk"
+  pass=0
+  times=()
+  for i in $(seq 1 "$n"); do
+    read -r t0 _ < /proc/uptime
+    set +e
+    "$b/tern" --kernel "$b/guest/bzImage" --initramfs "$b/guest/initramfs64.cpio.gz" \
+      --cmdline "console=ttyS0 panic=-1 tern.run=/tests/rw.sh" --cpus boot=2 --memory size=512M \
+      --disk "path=$disk" --serial file=/tmp/boot.log --timeout 300 2> /tmp/boot.err
+    rc=$?
+    set -e
+    read -r t1 _ < /proc/uptime
+    t=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
+    verdict=pass
+    if [ "$rc" -ne 0 ]; then verdict="FAIL (exit $rc)"; fi
+    if grep -q "WARNING:\|cut here" /tmp/boot.log; then verdict="FAIL (kernel warning)"; fi
+    grep -q "tern-test: rw done" /tmp/boot.log || verdict="FAIL (no rw done)"
+    if [ "$verdict" = pass ]; then
+      pass=$((pass + 1))
+    else
+      echo "--- boot $i console tail ---"; tail -n 30 /tmp/boot.log; echo "--- tern ---"; cat /tmp/boot.err
+    fi
+    times+=("$t")
+    printf 'lab-boots: boot %d: %s, %.1f s\n' "$i" "$verdict" "$t"
+  done
+  sorted=$(printf '%s\n' "${times[@]}" | sort -n)
+  median=$(echo "$sorted" | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }')
+  max=$(echo "$sorted" | tail -n1)
+  printf 'lab-boots: %d/%d passed; median %.1f s, max %.1f s\n' "$pass" "$n" "$median" "$max"
+  [ "$pass" -eq "$n" ]
+  exit
+fi
+
+n=50
+load=0
+while getopts "n:l" o; do
+  case "$o" in
+    n) n=$OPTARG ;;
+    l) load=1 ;;
+    *) echo "usage: $0 [-n N] [-l]" >&2; exit 2 ;;
+  esac
+done
+hogs=()
+stop_hogs() { for p in "${hogs[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap stop_hogs EXIT
+if [ "$load" = 1 ]; then
+  for _ in $(seq 1 "$(nproc)"); do
+    (while :; do :; done) &
+    hogs+=($!)
+  done
+  echo "lab-boots: ${#hogs[@]} busy loops on the host" >&2
+fi
+bash scripts/lab.sh -t $((n * 400 + 600)) -- bash bench/lab-boots.sh --inside "$n"
