@@ -151,6 +151,7 @@ for a in $(/bin/busybox --list); do
 done
 echo "root:x:0:0:root:/root:/bin/sh" > "$root/etc/passwd"
 echo "root:x:0:" > "$root/etc/group"
+echo tern-lab > "$root/etc/hostname"
 
 # The source tree (without .git and build directories) and the build
 # directory's files that tests use (no objects), at their host paths.

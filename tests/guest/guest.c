@@ -930,18 +930,23 @@ static u64 rflags(void) {
   return f;
 }
 
-/* The brand string (CPUID 0x80000002..4) starts "QEMU TCG CPU". */
+/* Whether QEMU's TCG executes this guest: the word `tcg` (from a VMM that
+ * gives no CPUID), or "QEMU TCG CPU" in the brand string (0x80000002..4). */
 static int cpu_is_qemu_tcg(void) {
-  u32 r[12], a, b, c, d;
+  if (has_word("tcg")) return 1;
+  u32 r[13], a, b, c, d;
   cpuid(0x80000000u, 0, &a, &b, &c, &d);
   if (a < 0x80000004u) return 0;
   for (u32 i = 0; i < 3; ++i) cpuid(0x80000002u + i, 0, &r[4 * i], &r[4 * i + 1], &r[4 * i + 2], &r[4 * i + 3]);
+  r[12] = 0;
   const char* want = "QEMU TCG CPU";
   const char* brand = (const char*)r;
-  for (int i = 0; want[i]; ++i) {
-    if (brand[i] != want[i]) return 0;
+  for (int at = 0; brand[at]; ++at) {
+    int i = 0;
+    while (want[i] && brand[at + i] == want[i]) ++i;
+    if (!want[i]) return 1;
   }
-  return 1;
+  return 0;
 }
 
 static void cpu_checks(void) {
@@ -958,6 +963,7 @@ static void cpu_checks(void) {
   puthex(ecx1);
   puts_(" 7.ebx ");
   puthex(b);
+  puts_(cpu_is_qemu_tcg() ? " (QEMU TCG)" : "");
   putc_('\n');
   if (b & (1u << 20)) {
     __asm__ volatile("stac" ::: "memory", "cc");

@@ -12,6 +12,7 @@
 
 namespace {
 
+using tern::testing::host_cpu_is_qemu_tcg;
 using tern::testing::build_dir;
 using tern::testing::sh;
 using tern::testing::Shell;
@@ -64,6 +65,10 @@ TEST_F(TernKvm, TimeoutStopsAHungGuestWithStatusFour) {
 }
 
 TEST_F(TernKvm, InternalErrorExitsThreeWithRegisters) {
+  if (host_cpu_is_qemu_tcg()) {
+    GTEST_SKIP() << "QEMU TCG (the lab): its nested SVM gives the guest a #PF for the fetch from unbacked memory "
+                    "(a triple fault here) instead of a nested page fault, so KVM never reports the internal error";
+  }
   Shell r = boot("mmio");
   EXPECT_EQ(r.status, 3) << r.out;
   EXPECT_NE(r.out.find("KVM internal error"), std::string::npos) << r.out;

@@ -9,6 +9,18 @@
 
 namespace tern::testing {
 
+// The CPU that runs KVM's guests is QEMU's TCG (scripts/lab.sh's outer VM),
+// where a few architectural corners differ from hardware.
+inline bool host_cpu_is_qemu_tcg() {
+  FILE* f = std::fopen("/proc/cpuinfo", "r");
+  if (!f) return false;
+  char line[512];
+  bool tcg = false;
+  while (!tcg && std::fgets(line, sizeof line, f)) tcg = std::string(line).find("QEMU TCG CPU") != std::string::npos;
+  std::fclose(f);
+  return tcg;
+}
+
 inline std::string build_dir() {
   const char* b = std::getenv("TERN_BUILD_DIR");
   return b ? b : "build";

@@ -51,6 +51,11 @@ class KvmGuest : public ::testing::Test {
     auto blk = std::make_unique<VirtioBlk>(std::move(disk), opts);
     blk_ = blk.get();
     std::string full = cmdline;
+    // The guest sees no CPUID here (mini_vm.cpp), so it is told when the CPU
+    // that runs it is QEMU's TCG (the lab), which it cannot read itself.
+    std::ifstream cpuinfo("/proc/cpuinfo");
+    std::string info((std::istreambuf_iterator<char>(cpuinfo)), {});
+    if (info.find("QEMU TCG CPU") != std::string::npos) full += " tcg";
     // For measurements only: TERN_GUEST_REQS=N sets the throughput run's size.
     if (const char* n = std::getenv("TERN_GUEST_REQS"); n && full.find("reqs=") == std::string::npos) {
       full += std::string(" reqs=") + n;
