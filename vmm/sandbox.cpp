@@ -219,11 +219,14 @@ struct State {
   bool landlock = false;
   std::vector<std::string> test;
   std::vector<std::string> test_opens;  // --sandbox-test open=: the main thread tries these
+  std::vector<std::string> test_unlinks;  // --sandbox-test unlink=: and removes these
+  std::vector<pid_t> test_kills;          // --sandbox-test kill=: and signals these (0)
   pid_t pid = 0;
   std::mutex mutex;
   std::condition_variable_any armed_cv;
   bool armed = false;  // guarded by mutex
   UniqueFd ruleset;    // set before armed
+  std::vector<int> image_fds;  // set before armed: disk images and backing files
 };
 
 // Process-wide like the filters and the domain it describes; it outlives
@@ -343,6 +346,34 @@ std::expected<scmp_filter_ctx, int> build_filter(ThreadKind kind, SeccompMode mo
   return ctx;
 }
 
+// The hidden test trigger's attempts on a disk image (mmap=KIND,
+// write=KIND): what a thread taken over would do to rewrite an image
+// without pwrite (a QCOW2 header naming another backing file).
+void test_image_write(ThreadKind kind, const std::vector<std::string>& test, const std::vector<int>& fds) {
+  std::string name = thread_kind_name(kind);
+  for (const std::string& t : test) {
+    const bool map = t == "mmap=" + name, write = t == "write=" + name;
+    if (!map && !write) continue;
+    if (fds.empty()) {
+      std::fprintf(stderr, "tern: sandbox test: no image is open\n");
+      continue;
+    }
+    const int fd = fds.front();
+    std::fprintf(stderr, "tern: sandbox test: the %s thread %s image fd %d\n", name.c_str(),
+                 map ? "maps (shared, writable)" : "writes to", fd);
+    if (map) {
+      void* p = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+      std::fprintf(stderr, "tern: sandbox test: %s mmap of image fd %d: %s\n", name.c_str(), fd,
+                   p == MAP_FAILED ? errno_text(errno).c_str() : "mapped");
+      if (p != MAP_FAILED) ::munmap(p, 4096);
+    } else {
+      // Zero bytes: the filter sees the call, the image stays as it is.
+      ssize_t n = ::write(fd, "", 0);
+      std::fprintf(stderr, "tern: sandbox test: %s write to image fd %d returned %zd\n", name.c_str(), fd, n);
+    }
+  }
+}
+
 // The hidden test trigger: a call the kind's filter forbids, once confined.
 void test_forbidden_call(ThreadKind kind, const std::vector<std::string>& test) {
   std::string name = thread_kind_name(kind);
@@ -362,11 +393,21 @@ void test_forbidden_call(ThreadKind kind, const std::vector<std::string>& test) 
   }
 }
 
-// The hidden test trigger's opens, by the main thread once confined.
-void test_opens(const std::vector<std::string>& paths) {
-  for (const std::string& p : paths) {
+// The hidden test trigger's opens, removals and signals, by the main
+// thread once in the Landlock domain.
+void test_landlock(const State& s) {
+  for (const std::string& p : s.test_opens) {
     UniqueFd fd(::open(p.c_str(), O_RDONLY | O_CLOEXEC));
     std::fprintf(stderr, "tern: sandbox test: open %s: %s\n", p.c_str(), fd ? "opened" : errno_text(errno).c_str());
+  }
+  for (const std::string& p : s.test_unlinks) {
+    int r = ::unlink(p.c_str());
+    std::fprintf(stderr, "tern: sandbox test: unlink %s: %s\n", p.c_str(), r == 0 ? "removed" : errno_text(errno).c_str());
+  }
+  for (pid_t pid : s.test_kills) {
+    int r = ::kill(pid, 0);
+    std::fprintf(stderr, "tern: sandbox test: kill %d: %s\n", static_cast<int>(pid),
+                 r == 0 ? "delivered" : errno_text(errno).c_str());
   }
 }
 
@@ -390,7 +431,7 @@ void hook(ThreadKind kind, std::stop_token stop) {
   }
   // The trigger's opens test Landlock alone: under the main filter openat
   // would not be reached at all.
-  if (kind == ThreadKind::Main) test_opens(s.test_opens);
+  if (kind == ThreadKind::Main) test_landlock(s);
   if (s.seccomp != SeccompMode::Off) {
     auto filter = build_filter(kind, s.seccomp, s.pid);
     if (!filter) die(kind, "building the seccomp filter", filter.error());
@@ -398,7 +439,10 @@ void hook(ThreadKind kind, std::stop_token stop) {
     seccomp_release(*filter);
     if (rc != 0) die(kind, "seccomp_load", -rc);
   }
-  if (!s.test.empty()) test_forbidden_call(kind, s.test);
+  if (!s.test.empty()) {
+    test_image_write(kind, s.test, s.image_fds);
+    test_forbidden_call(kind, s.test);
+  }
 }
 
 // ---- Landlock ----
@@ -594,11 +638,15 @@ std::expected<std::unique_ptr<Sandbox>, std::string> Sandbox::prepare(const VmCo
     }
     state.test_opens.push_back(t.substr(5));
   }
+  for (const std::string& t : c.test) {
+    if (t.starts_with("unlink=")) state.test_unlinks.push_back(t.substr(7));
+    if (t.starts_with("kill=")) state.test_kills.push_back(static_cast<pid_t>(std::atoi(t.c_str() + 5)));
+  }
   set_thread_sandbox_hook(hook);
   return std::unique_ptr<Sandbox>(new Sandbox(config));
 }
 
-std::expected<void, std::string> Sandbox::arm() {
+std::expected<void, std::string> Sandbox::arm(std::vector<int> image_fds) {
   State& s = g_state;
   UniqueFd ruleset;
   if (s.landlock) {
@@ -609,6 +657,7 @@ std::expected<void, std::string> Sandbox::arm() {
   {
     std::lock_guard lock(s.mutex);
     s.ruleset = std::move(ruleset);
+    s.image_fds = std::move(image_fds);
     s.armed = true;
   }
   s.armed_cv.notify_all();
