@@ -97,7 +97,7 @@ struct Allow {
 // mappings only, so no thread can map an image's descriptor and write it
 // through memory; nothing executable), locks and condition variables, its
 // own end, stderr, eventfd signals and the SIGSYS report (write: never to
-// an image, see load_image_guard), abort().
+// an image, see build_image_guard), abort().
 constexpr Allow kCommon[] = {
     {"futex"},        {"sched_yield"},     {"write"},  {"exit"},          {"exit_group"},
     {"rt_sigreturn"}, {"rt_sigprocmask"},  {"mmap", Arg::AnonNoExec},     {"mprotect", Arg::NoExec},
