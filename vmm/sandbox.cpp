@@ -97,7 +97,7 @@ struct Allow {
 // mappings only, so no thread can map an image's descriptor and write it
 // through memory; nothing executable), locks and condition variables, its
 // own end, stderr, eventfd signals and the SIGSYS report (write: never to
-// an image, see build_image_guard), abort().
+// an image from a kind without pwrite, see build_image_guard), abort().
 constexpr Allow kCommon[] = {
     {"futex"},        {"sched_yield"},     {"write"},  {"exit"},          {"exit_group"},
     {"rt_sigreturn"}, {"rt_sigprocmask"},  {"mmap", Arg::AnonNoExec},     {"mprotect", Arg::NoExec},
@@ -227,6 +227,14 @@ std::vector<Allow> full_list(ThreadKind kind) {
     for (ThreadKind k : kLaunched) add(own_list(k));
   }
   return out;
+}
+
+// Whether the kind's list lets it write images anyway (pwrite64).
+bool writes_images(ThreadKind kind) {
+  for (const Allow& a : full_list(kind)) {
+    if (std::strcmp(a.name, "pwrite64") == 0) return true;
+  }
+  return false;
 }
 
 // ---- Process-wide state: the hook is a plain function. ----
@@ -384,9 +392,13 @@ std::expected<scmp_filter_ctx, int> build_filter(ThreadKind kind, SeccompMode mo
   return ctx;
 }
 
-// The second filter of every thread: write() to a disk image's or backing
+// The first filter of a thread whose kind may not pwrite (vcpu, api,
+// signal, console-in, console-out): write() to a disk image's or backing
 // file's descriptor is forbidden (kill, or logged in --seccomp log),
-// everything else is left to the kind's list. A separate filter because
+// everything else is left to the kind's list. Not for the kinds with
+// pwrite: it would add nothing, and main and the launcher outlive the
+// disks, whose numbers are then free for new descriptors (UBSan's probe
+// pipe in sanitizer builds) that the guard would forbid. A separate filter because
 // libseccomp lets an unconditional allow (the list's write) override any
 // narrower rule for the same call, and allows one comparison per argument
 // in a rule; stacked filters return the strictest answer. An allow-list of
@@ -495,7 +507,7 @@ void hook(ThreadKind kind, std::stop_token stop) {
   // The trigger's opens test Landlock alone: under the main filter openat
   // would not be reached at all.
   if (kind == ThreadKind::Main) test_landlock(s);
-  if (s.seccomp != SeccompMode::Off && !s.image_fds.empty()) {
+  if (s.seccomp != SeccompMode::Off && !s.image_fds.empty() && !writes_images(kind)) {
     auto guard = build_image_guard(s.seccomp, s.image_fds);
     if (!guard) die(kind, "building the image guard filter", guard.error());
     int rc = seccomp_load(*guard);

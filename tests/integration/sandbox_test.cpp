@@ -264,9 +264,10 @@ TEST_F(SandboxGuest, LandlockGrantsNothingNamedInsideARawDisk) {
 
 // A thread taken over rewrites a disk image through a shared writable
 // mapping of its descriptor (issue 22: a QCOW2 header's backing_file
-// pointed at /etc/shadow), or with write() at the descriptor's offset 0:
-// every kind dies with the sandbox's line, whether or not its list has
-// pwrite (docs/SECURITY.md "What each thread can still do to a disk").
+// pointed at /etc/shadow): every kind dies with the sandbox's line,
+// whether or not its list has pwrite; so does a kind without pwrite that
+// write()s at the descriptor's offset 0 (docs/SECURITY.md "What each
+// thread can still do to a disk").
 // The configuration starts every kind: a disk with aio=threads (io-worker,
 // virtio-queue via the launcher), the API (api, control), a tty console.
 class SandboxImageWrite : public SandboxGuest, public ::testing::WithParamInterface<const char*> {
@@ -280,7 +281,10 @@ class SandboxImageWrite : public SandboxGuest, public ::testing::WithParamInterf
   }
 };
 
-TEST_P(SandboxImageWrite, SharedWritableMappingOfAnImageKills) {
+class SandboxImageMmap : public SandboxImageWrite {};
+class SandboxImageWriteCall : public SandboxImageWrite {};
+
+TEST_P(SandboxImageMmap, SharedWritableMappingOfAnImageKills) {
   std::string kind = GetParam();
   Shell r = run_with("mmap=" + kind);
   EXPECT_NE(r.out.find("sandbox test: the " + kind + " thread maps (shared, writable) image fd"), std::string::npos)
@@ -291,7 +295,7 @@ TEST_P(SandboxImageWrite, SharedWritableMappingOfAnImageKills) {
   EXPECT_NE(r.out.find(line), std::string::npos) << line << "\n" << r.out;
 }
 
-TEST_P(SandboxImageWrite, WriteToAnImageKills) {
+TEST_P(SandboxImageWriteCall, WriteToAnImageKills) {
   std::string kind = GetParam();
   Shell r = run_with("write=" + kind);
   EXPECT_NE(r.out.find("sandbox test: the " + kind + " thread writes to image fd"), std::string::npos) << r.out;
@@ -301,14 +305,20 @@ TEST_P(SandboxImageWrite, WriteToAnImageKills) {
   EXPECT_NE(r.out.find(line), std::string::npos) << line << "\n" << r.out;
 }
 
-INSTANTIATE_TEST_SUITE_P(EveryKind, SandboxImageWrite,
+std::string kind_test_name(const ::testing::TestParamInfo<const char*>& info) {
+  std::string name = info.param;
+  std::replace(name.begin(), name.end(), '-', '_');
+  return name;
+}
+
+INSTANTIATE_TEST_SUITE_P(EveryKind, SandboxImageMmap,
                          ::testing::Values("main", "vcpu", "virtio-queue", "io-worker", "control", "api", "signal",
                                            "console-in", "console-out", "launcher"),
-                         [](const auto& info) {
-                           std::string name = info.param;
-                           std::replace(name.begin(), name.end(), '-', '_');
-                           return name;
-                         });
+                         kind_test_name);
+// The kinds whose lists leave out pwrite; the others may pwrite the same
+// descriptor anyway.
+INSTANTIATE_TEST_SUITE_P(KindsWithoutPwrite, SandboxImageWriteCall,
+                         ::testing::Values("vcpu", "api", "signal", "console-in", "console-out"), kind_test_name);
 
 // The API socket's directory: Landlock grants the socket's removal
 // beneath it, so it is granted only for a directory that holds nothing
