@@ -109,6 +109,12 @@ class DiskFile {
   [[nodiscard]] virtual Result<void> close() = 0;
   // Bytes the image occupies on the host ("disk size" in tern-img info).
   virtual uint64_t allocated_bytes() const = 0;
+  // Appends every descriptor open on a file of this disk (the image, a
+  // second O_DIRECT descriptor, each backing file). Fixed from open to
+  // close. The sandbox forbids write() on them to every thread, so that
+  // only the threads whose job is disk I/O can change an image
+  // (docs/SECURITY.md, "Sandbox").
+  virtual void image_fds(std::vector<int>& out) const = 0;
 };
 
 }  // namespace tern::block

@@ -6,6 +6,7 @@
 #include <sstream>
 #include <set>
 
+#include "base/thread_sandbox.h"
 #include "base/version.h"
 
 namespace tern::vmm {
@@ -305,8 +306,15 @@ std::expected<VmConfig, ParseExit> parse_command_line(int argc, const char* cons
     c.sandbox.rules.push_back(std::move(*rule));
   }
   for (const std::string& t : c.sandbox.test) {
-    if (t != "vcpu" && t != "virtio-queue" && t != "api" && !t.starts_with("open=")) {
-      return bad("--sandbox-test: expected vcpu, virtio-queue, api or open=PATH, got \"" + t + "\"");
+    bool kind = false;  // mmap=KIND, write=KIND: any thread kind
+    for (size_t k = 0; k < kThreadKindCount; ++k) {
+      std::string name = thread_kind_name(static_cast<ThreadKind>(k));
+      kind = kind || t == "mmap=" + name || t == "write=" + name;
+    }
+    if (t != "vcpu" && t != "virtio-queue" && t != "api" && !kind && !t.starts_with("open=") &&
+        !t.starts_with("unlink=") && !t.starts_with("kill=")) {
+      return bad("--sandbox-test: expected vcpu, virtio-queue, api, mmap=KIND, write=KIND, open=PATH, unlink=PATH or "
+                 "kill=PID, got \"" + t + "\"");
     }
   }
   std::set<std::string> ids;

@@ -81,8 +81,11 @@ struct SandboxConfig {
   std::vector<LandlockRule> rules;  // --landlock-rules
   // Hidden --sandbox-test (docs/SECURITY.md, "Testing the sandbox"): thread
   // kinds that make a forbidden call once confined ("vcpu",
-  // "virtio-queue", "api"), and "open=PATH" files the main thread tries
-  // to open once confined (/etc/passwd always).
+  // "virtio-queue", "api"); "mmap=KIND" and "write=KIND": the thread of
+  // that kind maps a disk image's descriptor shared and writable, or
+  // write()s to it; "open=PATH" files the main thread tries to open once
+  // in the Landlock domain (/etc/passwd always), "unlink=PATH" files it
+  // tries to remove, "kill=PID" processes it tries to signal (signal 0).
   std::vector<std::string> test;
 };
 

@@ -280,6 +280,12 @@ void Machine::finish(int status, std::string why) {
   done_cv_.notify_all();
 }
 
+std::vector<int> Machine::image_fds() const {
+  std::vector<int> out;
+  for (const Disk& d : disks_) d.device->image_fds(out);
+  return out;
+}
+
 void Machine::dump_vcpus() {
   // Under mutex_ and before status_ is set, every vCPU thread is running:
   // run() stops and clears them only after the status is set.

@@ -72,6 +72,8 @@ class Machine final : public VmControl, public devices::PowerSink {
   void dump_vcpus();
 
   const std::vector<Disk>& disks() const { return disks_; }
+  // Every descriptor open on a disk image or a backing file (for the sandbox).
+  std::vector<int> image_fds() const;
   const VmConfig& config() const { return config_; }
 
   // VmControl (vCPU threads).

@@ -75,7 +75,7 @@ int main(int argc, char** argv) {
     server = std::move(*listening);
   }
   if (*sandbox) {
-    if (auto armed = (*sandbox)->arm(); !armed) {
+    if (auto armed = (*sandbox)->arm(m.image_fds()); !armed) {
       std::fprintf(stderr, "tern: %s\n", armed.error().c_str());
       return tern::vmm::kExitVmmFailure;
     }

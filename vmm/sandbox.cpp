@@ -1,6 +1,8 @@
 #include "vmm/sandbox.h"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <linux/seccomp.h>
 #include <linux/kvm.h>
 #include <linux/landlock.h>
 #include <malloc.h>
@@ -25,6 +27,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <optional>
 #include <span>
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -53,6 +56,15 @@
 #ifndef LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET
 #define LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET (1ULL << 0)  // ABI 6
 #endif
+#ifndef LANDLOCK_SCOPE_SIGNAL
+#define LANDLOCK_SCOPE_SIGNAL (1ULL << 1)  // ABI 6
+#endif
+#ifndef LANDLOCK_CREATE_RULESET_ERRATA
+#define LANDLOCK_CREATE_RULESET_ERRATA (1U << 1)  // ABI 7 and stable backports
+#endif
+#ifndef SECCOMP_GET_ACTION_AVAIL
+#define SECCOMP_GET_ACTION_AVAIL 2
+#endif
 
 namespace tern::vmm {
 namespace {
@@ -64,7 +76,8 @@ using Unexpected = std::unexpected<std::string>;
 // How a rule narrows a call's arguments.
 enum class Arg : uint8_t {
   Any,
-  NoExec,        // mmap/mprotect: never PROT_EXEC (no new code)
+  NoExec,        // mprotect: never PROT_EXEC (no new code)
+  AnonNoExec,    // mmap: anonymous and private only, never PROT_EXEC
   OwnProcess,    // tgkill: only threads of this process
   Threads,       // clone: only CLONE_THREAD (a thread, never a process)
   SandboxPrctl,  // prctl: PR_SET_NAME and PR_SET_NO_NEW_PRIVS only
@@ -80,11 +93,14 @@ struct Allow {
   Arg arg = Arg::Any;
 };
 
-// Every thread: memory (malloc; no executable mappings), locks and
-// condition variables, its own end, stderr and the SIGSYS report, abort().
+// Every thread: memory (malloc and thread stacks: anonymous private
+// mappings only, so no thread can map an image's descriptor and write it
+// through memory; nothing executable), locks and condition variables, its
+// own end, stderr, eventfd signals and the SIGSYS report (write: never to
+// an image from a kind without pwrite, see build_image_guard), abort().
 constexpr Allow kCommon[] = {
     {"futex"},        {"sched_yield"},     {"write"},  {"exit"},          {"exit_group"},
-    {"rt_sigreturn"}, {"rt_sigprocmask"},  {"mmap", Arg::NoExec},         {"mprotect", Arg::NoExec},
+    {"rt_sigreturn"}, {"rt_sigprocmask"},  {"mmap", Arg::AnonNoExec},     {"mprotect", Arg::NoExec},
     {"munmap"},       {"madvise"},         {"brk"},    {"clock_gettime"}, {"getpid"},
     {"gettid"},       {"tgkill", Arg::OwnProcess}, {"restart_syscall"},
 };
@@ -136,8 +152,10 @@ constexpr Allow kMain[] = {
     // Waking and joining the threads, closing the disks (QCOW2 writes back
     // its tables and clears its dirty bit; AIO contexts and OFD locks go),
     // unbinding the devices' irqfds and ioeventfds, removing the API socket.
+    // No fcntl: nothing at teardown uses it, and F_SETOWN/F_SETSIG would
+    // point SIGIO at any process, F_DUPFD copy an image's descriptor.
     {"read"},   {"close"},     {"epoll_ctl"}, {"io_getevents"}, {"io_destroy"}, {"pread64"}, {"pwrite64"}, {"fdatasync"},
-    {"ftruncate"}, {"fcntl"},  {"lseek"},     {"newfstatat"}, {"unlink"},
+    {"ftruncate"}, {"lseek"},  {"newfstatat"}, {"unlink"},
     {"ioctl", Arg::TeardownIoctls},
 };
 
@@ -212,6 +230,14 @@ std::vector<Allow> full_list(ThreadKind kind) {
   return out;
 }
 
+// Whether the kind's list lets it write images anyway (pwrite64).
+bool writes_images(ThreadKind kind) {
+  for (const Allow& a : full_list(kind)) {
+    if (std::strcmp(a.name, "pwrite64") == 0) return true;
+  }
+  return false;
+}
+
 // ---- Process-wide state: the hook is a plain function. ----
 
 struct State {
@@ -220,11 +246,14 @@ struct State {
   bool landlock = false;
   std::vector<std::string> test;
   std::vector<std::string> test_opens;  // --sandbox-test open=: the main thread tries these
+  std::vector<std::string> test_unlinks;  // --sandbox-test unlink=: and removes these
+  std::vector<pid_t> test_kills;          // --sandbox-test kill=: and signals these (0)
   pid_t pid = 0;
   std::mutex mutex;
   std::condition_variable_any armed_cv;
   bool armed = false;  // guarded by mutex
   UniqueFd ruleset;    // set before armed
+  std::vector<int> image_fds;  // set before armed: disk images and backing files
 };
 
 // Process-wide like the filters and the domain it describes; it outlives
@@ -264,11 +293,22 @@ void on_sigsys(int, siginfo_t* info, void* context) {
   append(buf, n, sizeof buf, nr >= 0 && nr < kMaxSyscall && g_names[nr][0] ? g_names[nr].data() : "?");
   append(buf, n, sizeof buf, " (");
   append_number(buf, n, sizeof buf, static_cast<unsigned>(nr), 10);
-  if (nr == SYS_ioctl || nr == SYS_socket) {
-    const auto* uc = static_cast<const ucontext_t*>(context);
-    append(buf, n, sizeof buf, nr == SYS_ioctl ? ", request " : ", family ");
-    append_number(buf, n, sizeof buf, static_cast<unsigned long long>(uc->uc_mcontext.gregs[nr == SYS_ioctl ? REG_RSI : REG_RDI]),
-                  nr == SYS_ioctl ? 16 : 10);
+  const auto* uc = static_cast<const ucontext_t*>(context);
+  auto arg = [&](int reg) { return static_cast<unsigned long long>(uc->uc_mcontext.gregs[reg]); };
+  if (nr == SYS_ioctl) {
+    append(buf, n, sizeof buf, ", request ");
+    append_number(buf, n, sizeof buf, arg(REG_RSI), 16);
+  } else if (nr == SYS_socket) {
+    append(buf, n, sizeof buf, ", family ");
+    append_number(buf, n, sizeof buf, arg(REG_RDI), 10);
+  } else if (nr == SYS_write) {
+    append(buf, n, sizeof buf, ", fd ");
+    append_number(buf, n, sizeof buf, arg(REG_RDI) & 0xffffffffu, 10);
+  } else if (nr == SYS_mmap) {
+    append(buf, n, sizeof buf, ", prot ");
+    append_number(buf, n, sizeof buf, arg(REG_RDX), 16);
+    append(buf, n, sizeof buf, ", flags ");
+    append_number(buf, n, sizeof buf, arg(REG_R10), 16);
   }
   append(buf, n, sizeof buf, "); exiting\n");
   (void)!::write(STDERR_FILENO, buf, n);
@@ -310,6 +350,15 @@ std::expected<scmp_filter_ctx, int> build_filter(ThreadKind kind, SeccompMode mo
       case Arg::NoExec:
         rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 1, SCMP_A2(SCMP_CMP_MASKED_EQ, PROT_EXEC, 0));
         break;
+      case Arg::AnonNoExec:
+        // MAP_ANONYMOUS | MAP_PRIVATE among the anonymous and type bits
+        // (MAP_SHARED_VALIDATE is MAP_SHARED | MAP_PRIVATE): the fd is
+        // ignored, nothing reaches a file. No thread maps a file after
+        // set-up (the vCPUs' kvm_run areas are mapped before).
+        rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 2, SCMP_A2(SCMP_CMP_MASKED_EQ, PROT_EXEC, 0),
+                              SCMP_A3(SCMP_CMP_MASKED_EQ, MAP_ANONYMOUS | MAP_SHARED | MAP_PRIVATE,
+                                      MAP_ANONYMOUS | MAP_PRIVATE));
+        break;
       case Arg::OwnProcess:
         rc = seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 1, SCMP_A0(SCMP_CMP_EQ, static_cast<scmp_datum_t>(pid)));
         break;
@@ -344,6 +393,63 @@ std::expected<scmp_filter_ctx, int> build_filter(ThreadKind kind, SeccompMode mo
   return ctx;
 }
 
+// The first filter of a thread whose kind may not pwrite (vcpu, api,
+// signal, console-in, console-out): write() to a disk image's or backing
+// file's descriptor is forbidden (kill, or logged in --seccomp log),
+// everything else is left to the kind's list. Not for the kinds with
+// pwrite: it would add nothing, and main and the launcher outlive the
+// disks, whose numbers are then free for new descriptors (UBSan's probe
+// pipe in sanitizer builds) that the guard would forbid. A separate filter because
+// libseccomp lets an unconditional allow (the list's write) override any
+// narrower rule for the same call, and allows one comparison per argument
+// in a rule; stacked filters return the strictest answer. An allow-list of
+// fd numbers does not hold: a vCPU writes eventfds it creates when the
+// guest activates a queue, after its filter exists. The kernel reads the
+// fd as 32 bits, so the rule compares the low 32 bits. Loaded before the
+// list, which has no `seccomp`.
+std::expected<scmp_filter_ctx, int> build_image_guard(SeccompMode mode, const std::vector<int>& fds) {
+  scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);
+  if (!ctx) return std::unexpected(ENOMEM);
+  const uint32_t deny = mode == SeccompMode::Log ? SCMP_ACT_LOG : SCMP_ACT_TRAP;
+  for (int fd : fds) {
+    int rc = seccomp_rule_add(ctx, deny, SCMP_SYS(write), 1,
+                              SCMP_A0(SCMP_CMP_MASKED_EQ, 0xffffffffu, static_cast<scmp_datum_t>(static_cast<uint32_t>(fd))));
+    if (rc != 0) {
+      seccomp_release(ctx);
+      return std::unexpected(-rc);
+    }
+  }
+  return ctx;
+}
+
+// The hidden test trigger's attempts on a disk image (mmap=KIND,
+// write=KIND): what a thread taken over would do to rewrite an image
+// without pwrite (a QCOW2 header naming another backing file).
+void test_image_write(ThreadKind kind, const std::vector<std::string>& test, const std::vector<int>& fds) {
+  std::string name = thread_kind_name(kind);
+  for (const std::string& t : test) {
+    const bool map = t == "mmap=" + name, write = t == "write=" + name;
+    if (!map && !write) continue;
+    if (fds.empty()) {
+      std::fprintf(stderr, "tern: sandbox test: no image is open\n");
+      continue;
+    }
+    const int fd = fds.front();
+    std::fprintf(stderr, "tern: sandbox test: the %s thread %s image fd %d\n", name.c_str(),
+                 map ? "maps (shared, writable)" : "writes to", fd);
+    if (map) {
+      void* p = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+      std::fprintf(stderr, "tern: sandbox test: %s mmap of image fd %d: %s\n", name.c_str(), fd,
+                   p == MAP_FAILED ? errno_text(errno).c_str() : "mapped");
+      if (p != MAP_FAILED) ::munmap(p, 4096);
+    } else {
+      // Zero bytes: the filter sees the call, the image stays as it is.
+      ssize_t n = ::write(fd, "", 0);
+      std::fprintf(stderr, "tern: sandbox test: %s write to image fd %d returned %zd\n", name.c_str(), fd, n);
+    }
+  }
+}
+
 // The hidden test trigger: a call the kind's filter forbids, once confined.
 void test_forbidden_call(ThreadKind kind, const std::vector<std::string>& test) {
   std::string name = thread_kind_name(kind);
@@ -363,11 +469,21 @@ void test_forbidden_call(ThreadKind kind, const std::vector<std::string>& test) 
   }
 }
 
-// The hidden test trigger's opens, by the main thread once confined.
-void test_opens(const std::vector<std::string>& paths) {
-  for (const std::string& p : paths) {
+// The hidden test trigger's opens, removals and signals, by the main
+// thread once in the Landlock domain.
+void test_landlock(const State& s) {
+  for (const std::string& p : s.test_opens) {
     UniqueFd fd(::open(p.c_str(), O_RDONLY | O_CLOEXEC));
     std::fprintf(stderr, "tern: sandbox test: open %s: %s\n", p.c_str(), fd ? "opened" : errno_text(errno).c_str());
+  }
+  for (const std::string& p : s.test_unlinks) {
+    int r = ::unlink(p.c_str());
+    std::fprintf(stderr, "tern: sandbox test: unlink %s: %s\n", p.c_str(), r == 0 ? "removed" : errno_text(errno).c_str());
+  }
+  for (pid_t pid : s.test_kills) {
+    int r = ::kill(pid, 0);
+    std::fprintf(stderr, "tern: sandbox test: kill %d: %s\n", static_cast<int>(pid),
+                 r == 0 ? "delivered" : errno_text(errno).c_str());
   }
 }
 
@@ -391,7 +507,14 @@ void hook(ThreadKind kind, std::stop_token stop) {
   }
   // The trigger's opens test Landlock alone: under the main filter openat
   // would not be reached at all.
-  if (kind == ThreadKind::Main) test_opens(s.test_opens);
+  if (kind == ThreadKind::Main) test_landlock(s);
+  if (s.seccomp != SeccompMode::Off && !s.image_fds.empty() && !writes_images(kind)) {
+    auto guard = build_image_guard(s.seccomp, s.image_fds);
+    if (!guard) die(kind, "building the image guard filter", guard.error());
+    int rc = seccomp_load(*guard);
+    seccomp_release(*guard);
+    if (rc != 0) die(kind, "seccomp_load (image guard)", -rc);
+  }
   if (s.seccomp != SeccompMode::Off) {
     auto filter = build_filter(kind, s.seccomp, s.pid);
     if (!filter) die(kind, "building the seccomp filter", filter.error());
@@ -399,7 +522,10 @@ void hook(ThreadKind kind, std::stop_token stop) {
     seccomp_release(*filter);
     if (rc != 0) die(kind, "seccomp_load", -rc);
   }
-  if (!s.test.empty()) test_forbidden_call(kind, s.test);
+  if (!s.test.empty()) {
+    test_image_write(kind, s.test, s.image_fds);
+    test_forbidden_call(kind, s.test);
+  }
 }
 
 // ---- Landlock ----
@@ -472,6 +598,43 @@ std::vector<std::string> backing_chain(const std::string& top) {
   return chain;
 }
 
+// Signal scoping: no confined thread signals a process outside its
+// domain (the SIGIO of a descriptor's owner setting included; seccomp
+// already keeps tgkill inside this process). Every thread restricts
+// itself, so each has a domain of its own; until Landlock's erratum 2 was
+// fixed, scoping also stopped signals between threads of one process in
+// different domains, and a vCPU could no longer be kicked. So only where
+// the kernel reports that fix (LANDLOCK_CREATE_RULESET_ERRATA, bit 1).
+bool signal_scoping(int abi) {
+  if (abi < 6) return false;
+  long errata = ::syscall(SYS_landlock_create_ruleset, nullptr, 0, LANDLOCK_CREATE_RULESET_ERRATA);
+  return errata > 0 && (errata & (1L << 1)) != 0;
+}
+
+// Landlock rules cover the whole tree beneath a directory, so the right
+// to remove the API socket at exit is a right to remove any file below
+// its directory. It is granted only for a directory that is the user's,
+// writable by nobody else and holds nothing but the socket; the reason
+// it is not otherwise.
+std::optional<std::string> not_own_directory(const std::string& dir, const std::string& socket_name) {
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) != 0) return errno_text(errno);
+  if (st.st_uid != ::geteuid()) return "is not yours";
+  if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) return "is writable by others";
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return errno_text(errno);
+  std::optional<std::string> why;
+  while (const dirent* e = ::readdir(d)) {
+    std::string_view name = e->d_name;
+    if (name != "." && name != ".." && name != socket_name) {
+      why = "holds more than the socket (" + std::string(name) + ")";
+      break;
+    }
+  }
+  ::closedir(d);
+  return why;
+}
+
 std::expected<UniqueFd, std::string> build_ruleset(const VmConfig& config, int abi) {
   RulesetAttr attr{};
   attr.handled_access_fs = fs_rights(abi);
@@ -483,7 +646,14 @@ std::expected<UniqueFd, std::string> build_ruleset(const VmConfig& config, int a
   }
   if (abi >= 6) {
     attr.scoped = LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET;  // no abstract sockets outside tern
+    if (signal_scoping(abi)) attr.scoped |= LANDLOCK_SCOPE_SIGNAL;
     size = sizeof attr;
+  }
+  if ((attr.scoped & LANDLOCK_SCOPE_SIGNAL) == 0) {
+    std::fprintf(stderr,
+                 "tern: Landlock: no signal scoping on this kernel (ABI %d%s): a confined thread's signals are "
+                 "limited by seccomp alone\n",
+                 abi, abi >= 6 ? ", without the fix for erratum 2" : "");
   }
   long fd = ::syscall(SYS_landlock_create_ruleset, &attr, size, 0);
   if (fd < 0) return Unexpected(std::string("landlock_create_ruleset: ") + errno_text(errno));
@@ -504,16 +674,55 @@ std::expected<UniqueFd, std::string> build_ruleset(const VmConfig& config, int a
     }
   }
   if (config.api_socket) {
-    // Created before the sandbox; removed at exit (and a restart may make it again).
-    uint64_t access = LANDLOCK_ACCESS_FS_MAKE_SOCK | LANDLOCK_ACCESS_FS_REMOVE_FILE;
-    auto ok = add_path_rule(r, abi, directory_of(*config.api_socket), access, "--api-socket directory");
-    if (!ok) return Unexpected(ok.error());
+    // Created before the sandbox; removed at exit where its directory is
+    // tern's own (not_own_directory). Elsewhere it stays, and the next
+    // start replaces it (api/http_beast.cpp removes a socket nobody
+    // listens on).
+    const std::string& path = *config.api_socket;
+    const std::string dir = directory_of(path);
+    if (auto why = not_own_directory(dir, path.substr(path.rfind('/') + 1))) {
+      std::fprintf(stderr,
+                   "tern: Landlock: the API socket's directory %s %s: the socket stays at exit (the next start "
+                   "replaces it); give it a directory of its own to have it removed\n",
+                   dir.c_str(), why->c_str());
+    } else {
+      uint64_t access = LANDLOCK_ACCESS_FS_MAKE_SOCK | LANDLOCK_ACCESS_FS_REMOVE_FILE;
+      auto ok = add_path_rule(r, abi, dir, access, "--api-socket directory");
+      if (!ok) return Unexpected(ok.error());
+    }
   }
   for (const LandlockRule& rule : config.sandbox.rules) {
     auto ok = add_path_rule(r, abi, rule.path, rule.writable ? kRead | kWrite : kRead, "--landlock-rules");
     if (!ok) return Unexpected(ok.error());
   }
   return ruleset;
+}
+
+// A kernel without seccomp filters (no CONFIG_SECCOMP_FILTER), or
+// without the log action for --seccomp log, is found by prepare(), before
+// set-up, not by the first thread that loads its filter. The probe is
+// libseccomp's: installing a filter from a null program fails with
+// EFAULT where filters exist (EINVAL or ENOSYS where they do not);
+// prctl() where seccomp() is missing (before Linux 3.17).
+std::expected<void, std::string> check_seccomp(SeccompMode mode) {
+  const char* option = mode == SeccompMode::Log ? "--seccomp log" : "--seccomp true";
+  long r = ::syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, nullptr);
+  int err = errno;
+  if (r != 0 && err == ENOSYS) {
+    r = ::prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, nullptr, 0, 0);
+    err = errno;
+  }
+  if (r == 0 || err != EFAULT) {
+    return Unexpected(std::string(option) + ": this kernel offers no seccomp filters (" + errno_text(r == 0 ? 0 : err) +
+                      "); --seccomp false runs without them");
+  }
+  if (mode == SeccompMode::Log) {
+    uint32_t action = SECCOMP_RET_LOG;
+    if (::syscall(SYS_seccomp, SECCOMP_GET_ACTION_AVAIL, 0, &action) != 0) {
+      return Unexpected(std::string(option) + ": this kernel cannot log system calls (" + errno_text(errno) + ")");
+    }
+  }
+  return {};
 }
 
 }  // namespace
@@ -552,6 +761,7 @@ std::expected<std::unique_ptr<Sandbox>, std::string> Sandbox::prepare(const VmCo
   if (state.prepared) return Unexpected("sandbox: prepared twice");
 
   if (c.seccomp != SeccompMode::Off) {
+    if (auto ok = check_seccomp(c.seccomp); !ok) return Unexpected(ok.error());
     // Every filter once now, so that a bad list fails here and not in a thread.
     for (size_t k = 0; k < kThreadKindCount; ++k) {
       auto f = build_filter(static_cast<ThreadKind>(k), c.seccomp, ::getpid());
@@ -598,11 +808,15 @@ std::expected<std::unique_ptr<Sandbox>, std::string> Sandbox::prepare(const VmCo
     }
     state.test_opens.push_back(t.substr(5));
   }
+  for (const std::string& t : c.test) {
+    if (t.starts_with("unlink=")) state.test_unlinks.push_back(t.substr(7));
+    if (t.starts_with("kill=")) state.test_kills.push_back(static_cast<pid_t>(std::atoi(t.c_str() + 5)));
+  }
   set_thread_sandbox_hook(hook);
   return std::unique_ptr<Sandbox>(new Sandbox(config));
 }
 
-std::expected<void, std::string> Sandbox::arm() {
+std::expected<void, std::string> Sandbox::arm(std::vector<int> image_fds) {
   State& s = g_state;
   UniqueFd ruleset;
   if (s.landlock) {
@@ -613,6 +827,7 @@ std::expected<void, std::string> Sandbox::arm() {
   {
     std::lock_guard lock(s.mutex);
     s.ruleset = std::move(ruleset);
+    s.image_fds = std::move(image_fds);
     s.armed = true;
   }
   s.armed_cv.notify_all();

@@ -42,8 +42,9 @@ class Sandbox {
   [[nodiscard]] static std::expected<std::unique_ptr<Sandbox>, std::string> prepare(const VmConfig& config);
   // After set-up: the Landlock ruleset (disks, backing chains, the API
   // socket's directory, --landlock-rules), then threads may confine
-  // themselves. The message names the path that failed.
-  [[nodiscard]] std::expected<void, std::string> arm();
+  // themselves. `image_fds`: every descriptor open on a disk image or a
+  // backing file (Machine::image_fds). The message names the path that failed.
+  [[nodiscard]] std::expected<void, std::string> arm(std::vector<int> image_fds);
   ~Sandbox();  // removes the hook; confined threads stay confined
   Sandbox(const Sandbox&) = delete;
   Sandbox& operator=(const Sandbox&) = delete;

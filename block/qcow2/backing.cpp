@@ -24,6 +24,7 @@ class RawBacking final : public Backing {
  public:
   RawBacking(std::unique_ptr<HostFile> file, uint64_t size) : file_(std::move(file)), size_(size) {}
   uint64_t size() const override { return size_; }
+  void image_fds(std::vector<int>& out) const override { out.push_back(file_->fd()); }
 
  protected:
   Result<void> read_inside(uint64_t offset, std::span<uint8_t> buf) override {
@@ -42,8 +43,11 @@ class RawBacking final : public Backing {
 // read under the shared lock without transfer tickets.
 class Qcow2Backing final : public Backing {
  public:
-  explicit Qcow2Backing(std::unique_ptr<Engine> engine) : engine_(std::move(engine)), size_(engine_->size()) {}
+  explicit Qcow2Backing(std::unique_ptr<Engine> engine) : engine_(std::move(engine)), size_(engine_->size()) {
+    engine_->image_fds(fds_);
+  }
   uint64_t size() const override { return size_; }
+  void image_fds(std::vector<int>& out) const override { out.insert(out.end(), fds_.begin(), fds_.end()); }
 
  protected:
   Result<void> read_inside(uint64_t offset, std::span<uint8_t> buf) override {
@@ -70,6 +74,7 @@ class Qcow2Backing final : public Backing {
   RwLock lock_;
   std::unique_ptr<Engine> engine_;  // guarded by lock_
   uint64_t size_;                   // a read-only image never changes size
+  std::vector<int> fds_;            // fixed at open: read without the lock
 };
 
 // "top -> middle -> this" for errors.

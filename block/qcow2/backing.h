@@ -22,6 +22,8 @@ class Backing {
   // rest zeros. Thread-safe: the overlay calls it from concurrent shared
   // sections (docs/qcow2.md, "Concurrency").
   [[nodiscard]] Result<void> read(uint64_t offset, std::span<uint8_t> buf);
+  // The descriptors open on this file and the files below it (DiskFile::image_fds).
+  virtual void image_fds(std::vector<int>& out) const = 0;
 
  protected:
   [[nodiscard]] virtual Result<void> read_inside(uint64_t offset, std::span<uint8_t> buf) = 0;

@@ -21,6 +21,11 @@ Engine::Engine(std::unique_ptr<HostFile> file, Header header, const EngineOption
 
 Engine::~Engine() = default;
 
+void Engine::image_fds(std::vector<int>& out) const {
+  out.push_back(file_->fd());
+  if (backing_) backing_->image_fds(out);
+}
+
 Result<std::unique_ptr<Engine>> Engine::open(std::unique_ptr<HostFile> file,
                                              const std::string& path,
                                              const EngineOptions& options) {

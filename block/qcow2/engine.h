@@ -100,6 +100,8 @@ class Engine {
   bool read_only() const { return options_.read_only; }
   bool has_backing() const { return backing_ != nullptr; }
   HostFile& file() { return *file_; }
+  // The image's descriptor and those of its backing chain (DiskFile::image_fds).
+  void image_fds(std::vector<int>& out) const;
 
   // Reads [offset, offset + iov_length(iov)). With `deferred`, data of
   // allocated standard clusters is left for the caller (the extents are

@@ -342,7 +342,10 @@ Qcow2Disk::Qcow2Disk(std::unique_ptr<Engine> engine, UniqueFd data_fd, bool read
       read_only_(read_only),
       path_(std::move(path)),
       cluster_size_(static_cast<uint32_t>(engine_->header().cluster_size())),
-      size_(engine_->size()) {}
+      size_(engine_->size()) {
+  engine_->image_fds(image_fds_);
+  if (data_fd_) image_fds_.push_back(data_fd_.get());
+}
 
 Qcow2Disk::~Qcow2Disk() {
   // Best effort, as the interface says; close() is where errors are seen.
@@ -420,6 +423,8 @@ Result<void> Qcow2Disk::close() {
   if (r) closed_ = true;
   return r;
 }
+
+void Qcow2Disk::image_fds(std::vector<int>& out) const { out.insert(out.end(), image_fds_.begin(), image_fds_.end()); }
 
 uint64_t Qcow2Disk::allocated_bytes() const {
   struct stat st {};

@@ -42,6 +42,7 @@ class Qcow2Disk final : public DiskFile {
   Result<std::unique_ptr<IoContext>> make_io_context(uint32_t depth) override;
   Result<void> close() override;
   uint64_t allocated_bytes() const override;
+  void image_fds(std::vector<int>& out) const override;
 
   // The exclusive lock scope over the shared engine: any engine call.
   template <class Fn>
@@ -76,6 +77,7 @@ class Qcow2Disk final : public DiskFile {
   bool closed_ = false;  // guarded by lock_, exclusive
   uint32_t cluster_size_;
   std::atomic<uint64_t> size_;
+  std::vector<int> image_fds_;  // fixed at open: read without the lock
 };
 
 }  // namespace tern::block::qcow2

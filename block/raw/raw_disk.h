@@ -49,6 +49,7 @@ class RawDisk final : public DiskFile {
   Result<std::unique_ptr<IoContext>> make_io_context(uint32_t depth) override;
   Result<void> close() override;
   uint64_t allocated_bytes() const override;
+  void image_fds(std::vector<int>& out) const override { out.push_back(fd_.get()); }
 
   // What every context checks before doing a request: range, read-only,
   // direct-I/O alignment of offset and length.

@@ -108,6 +108,7 @@ class VirtioBlk final : public VirtioDevice {
   uint64_t capacity_sectors() const { return shared_.capacity.load(std::memory_order_acquire); }
   const std::string& id() const { return options_.id; }
   std::string_view format_name() const { return disk_->format_name(); }
+  void image_fds(std::vector<int>& out) const { disk_->image_fds(out); }
 
   // Shared with the queue workers.
   struct Shared {

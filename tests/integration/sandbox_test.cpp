@@ -8,11 +8,13 @@
 // resize keep working.
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <map>
@@ -122,7 +124,9 @@ class SandboxGuest : public VirtioBlkGuest {
 // privileges, and a name that says its kind. With --landlock true and a
 // file the test trigger may not open, a live resize still works.
 TEST_F(SandboxGuest, EveryThreadIsConfinedAndNamedAndResizeStillWorks) {
-  std::string disk = raw_image(), sock = dir_ + "/api.sock", beside = dir_ + "/beside.txt";
+  // The socket in a directory of its own, so that it is removed at exit.
+  std::string disk = raw_image(), sock = dir_ + "/api/api.sock", beside = dir_ + "/beside.txt";
+  ASSERT_EQ(::mkdir((dir_ + "/api").c_str(), 0700), 0);
   write_file(beside, {'x'});
   start({"--cmdline", "idle", "--cpus", "boot=2", "--disk", "path=" + disk + ",id=data,num_queues=2,aio=threads",
          "--api-socket", sock, "--serial", "tty", "--seccomp", "true", "--landlock", "true", "--sandbox-test",
@@ -276,6 +280,105 @@ TEST_F(SandboxGuest, AProbedHeaderNamesNoBackingFile) {
   EXPECT_EQ(r.status, 1) << r.out;
   EXPECT_NE(r.out.find("image_type=qcow2"), std::string::npos) << r.out;
   EXPECT_EQ(r.out.find("open " + secret + ": opened"), std::string::npos) << r.out;
+}
+
+// A thread taken over rewrites a disk image through a shared writable
+// mapping of its descriptor (issue 22: a QCOW2 header's backing_file
+// pointed at /etc/shadow): every kind dies with the sandbox's line,
+// whether or not its list has pwrite; so does a kind without pwrite that
+// write()s at the descriptor's offset 0 (docs/SECURITY.md "What each
+// thread can still do to a disk").
+// The configuration starts every kind: a disk with aio=threads (io-worker,
+// virtio-queue via the launcher), the API (api, control), a tty console.
+class SandboxImageWrite : public SandboxGuest, public ::testing::WithParamInterface<const char*> {
+ protected:
+  Shell run_with(const std::string& test) {
+    std::string disk = raw_image();
+    return sh("timeout 120 " + build_dir() + "/tern --kernel " + build_dir() +
+              "/tests/guest/tern-test-guest --memory size=128M --cmdline 'prepared expect_queues=1 serial=" + kSerial +
+              "' --serial tty --disk path=" + disk + ",serial=" + kSerial + ",aio=threads --api-socket " + dir_ +
+              "/api.sock --seccomp true --sandbox-test " + test + " < /dev/null");
+  }
+};
+
+class SandboxImageMmap : public SandboxImageWrite {};
+class SandboxImageWriteCall : public SandboxImageWrite {};
+
+TEST_P(SandboxImageMmap, SharedWritableMappingOfAnImageKills) {
+  std::string kind = GetParam();
+  Shell r = run_with("mmap=" + kind);
+  EXPECT_NE(r.out.find("sandbox test: the " + kind + " thread maps (shared, writable) image fd"), std::string::npos)
+      << r.out;
+  EXPECT_EQ(r.out.find("mmap of image fd"), std::string::npos) << "the mapping was made:\n" << r.out;
+  EXPECT_EQ(r.status, 1) << r.out;
+  std::string line = "tern: seccomp: the " + kind + " thread made a forbidden system call: mmap (9";
+  EXPECT_NE(r.out.find(line), std::string::npos) << line << "\n" << r.out;
+}
+
+TEST_P(SandboxImageWriteCall, WriteToAnImageKills) {
+  std::string kind = GetParam();
+  Shell r = run_with("write=" + kind);
+  EXPECT_NE(r.out.find("sandbox test: the " + kind + " thread writes to image fd"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("write to image fd"), std::string::npos) << "the write went through:\n" << r.out;
+  EXPECT_EQ(r.status, 1) << r.out;
+  std::string line = "tern: seccomp: the " + kind + " thread made a forbidden system call: write (1";
+  EXPECT_NE(r.out.find(line), std::string::npos) << line << "\n" << r.out;
+}
+
+std::string kind_test_name(const ::testing::TestParamInfo<const char*>& info) {
+  std::string name = info.param;
+  std::replace(name.begin(), name.end(), '-', '_');
+  return name;
+}
+
+INSTANTIATE_TEST_SUITE_P(EveryKind, SandboxImageMmap,
+                         ::testing::Values("main", "vcpu", "virtio-queue", "io-worker", "control", "api", "signal",
+                                           "console-in", "console-out", "launcher"),
+                         kind_test_name);
+// The kinds whose lists leave out pwrite; the others may pwrite the same
+// descriptor anyway.
+INSTANTIATE_TEST_SUITE_P(KindsWithoutPwrite, SandboxImageWriteCall,
+                         ::testing::Values("vcpu", "api", "signal", "console-in", "console-out"), kind_test_name);
+
+// The API socket's directory: Landlock grants the socket's removal
+// beneath it, so it is granted only for a directory that holds nothing
+// but the socket (a confined thread once removed a file deep below a
+// shared one); in a shared directory the socket stays at exit. And no
+// confined thread may signal another process (LANDLOCK_SCOPE_SIGNAL).
+TEST_F(SandboxGuest, LandlockKeepsTheSocketDirectoryAndOtherProcessesOutOfReach) {
+  std::string disk = raw_image(), deep = dir_ + "/deep/er/file.txt", sock = dir_ + "/api.sock";
+  std::filesystem::create_directories(dir_ + "/deep/er");
+  write_file(deep, {'d'});
+  pid_t other = ::fork();
+  if (other == 0) {
+    ::pause();
+    ::_exit(0);
+  }
+  ASSERT_GT(other, 0);
+  std::string out = boot("Landlock, socket beside the disk",
+                         "path=" + disk + ",serial=" + kSerial + " --landlock true --api-socket " + sock +
+                             " --sandbox-test unlink=" + deep + " --sandbox-test kill=" + std::to_string(other),
+                         std::string("prepared expect_queues=1 serial=") + kSerial);
+  ::kill(other, SIGKILL);
+  ::waitpid(other, nullptr, 0);
+  EXPECT_NE(out.find("sandbox test: unlink " + deep + ": Permission denied"), std::string::npos) << out;
+  EXPECT_TRUE(std::filesystem::exists(deep));
+  if (out.find("Landlock: no signal scoping") == std::string::npos) {
+    EXPECT_NE(out.find("sandbox test: kill " + std::to_string(other) + ": Operation not permitted"),
+              std::string::npos)
+        << out;
+  }
+  EXPECT_NE(out.find("holds more than the socket"), std::string::npos) << out;
+
+  // A directory of its own: the socket is removed at exit.
+  std::string own = dir_ + "/sockdir";
+  ASSERT_EQ(::mkdir(own.c_str(), 0700), 0);
+  out = boot("Landlock, socket in a directory of its own",
+             "path=" + disk + ",serial=" + kSerial + " --landlock true --api-socket " + own +
+                 "/api.sock --sandbox-test unlink=" + own + "/nothing",
+             std::string("prepared expect_queues=1 serial=") + kSerial);
+  EXPECT_NE(out.find("sandbox test: unlink " + own + "/nothing: No such file or directory"), std::string::npos) << out;
+  EXPECT_FALSE(std::filesystem::exists(own + "/api.sock"));
 }
 
 }  // namespace

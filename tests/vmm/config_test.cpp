@@ -214,12 +214,18 @@ TEST(Config, Sandbox) {
            {"--landlock-rules", "access=rw"},
            {"--landlock-rules", "path=/a,access=wo"},
            {"--landlock-rules", "path=/a,access=ro,mode=1"},
-           {"--sandbox-test", "launcher"}}) {
+           {"--sandbox-test", "launcher"},
+           {"--sandbox-test", "mmap=nobody"},
+           {"--sandbox-test", "write=vcpus"}}) {
     args.insert(args.begin(), {"--kernel", "/etc/hostname"});
     auto bad = parse(args);
     ASSERT_FALSE(bad.has_value()) << args[2] << " " << args[3];
     EXPECT_EQ(bad.error().exit_code, 1);
     EXPECT_NE(bad.error().message.find(args[2]), std::string::npos) << bad.error().message;
+  }
+  for (const char* t : {"mmap=launcher", "write=console-out", "unlink=/a/b", "kill=1"}) {
+    auto ok = parse({"--kernel", "/etc/hostname", "--sandbox-test", t});
+    EXPECT_TRUE(ok.has_value()) << t << ": " << ok.error().message;
   }
   // The trigger is for tests: not in --help.
   EXPECT_EQ(parse({"--help"}).error().message.find("--sandbox-test"), std::string::npos);

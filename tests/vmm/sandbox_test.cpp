@@ -6,8 +6,15 @@
 
 #include <gtest/gtest.h>
 
+#include <seccomp.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
+#include <string>
 
 namespace tern::vmm {
 namespace {
@@ -26,7 +33,10 @@ TEST(Sandbox, NoKindOpensExecsConnectsOrTracesAndOnlyTheLauncherClones) {
     for (const char* never : {"execve", "execveat", "open", "openat", "openat2", "creat", "socket", "connect",
                               "bind", "listen", "ptrace", "process_vm_writev", "process_vm_readv", "kill", "fork",
                               "vfork", "clone3", "mount", "chmod", "rename", "renameat2", "memfd_create",
-                              "pidfd_open", "setuid", "unshare", "bpf", "perf_event_open"}) {
+                              "pidfd_open", "setuid", "unshare", "bpf", "perf_event_open", "dup", "dup2", "dup3",
+                              // F_SETOWN/F_SETSIG point SIGIO at any process; F_DUPFD copies an image fd
+                              "fcntl", "mknodat", "splice", "sendfile", "copy_file_range", "mremap",
+                              "remap_file_pages", "pwritev2", "io_uring_setup"}) {
       EXPECT_FALSE(allows(kind, never)) << thread_kind_name(kind) << " allows " << never;
     }
     EXPECT_EQ(allows(kind, "clone"), kind == ThreadKind::Launcher) << thread_kind_name(kind);
@@ -36,6 +46,49 @@ TEST(Sandbox, NoKindOpensExecsConnectsOrTracesAndOnlyTheLauncherClones) {
     auto kind = static_cast<ThreadKind>(k);
     EXPECT_EQ(allows(kind, "unlink"), kind == ThreadKind::Main) << thread_kind_name(kind);
   }
+}
+
+// A kernel without seccomp filters is found by prepare(), first thing in
+// main, not by the first thread that loads its filter after set-up. The
+// child plays such a kernel: seccomp() is ENOSYS, prctl's seccomp
+// operations EINVAL.
+TEST(Sandbox, AKernelWithoutSeccompFiltersIsRefusedAtStart) {
+  int out[2];
+  ASSERT_EQ(::pipe(out), 0);
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    ::close(out[0]);
+    ::dup2(out[1], STDERR_FILENO);
+    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) ::_exit(2);
+    scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);
+    bool ok = ctx && seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(seccomp), 0) == 0 &&
+              seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EINVAL), SCMP_SYS(prctl), 1,
+                               SCMP_A0(SCMP_CMP_EQ, PR_SET_SECCOMP)) == 0 &&
+              seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EINVAL), SCMP_SYS(prctl), 1,
+                               SCMP_A0(SCMP_CMP_EQ, PR_GET_SECCOMP)) == 0 &&
+              seccomp_load(ctx) == 0;
+    if (!ok) ::_exit(2);
+    VmConfig config;
+    config.sandbox.seccomp = SeccompMode::Kill;
+    config.sandbox.landlock = LandlockMode::Off;
+    auto sandbox = Sandbox::prepare(config);
+    if (sandbox) {
+      std::fprintf(stderr, "prepare succeeded\n");
+      ::_exit(1);
+    }
+    std::fprintf(stderr, "%s\n", sandbox.error().c_str());
+    ::_exit(0);
+  }
+  ::close(out[1]);
+  std::string text;
+  char buf[256];
+  for (ssize_t n; (n = ::read(out[0], buf, sizeof buf)) > 0;) text.append(buf, static_cast<size_t>(n));
+  ::close(out[0]);
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status)) << text;
+  EXPECT_EQ(WEXITSTATUS(status), 0) << text;
+  EXPECT_NE(text.find("--seccomp true: this kernel offers no seccomp filters"), std::string::npos) << text;
 }
 
 TEST(Sandbox, TheLauncherHoldsTheListsOfTheThreadsItCreates) {

@@ -197,6 +197,7 @@ class MemDisk final : public block::DiskFile {
                                                                .write_zeroes = true})
       : data_(size), caps_(caps) {}
   std::string_view format_name() const override { return "mem"; }
+  void image_fds(std::vector<int>&) const override {}  // no file
   uint64_t size() const override {
     std::lock_guard lock(mutex_);
     return data_.size();

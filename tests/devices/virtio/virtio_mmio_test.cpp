@@ -352,6 +352,7 @@ class SizeOnlyDisk final : public block::DiskFile {
   }
   block::Result<void> close() override { return {}; }
   uint64_t allocated_bytes() const override { return 0; }
+  void image_fds(std::vector<int>&) const override {}
 
  private:
   std::atomic<uint64_t> size_;
