@@ -249,11 +249,13 @@ std::expected<void, std::string> Machine::build_devices() {
 std::expected<void, std::string> Machine::build_vcpus() {
   auto supported = kvm_.supported_cpuid();
   if (!supported) return Unexpected(supported.error().message());
+  const auto brand = ax::host_brand_string();
   for (uint32_t i = 0; i < config_.cpus; ++i) {
     auto v = Vcpu::create(kvm_, vm_.fd(), i);
     if (!v) return Unexpected("vCPU " + std::to_string(i) + ": " + v.error().message());
     auto cpuid = *supported;
     ax::filter_cpuid(cpuid, i, config_.cpus);
+    ax::set_brand_string(cpuid, brand);
     if (cpu_profile_ == CpuProfile::Emulated) ax::hide_unemulated_features(cpuid);
     if (auto r = (*v)->setup_common(std::move(cpuid)); !r) {
       return Unexpected("vCPU " + std::to_string(i) + ": " + r.error().message());

@@ -1,5 +1,7 @@
 #include "arch/x86_64/cpu_setup.h"
 
+#include <cpuid.h>
+
 #include <bit>
 #include <algorithm>
 #include <cstring>
@@ -83,6 +85,52 @@ void filter_cpuid(std::vector<kvm_cpuid_entry2>& entries, uint32_t index, uint32
     std::memcpy(&sig.edx, "M\0\0\0", 4);
     entries.push_back(sig);
   }
+}
+
+void set_brand_string(std::vector<kvm_cpuid_entry2>& entries, std::span<const uint8_t, 48> brand) {
+  constexpr uint32_t kExtMax = 0x80000000, kBrandFirst = 0x80000002, kBrandLast = 0x80000004;
+  bool have_max = false;
+  for (auto& e : entries) {
+    if (e.function == kExtMax) {
+      have_max = true;
+      if (e.eax < kBrandLast) e.eax = kBrandLast;
+    }
+  }
+  if (!have_max) {
+    kvm_cpuid_entry2 e{};
+    e.function = kExtMax;
+    e.eax = kBrandLast;
+    entries.push_back(e);
+  }
+  for (uint32_t leaf = kBrandFirst; leaf <= kBrandLast; ++leaf) {
+    auto it = std::find_if(entries.begin(), entries.end(), [&](const kvm_cpuid_entry2& e) { return e.function == leaf; });
+    if (it == entries.end()) {
+      kvm_cpuid_entry2 e{};
+      e.function = leaf;
+      entries.push_back(e);
+      it = entries.end() - 1;
+    }
+    const uint8_t* p = brand.data() + 16 * (leaf - kBrandFirst);
+    std::memcpy(&it->eax, p, 4);
+    std::memcpy(&it->ebx, p + 4, 4);
+    std::memcpy(&it->ecx, p + 8, 4);
+    std::memcpy(&it->edx, p + 12, 4);
+  }
+}
+
+std::array<uint8_t, 48> host_brand_string() {
+  std::array<uint8_t, 48> out{};
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (__get_cpuid(0x80000000, &a, &b, &c, &d) == 0 || a < 0x80000004) return out;
+  for (unsigned i = 0; i < 3; ++i) {
+    __get_cpuid(0x80000002 + i, &a, &b, &c, &d);
+    std::memcpy(out.data() + 16 * i, &a, 4);
+    std::memcpy(out.data() + 16 * i + 4, &b, 4);
+    std::memcpy(out.data() + 16 * i + 8, &c, 4);
+    std::memcpy(out.data() + 16 * i + 12, &d, 4);
+  }
+  out[47] = 0;
+  return out;
 }
 
 size_t hide_unemulated_features(std::vector<kvm_cpuid_entry2>& entries) {

@@ -9,6 +9,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <array>
+#include <span>
 #include <vector>
 
 namespace tern::arch::x86_64 {
@@ -20,6 +22,15 @@ namespace tern::arch::x86_64 {
 //   0x40000000: the KVM signature ("KVMKVMKVM") and its max leaf.
 // APIC IDs equal vCPU indices (the MADT lists the same).
 void filter_cpuid(std::vector<kvm_cpuid_entry2>& entries, uint32_t index, uint32_t count);
+
+// The processor brand string (leaves 0x80000002..4, 48 bytes, NUL-padded):
+// KVM's supported CPUID leaves it zeroed for the VMM to fill, and a guest
+// with an empty one shows no model name. tern passes the host's, as QEMU's
+// `-cpu host` does. Adds the three leaves if missing (and raises
+// 0x80000000's maximum to cover them).
+void set_brand_string(std::vector<kvm_cpuid_entry2>& entries, std::span<const uint8_t, 48> brand);
+// The brand string of the CPU running this process.
+std::array<uint8_t, 48> host_brand_string();
 
 // For a host whose KVM runs guest supervisor code in its instruction
 // emulator (kvm_pvm; see vmm/host_kvm.h): removes from CPUID every feature

@@ -4,6 +4,7 @@
 #include <elf.h>
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cstring>
 #include <vector>
 
@@ -359,6 +360,29 @@ TEST(Cpuid, PerVcpuApicIdsAndTopology) {
     std::memcpy(sig + 8, &e.back().edx, 4);
     EXPECT_STREQ(sig, "KVMKVMKVM");
   }
+}
+
+TEST(Cpuid, BrandStringFillsTheThreeLeavesAndTheirMaximum) {
+  std::vector<kvm_cpuid_entry2> e(2);
+  e[0].function = 0x80000000;
+  e[0].eax = 0x80000001;
+  e[1].function = 0x80000003;  // present, zeroed (as KVM reports it)
+  std::array<uint8_t, 48> brand{};
+  const char text[] = "QEMU TCG CPU version 2.5+";
+  std::memcpy(brand.data(), text, sizeof text);
+  set_brand_string(e, brand);
+  ASSERT_EQ(e.size(), 4u);
+  EXPECT_EQ(e[0].eax, 0x80000004u);
+  std::array<uint8_t, 48> seen{};
+  for (const auto& x : e) {
+    if (x.function < 0x80000002 || x.function > 0x80000004) continue;
+    uint8_t* p = seen.data() + 16 * (x.function - 0x80000002);
+    std::memcpy(p, &x.eax, 4);
+    std::memcpy(p + 4, &x.ebx, 4);
+    std::memcpy(p + 8, &x.ecx, 4);
+    std::memcpy(p + 12, &x.edx, 4);
+  }
+  EXPECT_EQ(seen, brand);
 }
 
 TEST(Cpuid, EmulatedHostProfileHidesWhatTheEmulatorCannotRun) {

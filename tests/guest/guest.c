@@ -963,6 +963,16 @@ static void cpu_checks(void) {
   puthex(ecx1);
   puts_(" 7.ebx ");
   puthex(b);
+  {
+    u32 r[13], x;
+    cpuid(0x80000000u, 0, &x, &r[0], &r[1], &r[2]);
+    puts_(" ext ");
+    puthex(x);
+    for (u32 i = 0; i < 3; ++i) cpuid(0x80000002u + i, 0, &r[4 * i], &r[4 * i + 1], &r[4 * i + 2], &r[4 * i + 3]);
+    r[12] = 0;
+    puts_(" brand ");
+    puts_((const char*)r);
+  }
   puts_(cpu_is_qemu_tcg() ? " (QEMU TCG)" : "");
   putc_('\n');
   if (b & (1u << 20)) {
