@@ -215,7 +215,7 @@ if [ "$qemu_rc" -eq 124 ] || [ "$qemu_rc" -eq 137 ]; then
   exit 124
 fi
 say "L1 ran $((SECONDS - started)) s (host time)"
-status=$(tr -d '\r' < "$work/console.log" | sed -n 's/^tern-lab: exit status \([0-9]*\)$/\1/p' | tail -n1)
+status=$(tr -d '\r' < "$work/console.log" | sed -n 's/^.*tern-lab: exit status \([0-9]*\)$/\1/p' | tail -n1)
 if [ -z "$status" ]; then
   say "L1 ended (qemu status $qemu_rc) without reporting the command's status"
   grep -v "TCG doesn't support requested feature" "$work/qemu.err" >&2 || true
