@@ -100,6 +100,11 @@ ApiResponse vm_shutdown(const ApiRequest&, VmmControl& control) {
   return done ? no_content() : from_error(done.error());
 }
 
+ApiResponse vm_power_button(const ApiRequest&, VmmControl& control) {
+  auto done = control.power_button();
+  return done ? no_content() : from_error(done.error());
+}
+
 ApiResponse vmm_shutdown(const ApiRequest&, VmmControl& control) {
   auto done = control.shutdown_vmm();
   return done ? no_content() : from_error(done.error());
@@ -118,6 +123,7 @@ constexpr Route kRoutes[] = {
     {"/api/v1/vm.counters", "GET", vm_counters},
     {"/api/v1/vm.resize-disk", "PUT", vm_resize_disk},
     {"/api/v1/vm.shutdown", "PUT", vm_shutdown},
+    {"/api/v1/vm.power-button", "PUT", vm_power_button},
     {"/api/v1/vmm.shutdown", "PUT", vmm_shutdown},
 };
 

@@ -64,6 +64,8 @@ class VmmControl {
   virtual ControlResult<std::vector<DiskCounters>> counters() = 0;
   virtual ControlResult<void> resize_disk(const std::string& id, uint64_t desired_size) = 0;
   virtual ControlResult<void> shutdown_vm() = 0;
+  // Presses the guest's ACPI power button; the guest chooses what follows.
+  virtual ControlResult<void> power_button() = 0;
   virtual ControlResult<void> shutdown_vmm() = 0;
 };
 

@@ -10,14 +10,23 @@
 //     (in the spirit of QEMU's isa-debug-exit, at the same default port
 //     0x501; tern maps the byte to its exit status itself, docs/vmm.md).
 //     Reads return 0. A Linux guest writes it through /dev/port.
+//   PowerButton: the Generic Event Device the DSDT describes as \_SB.GED0
+//     (arch/x86_64/acpi.cpp): press() raises an edge on its interrupt line,
+//     and the guest's _EVT notifies the PNP0C0C button, which a guest with
+//     userspace handling (systemd-logind, acpid) turns into a clean
+//     shutdown. It has no registers: the line carries one event only, so
+//     the guest has nothing to read and no register to get wrong.
 //
-// Threads: vCPU threads; both are stateless apart from the sink.
+// Threads: the I/O handlers on vCPU threads, stateless apart from the sink;
+// PowerButton::press() from any thread (the API's control thread).
 #pragma once
 
 #include <cstdint>
+#include <memory>
 
 #include "devices/io_handler.h"
 #include "devices/power.h"
+#include "devices/vm_services.h"
 
 namespace tern::devices {
 
@@ -65,6 +74,18 @@ class GuestExitDevice final : public IoHandler {
 
  private:
   PowerSink& sink_;
+};
+
+class PowerButton final {
+ public:
+  explicit PowerButton(std::unique_ptr<IrqLine> line) : line_(std::move(line)) {}
+  // One press: an edge the guest sees once its evged driver is bound; before
+  // that (early boot) the IOAPIC input is masked and the press is lost, as
+  // on hardware.
+  void press() { line_->trigger(); }
+
+ private:
+  std::unique_ptr<IrqLine> line_;
 };
 
 }  // namespace tern::devices

@@ -150,12 +150,13 @@ stage_initramfs() {
 
 # add_modules DIR: the cloud kernel's virtio modules, in an order where each
 # module's dependencies come first (modinfo: virtio needs virtio_ring,
-# virtio_pci needs the other four), for /init to insmod when it runs on that
-# kernel (the small kernel has them built in).
+# virtio_pci needs the other four), then the ACPI power button's driver and
+# evdev (its /dev/input/event*, which acpid reads), for /init to insmod when
+# it runs on that kernel (the small kernel has the virtio ones built in).
 add_modules() {
   local stage=$1 m
   mkdir -p "$stage/lib/modules/$kver"
-  for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_mmio virtio_blk; do
+  for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_mmio virtio_blk button evdev; do
     if ! cloud_kernel_module "$m" "$stage/lib/modules/$kver/$m.ko"; then
       if cloud_kernel_builtin "$m"; then say "$m is built into the kernel"; continue; fi
       say "module $m not found in $pkg"; exit 1

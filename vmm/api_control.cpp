@@ -117,6 +117,14 @@ api::ControlResult<void> ApiControl::shutdown_vm() {
   return {};
 }
 
+api::ControlResult<void> ApiControl::power_button() {
+  return on_control_thread<void>([this]() -> api::ControlResult<void> {
+    if (machine_.finished()) return control_error(ControlErrc::Unavailable, "the VM is shutting down");
+    machine_.press_power_button();
+    return {};
+  });
+}
+
 api::ControlResult<void> ApiControl::shutdown_vmm() {
   machine_.shutdown();
   return {};

@@ -23,6 +23,7 @@ class ApiControl final : public api::VmmControl {
   api::ControlResult<std::vector<api::DiskCounters>> counters() override;
   api::ControlResult<void> resize_disk(const std::string& id, uint64_t desired_size) override;
   api::ControlResult<void> shutdown_vm() override;
+  api::ControlResult<void> power_button() override;
   api::ControlResult<void> shutdown_vmm() override;
 
  private:

@@ -153,6 +153,7 @@ std::expected<void, std::string> Machine::load_guest() {
   acpi.mmio_window_size = static_cast<uint32_t>(ax::kPciMmioEnd - ax::kPciMmioStart);
   acpi.com1_port = ax::kCom1Port;
   acpi.com1_irq = ax::kCom1Irq;
+  acpi.power_button_gsi = ax::kPowerButtonIrq;
   for (const auto& slot : mmio_slots(config_.disks)) {
     if (slot) {
       acpi.virtio_mmio.push_back(ax::VirtioMmioAcpi{.base = static_cast<uint32_t>(slot->base),
@@ -188,6 +189,9 @@ std::expected<void, std::string> Machine::build_devices() {
   acpi_power_ = std::make_unique<devices::AcpiPowerDevice>(*this);
   i8042_ = std::make_unique<devices::I8042>(*this);
   guest_exit_ = std::make_unique<devices::GuestExitDevice>(*this);
+  auto button_line = services_.create_irq_line(ax::kPowerButtonIrq);
+  if (!button_line) return Unexpected("power button: " + button_line.error().message());
+  power_button_ = std::make_unique<devices::PowerButton>(std::move(*button_line));
   pci_ = std::make_unique<devices::PciRoot>(ax::kPciMmioStart, ax::kPciMmioEnd - ax::kPciMmioStart);
 
   bool ok = pio_.add(ax::kCom1Port, devices::Serial16550::kSize, *serial_) &&

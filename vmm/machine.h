@@ -2,7 +2,7 @@
 //
 // It owns, in construction order (destroyed in reverse, vCPU threads first):
 // the KVM fds, guest RAM, the VmServices over KVM, the devices (COM1, the
-// ACPI power registers, i8042, the PCI root with one virtio-blk function per
+// ACPI power registers, i8042, the power button, the PCI root with one virtio-blk function per
 // transport=pci --disk, one virtio-mmio device per transport=mmio --disk),
 // the port-I/O and MMIO buses, and the vCPUs. run() starts one
 // thread per vCPU, waits until the guest powers off or resets, a vCPU
@@ -11,7 +11,8 @@
 // status of docs/vmm.md.
 //
 // Threads: create() and run() on the main thread; finish()/request() from
-// vCPU threads; shutdown(), disks() and the VirtioBlk methods from any thread.
+// vCPU threads; shutdown(), press_power_button(), disks() and the VirtioBlk
+// methods from any thread.
 #pragma once
 
 #include <condition_variable>
@@ -67,6 +68,9 @@ class Machine final : public VmControl, public devices::PowerSink {
   int run();
   // Ends the VM as a guest power-off would (exit status 0).
   void shutdown() { finish(kExitPowerOff, "shutdown requested"); }
+  // Presses the guest's ACPI power button (devices/power_devices.h); the
+  // guest decides what to do, usually a clean power-off (exit status 0).
+  void press_power_button() { power_button_->press(); }
   // Every vCPU prints its registers at its next exit (SIGUSR1); nothing
   // once the VM is over.
   void dump_vcpus();
@@ -98,6 +102,7 @@ class Machine final : public VmControl, public devices::PowerSink {
   std::unique_ptr<devices::AcpiPowerDevice> acpi_power_;
   std::unique_ptr<devices::I8042> i8042_;
   std::unique_ptr<devices::GuestExitDevice> guest_exit_;
+  std::unique_ptr<devices::PowerButton> power_button_;
   std::unique_ptr<devices::PciRoot> pci_;
   std::vector<std::unique_ptr<devices::VirtioMmioDevice>> virtio_mmio_;
   devices::IoBus pio_;

@@ -153,6 +153,26 @@ Bytes make_dsdt(const AcpiConfig& c) {
         name("_CRS", resource_template({memory32_fixed(m.base, m.size), interrupt(m.gsi)})),
     }));
   }
+  if (c.power_button_gsi) {
+    // A hardware-reduced machine has no fixed power-button event (ACPI 6.5,
+    // 4.1): the button is a control-method device (the FADT's PWR_BUTTON
+    // flag), signalled through a Generic Event Device (5.6.9). Linux's
+    // evged driver runs _EVT on each edge of the GED's interrupt; with one
+    // event source, _EVT needs no status register to tell events apart, so
+    // the guest has no register to read or write. Notify 0x80 on a
+    // PNP0C0C device is "button pressed" (4.8.3.1.1); Linux's button driver
+    // reports it as KEY_POWER.
+    sb.push_back(device("PWRB", {
+        name("_HID", eisa_id("PNP0C0C")),
+        name("_UID", integer(0)),
+    }));
+    sb.push_back(device("GED0", {
+        name("_HID", string("ACPI0013")),
+        name("_UID", integer(0)),
+        name("_CRS", resource_template({interrupt(*c.power_button_gsi)})),
+        method("_EVT", 1, {notify("\\_SB_.PWRB", 0x80)}),
+    }));
+  }
   Bytes aml_body = join({
       scope("\\_SB_", sb),
       // \_S5: SLP_TYPa, SLP_TYPb for power-off (7.4.2).

@@ -1,12 +1,14 @@
 // ACPI tables for the guest: RSDP, XSDT, FADT (hardware-reduced), MADT,
 // MCFG and a DSDT describing the PCI host bridge, COM1, each virtio-mmio
-// device and _S5_. An
+// device, the power button (a Generic Event Device and a PNP0C0C button)
+// and _S5_. An
 // unmodified distribution kernel without MP-table support finds every vCPU
 // and the PCI root through them. Addresses follow docs/vmm.md's memory map.
 #pragma once
 
 #include <cstdint>
 #include <expected>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -36,6 +38,10 @@ struct AcpiConfig {
   uint16_t com1_port = 0x3f8;
   uint8_t com1_irq = 4;
   std::vector<VirtioMmioAcpi> virtio_mmio;
+  // The IOAPIC input of the Generic Event Device that presses the power
+  // button (an edge runs its _EVT, which notifies \_SB.PWRB); nullopt: no
+  // power button in the DSDT.
+  std::optional<uint32_t> power_button_gsi;
 };
 
 enum class AcpiError { AreaTooSmall, TooManyCpus, AreaAbove4G };

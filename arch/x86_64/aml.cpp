@@ -8,7 +8,7 @@ namespace {
 constexpr uint8_t kZeroOp = 0x00, kOneOp = 0x01, kNameOp = 0x08, kBytePrefix = 0x0a,
                   kWordPrefix = 0x0b, kDWordPrefix = 0x0c, kStringPrefix = 0x0d,
                   kQWordPrefix = 0x0e, kScopeOp = 0x10, kBufferOp = 0x11, kPackageOp = 0x12,
-                  kExtOpPrefix = 0x5b, kDeviceOp = 0x82, kRootChar = 0x5c,
+                  kExtOpPrefix = 0x5b, kDeviceOp = 0x82, kMethodOp = 0x14, kNotifyOp = 0x86, kRootChar = 0x5c,
                   kDualNamePrefix = 0x2e, kMultiNamePrefix = 0x2f;
 
 void append(Bytes& out, const Bytes& more) {
@@ -150,6 +150,21 @@ Bytes device(std::string_view n, const std::vector<Bytes>& terms) {
   Bytes content = name_string(n);
   append(content, join(terms));
   return with_pkg_length({kExtOpPrefix, kDeviceOp}, content);
+}
+
+Bytes method(std::string_view n, uint8_t args, const std::vector<Bytes>& terms) {
+  if (args > 7) std::abort();  // MethodFlags bits 0-2; names are compile-time constants here
+  Bytes content = name_string(n);
+  content.push_back(args);  // bit 3 clear: NotSerialized, SyncLevel 0
+  append(content, join(terms));
+  return with_pkg_length({kMethodOp}, content);
+}
+
+Bytes notify(std::string_view target, uint64_t value) {
+  Bytes out{kNotifyOp};
+  append(out, name_string(target));
+  append(out, integer(value));
+  return out;
 }
 
 Bytes resource_template(const std::vector<Bytes>& descriptors) {

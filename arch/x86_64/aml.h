@@ -1,6 +1,6 @@
 // A small AML (ACPI Machine Language) builder: just what Tern's DSDT needs —
-// scopes, devices, names with integers, strings, EISA ids, packages and
-// resource-template buffers. Encodings follow ACPI 6.5, section 20.2.
+// scopes, devices, names with integers, strings, EISA ids, packages,
+// resource-template buffers, and methods whose body is Notify. Encodings follow ACPI 6.5, section 20.2.
 #pragma once
 
 #include <cstdint>
@@ -20,6 +20,10 @@ Bytes package(const std::vector<Bytes>& elements);
 Bytes name(std::string_view name, const Bytes& value);
 Bytes scope(std::string_view name, const std::vector<Bytes>& terms);
 Bytes device(std::string_view name, const std::vector<Bytes>& terms);
+// Method (name, args, NotSerialized) { terms }
+Bytes method(std::string_view name, uint8_t args, const std::vector<Bytes>& terms);
+// Notify (target, value)
+Bytes notify(std::string_view target, uint64_t value);
 // A Buffer holding resource descriptors followed by the end tag.
 Bytes resource_template(const std::vector<Bytes>& descriptors);
 

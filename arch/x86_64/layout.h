@@ -42,6 +42,10 @@ inline constexpr uint64_t kVirtioMmioStart = 0xe010'0000;
 inline constexpr uint64_t kVirtioMmioStride = 0x1000;
 inline constexpr uint32_t kVirtioMmioIrqs[] = {5, 6, 7, 9, 10, 11, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23};
 inline constexpr uint32_t kVirtioMmioMaxDevices = sizeof kVirtioMmioIrqs / sizeof kVirtioMmioIrqs[0];
+// The power button's Generic Event Device: IOAPIC input 12, the PS/2
+// mouse's ISA IRQ, which no device here uses (the FADT says there is no
+// 8042 controller, so Linux never probes one).
+inline constexpr uint32_t kPowerButtonIrq = 12;
 inline constexpr uint64_t kIoapicAddr = 0xfec0'0000;
 inline constexpr uint64_t kLapicAddr = 0xfee0'0000;
 

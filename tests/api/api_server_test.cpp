@@ -55,11 +55,18 @@ class FakeControl final : public VmmControl {
   }
   ControlResult<void> shutdown_vm() override { ++shutdowns; return {}; }
   ControlResult<void> shutdown_vmm() override { ++shutdowns; return {}; }
+  ControlResult<void> power_button() override {
+    if (vm_gone) return control_error(ControlErrc::Unavailable, "the VM is shutting down");
+    ++presses;
+    return {};
+  }
 
   std::mutex mutex;
   uint64_t size = 64 << 20;  // guarded by mutex
   int resizes = 0;           // guarded by mutex
   std::atomic<int> shutdowns{0};
+  std::atomic<int> presses{0};
+  std::atomic<bool> vm_gone{false};
 };
 
 class ApiServerTest : public ::testing::Test {
@@ -212,6 +219,16 @@ TEST_F(ApiServerTest, ShutdownRoutesReachTheVm) {
   EXPECT_EQ(request("PUT", "/api/v1/vm.shutdown").status, 204);
   EXPECT_EQ(request("PUT", "/api/v1/vmm.shutdown").status, 204);
   EXPECT_EQ(control.shutdowns.load(), 2);
+}
+
+TEST_F(ApiServerTest, PowerButtonPressesTheButtonAndLeavesTheVmRunning) {
+  EXPECT_EQ(request("PUT", "/api/v1/vm.power-button").status, 204);
+  EXPECT_EQ(control.presses.load(), 1);
+  EXPECT_EQ(control.shutdowns.load(), 0);  // the guest, not tern, decides to power off
+  EXPECT_EQ(request("GET", "/api/v1/vm.power-button").status, 405);
+  control.vm_gone = true;
+  EXPECT_EQ(request("PUT", "/api/v1/vm.power-button").status, 503);
+  EXPECT_EQ(control.presses.load(), 1);
 }
 
 TEST_F(ApiServerTest, LiveSocketRefusedStaleSocketReplaced) {

@@ -183,3 +183,48 @@ TEST(AcpiVirtioMmio, EachDeviceIsLnro0005WithItsWindowAndInterrupt) {
 
 }  // namespace
 }  // namespace tern::arch::x86_64
+
+namespace tern::arch::x86_64 {
+namespace {
+
+// The power button of a hardware-reduced machine: a Generic Event Device
+// (ACPI0013) whose one edge interrupt runs _EVT, which notifies the
+// control-method power button (PNP0C0C); Linux's evged and button drivers
+// bind them and report KEY_POWER (docs/vmm.md, "Power button").
+TEST(AcpiPowerButton, GedInterruptNotifiesThePnp0c0cButton) {
+  std::vector<uint8_t> area(0x10000);
+  AcpiConfig config;
+  config.power_button_gsi = 12;
+  auto rsdp = write_acpi_tables(area, kAreaGpa, config);
+  ASSERT_TRUE(rsdp.has_value());
+  auto tables = walk(area, *rsdp);
+  char tmpl[] = "/tmp/tern-acpi-XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  std::string dsl = disassemble(tmpl, "DSDT", tables.at("DSDT"));
+  std::ifstream log(std::string(tmpl) + "/DSDT.log");
+  std::stringstream ls;
+  ls << log.rdbuf();
+  std::filesystem::remove_all(tmpl);
+  EXPECT_EQ(ls.str().find("Error"), std::string::npos) << ls.str();
+  EXPECT_EQ(ls.str().find("Warning"), std::string::npos) << ls.str();
+  for (const char* want : {"Device (PWRB)", "EisaId (\"PNP0C0C\")", "Device (GED0)", "Name (_HID, \"ACPI0013\"",
+                           "Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, )", "0x0000000C,",
+                           "Method (_EVT, 1, NotSerialized)", "Notify (\\_SB.PWRB, 0x80)"}) {
+    EXPECT_NE(dsl.find(want), std::string::npos) << want << "\n" << dsl;
+  }
+}
+
+TEST(AcpiPowerButton, AbsentWithoutAnInterrupt) {
+  std::vector<uint8_t> area(0x10000);
+  AcpiConfig config;
+  auto rsdp = write_acpi_tables(area, kAreaGpa, config);
+  ASSERT_TRUE(rsdp.has_value());
+  auto tables = walk(area, *rsdp);
+  const auto& dsdt = tables.at("DSDT");
+  std::string text(dsdt.begin(), dsdt.end());
+  EXPECT_EQ(text.find("PWRB"), std::string::npos);
+  EXPECT_EQ(text.find("ACPI0013"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace tern::arch::x86_64

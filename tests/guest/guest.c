@@ -1084,13 +1084,15 @@ static int drive_device(int mmio, int bench) {
 }
 
 void guest_main(u8* boot_params, u8* start_info) {
+  /* Mask the 8259s: every interrupt we take is MSI-X or an IOAPIC line
+   * through the LAPIC. QEMU's firmware leaves them unmasked with IRQ 0 (the
+   * PIT) on vector 8; KVM creates them unmasked on vector base 0, and tern
+   * wires ISA lines (the power button's IRQ 12 among them) to them too. */
+  outb(0x21, 0xff);
+  outb(0xa1, 0xff);
   if (start_info) {
     /* hvm_start_info: magic 0x336ec578, cmdline_paddr at offset 24. */
     on_qemu = 1;
-    /* The firmware leaves the 8259s unmasked with IRQ 0 (the PIT) on vector
-     * 8: mask them, every interrupt we take is MSI-X through the LAPIC. */
-    outb(0x21, 0xff);
-    outb(0xa1, 0xff);
     u64 cmd = *(u64*)(start_info + 24);
     if (*(u32*)start_info == 0x336ec578u && cmd) cmdline = (const char*)cmd;
   } else {

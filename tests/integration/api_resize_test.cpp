@@ -148,6 +148,13 @@ TEST_F(ApiResize, RawDiskGrowsWhileTheGuestRuns) {
   std::string disk = raw_image();
   start("path=" + disk + ",id=data,num_queues=2");
   grow_twice("data");
+  // The power button reaches the VM; this guest has no ACPI and runs on
+  // (tests/linux has a guest that shuts down on it).
+  Shell press = sh(build_dir() + "/tern-remote --api-socket " + sock_ + " power-button");
+  EXPECT_EQ(press.status, 0) << press.out;
+  EXPECT_NE(press.out.find("power button pressed"), std::string::npos) << press.out;
+  Shell info = sh(build_dir() + "/tern-remote --api-socket " + sock_ + " info");
+  EXPECT_NE(info.out.find("state: Running"), std::string::npos) << info.out;
   EXPECT_EQ(stop_with_tern_remote(), 0);
   expect_past_end_writes(read_file(disk));
 }

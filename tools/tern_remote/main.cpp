@@ -1,6 +1,6 @@
 // tern-remote: command-line client of tern's HTTP API on its Unix socket.
 //   tern-remote --api-socket PATH [--output human|json]
-//               ping | info | counters | resize-disk --disk ID --size SIZE | shutdown
+//               ping | info | counters | resize-disk --disk ID --size SIZE | power-button | shutdown
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <iostream>
@@ -45,6 +45,8 @@ void print_human(const std::string& verb, const json& doc, const std::string& di
     }
   } else if (verb == "resize-disk") {
     std::cout << "disk " << disk << " resized to " << size << " bytes\n";
+  } else if (verb == "power-button") {
+    std::cout << "power button pressed\n";
   } else if (verb == "shutdown") {
     std::cout << "tern is shutting down\n";
   }
@@ -67,6 +69,7 @@ int main(int argc, char** argv) {
   std::string disk, size_text;
   resize->add_option("--disk", disk, "disk id")->required();
   resize->add_option("--size", size_text, "new size (bytes, or with K/M/G/T suffix)")->required();
+  app.add_subcommand("power-button", "press the guest's ACPI power button (the guest shuts itself down)");
   app.add_subcommand("shutdown", "shut the VM and tern down");
   if (auto exit_status = tern::tools::parse_command_line(app, argc, argv)) return *exit_status;
 
@@ -76,6 +79,7 @@ int main(int argc, char** argv) {
   if (verb == "ping") call = {"GET", "/api/v1/vmm.ping", {}};
   if (verb == "info") call = {"GET", "/api/v1/vm.info", {}};
   if (verb == "counters") call = {"GET", "/api/v1/vm.counters", {}};
+  if (verb == "power-button") call = {"PUT", "/api/v1/vm.power-button", {}};
   if (verb == "shutdown") call = {"PUT", "/api/v1/vmm.shutdown", {}};
   if (verb == "resize-disk") {
     auto parsed = tern::tools::parse_size(size_text);

@@ -1,5 +1,6 @@
 // The machine's small devices without KVM: the IoBus, the 16550 UART as the
-// 8250 driver probes and drives it, the ACPI power registers and the i8042.
+// 8250 driver probes and drives it, the ACPI power registers, the i8042 and
+// the power button's interrupt.
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -180,6 +181,21 @@ TEST(Power, I8042ResetCommand) {
   k.write(I8042::kCommandOffset, std::span<const uint8_t>(&v, 1));
   ASSERT_EQ(s.events.size(), 1u);
   EXPECT_EQ(s.events[0], GuestPowerEvent::Reset);
+}
+
+TEST(Power, PowerButtonRaisesOneEdgePerPress) {
+  struct CountingLine final : IrqLine {
+    explicit CountingLine(int& n) : edges(n) {}
+    void trigger() override { ++edges; }
+    int& edges;
+  };
+  int edges = 0;
+  PowerButton button(std::make_unique<CountingLine>(edges));
+  EXPECT_EQ(edges, 0);
+  button.press();
+  EXPECT_EQ(edges, 1);
+  button.press();
+  EXPECT_EQ(edges, 2);
 }
 
 TEST(Power, GuestExitDeviceCarriesTheWrittenByte) {
