@@ -13,6 +13,7 @@
 
 #include "tests/devices/virtio/fakes.h"
 #include "tests/devices/virtio/mini_vm.h"
+#include "tests/vmm/tern_test_util.h"
 
 namespace tern::devices {
 namespace {
@@ -53,9 +54,7 @@ class KvmGuest : public ::testing::Test {
     std::string full = cmdline;
     // The guest sees no CPUID here (mini_vm.cpp), so it is told when the CPU
     // that runs it is QEMU's TCG (the lab), which it cannot read itself.
-    std::ifstream cpuinfo("/proc/cpuinfo");
-    std::string info((std::istreambuf_iterator<char>(cpuinfo)), {});
-    if (info.find("QEMU TCG CPU") != std::string::npos) full += " tcg";
+    if (tern::testing::host_cpu_is_qemu_tcg()) full += " tcg";
     // For measurements only: TERN_GUEST_REQS=N sets the throughput run's size.
     if (const char* n = std::getenv("TERN_GUEST_REQS"); n && full.find("reqs=") == std::string::npos) {
       full += std::string(" reqs=") + n;
