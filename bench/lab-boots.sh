@@ -6,9 +6,13 @@
 # and the guest kernel printed no warning. Prints one line per boot and the
 # count, median and maximum wall time (seconds, tern start to exit).
 #
-#   bench/lab-boots.sh [-n N] [-l]
+#   bench/lab-boots.sh [-n N] [-l] [-T]
 #     -n N  boots (default 50)
 #     -l    load: one busy loop per host CPU for the whole run
+#     -T    trace: L1's KVM trace events (exits, injected exceptions and
+#           interrupts) are recorded during each boot and the last of them
+#           printed for a failing boot; the guest runs with nokaslr so that
+#           the addresses read against its System.map
 #
 # Needs scripts/build.sh and scripts/make-guest.sh first.
 set -euo pipefail
@@ -16,16 +20,28 @@ cd "$(dirname "$0")/.."
 
 if [ "${1:-}" = --inside ]; then
   n=$2
+  trace=${3:-0}
   b=build
+  extra=
+  if [ "$trace" = 1 ]; then
+    t=/sys/kernel/tracing
+    mountpoint -q "$t" || mount -t tracefs tracefs "$t"
+    echo 65536 > "$t/buffer_size_kb"
+    for e in kvm_exit kvm_inj_exception kvm_inj_virq kvm_apic_ipi kvm_nested_vmexit kvm_nested_vmenter kvm_pio kvm_msr; do
+      [ -e "$t/events/kvm/$e/enable" ] && echo 1 > "$t/events/kvm/$e/enable"
+    done
+    extra=" nokaslr"
+  fi
   disk=/tmp/lab-boots.raw
   truncate -s 64M "$disk"
   pass=0
   times=()
   for i in $(seq 1 "$n"); do
+    if [ "$trace" = 1 ]; then echo > "$t/trace"; echo 1 > "$t/tracing_on"; fi
     read -r t0 _ < /proc/uptime
     set +e
     "$b/tern" --kernel "$b/guest/bzImage" --initramfs "$b/guest/initramfs64.cpio.gz" \
-      --cmdline "console=ttyS0 panic=-1 tern.run=/tests/rw.sh" --cpus boot=2 --memory size=512M \
+      --cmdline "console=ttyS0 panic=-1 tern.run=/tests/rw.sh$extra" --cpus boot=2 --memory size=512M \
       --disk "path=$disk" --serial file=/tmp/boot.log --timeout 300 2> /tmp/boot.err
     rc=$?
     set -e
@@ -39,6 +55,12 @@ if [ "${1:-}" = --inside ]; then
       pass=$((pass + 1))
     else
       echo "--- boot $i console tail ---"; tail -n 30 /tmp/boot.log; echo "--- tern ---"; cat /tmp/boot.err
+      if [ "$trace" = 1 ]; then
+        echo 0 > "$t/tracing_on"
+        echo "--- boot $i: L1's last KVM trace events ---"; tail -n 80 "$t/trace"
+        echo "--- boot $i: L1's last KVM trace events other than port I/O ---"
+        grep -v -e kvm_pio -e EXIT_IOIO "$t/trace" | tail -n 300
+      fi
     fi
     times+=("$t")
     printf 'lab-boots: boot %d: %s, %.1f s\n' "$i" "$verdict" "$t"
@@ -53,11 +75,13 @@ fi
 
 n=50
 load=0
-while getopts "n:l" o; do
+trace=0
+while getopts "n:lT" o; do
   case "$o" in
     n) n=$OPTARG ;;
     l) load=1 ;;
-    *) echo "usage: $0 [-n N] [-l]" >&2; exit 2 ;;
+    T) trace=1 ;;
+    *) echo "usage: $0 [-n N] [-l] [-T]" >&2; exit 2 ;;
   esac
 done
 hogs=()
@@ -70,4 +94,4 @@ if [ "$load" = 1 ]; then
   done
   echo "lab-boots: ${#hogs[@]} busy loops on the host" >&2
 fi
-bash scripts/lab.sh -t $((n * 400 + 600)) -- bash bench/lab-boots.sh --inside "$n"
+bash scripts/lab.sh -t $((n * 400 + 600)) -- bash bench/lab-boots.sh --inside "$n" "$trace"
