@@ -24,11 +24,11 @@ if [ "${1:-}" = --inside ]; then
   b=build
   extra=
   if [ "$trace" = 1 ]; then
-    t=/sys/kernel/tracing
-    mountpoint -q "$t" || mount -t tracefs tracefs "$t"
-    echo 65536 > "$t/buffer_size_kb"
+    tr=/sys/kernel/tracing
+    [ -e "$tr/trace" ] || mount -t tracefs tracefs "$tr"
+    echo 65536 > "$tr/buffer_size_kb"
     for e in kvm_exit kvm_inj_exception kvm_inj_virq kvm_apic_ipi kvm_nested_vmexit kvm_nested_vmenter kvm_pio kvm_msr; do
-      [ -e "$t/events/kvm/$e/enable" ] && echo 1 > "$t/events/kvm/$e/enable"
+      [ -e "$tr/events/kvm/$e/enable" ] && echo 1 > "$tr/events/kvm/$e/enable"
     done
     extra=" nokaslr"
   fi
@@ -37,7 +37,7 @@ if [ "${1:-}" = --inside ]; then
   pass=0
   times=()
   for i in $(seq 1 "$n"); do
-    if [ "$trace" = 1 ]; then echo > "$t/trace"; echo 1 > "$t/tracing_on"; fi
+    if [ "$trace" = 1 ]; then echo > "$tr/trace"; echo 1 > "$tr/tracing_on"; fi
     read -r t0 _ < /proc/uptime
     set +e
     "$b/tern" --kernel "$b/guest/bzImage" --initramfs "$b/guest/initramfs64.cpio.gz" \
@@ -56,10 +56,10 @@ if [ "${1:-}" = --inside ]; then
     else
       echo "--- boot $i console tail ---"; tail -n 30 /tmp/boot.log; echo "--- tern ---"; cat /tmp/boot.err
       if [ "$trace" = 1 ]; then
-        echo 0 > "$t/tracing_on"
-        echo "--- boot $i: L1's last KVM trace events ---"; tail -n 80 "$t/trace"
+        echo 0 > "$tr/tracing_on"
+        echo "--- boot $i: L1's last KVM trace events ---"; tail -n 80 "$tr/trace"
         echo "--- boot $i: L1's last KVM trace events other than port I/O ---"
-        grep -v -e kvm_pio -e EXIT_IOIO "$t/trace" | tail -n 300
+        grep -v -e kvm_pio -e EXIT_IOIO "$tr/trace" | tail -n 300
       fi
     fi
     times+=("$t")
