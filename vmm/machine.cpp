@@ -261,6 +261,12 @@ std::expected<void, std::string> Machine::build_vcpus() {
     ax::filter_cpuid(cpuid, i, config_.cpus);
     ax::set_brand_string(cpuid, brand);
     if (cpu_profile_ == CpuProfile::Emulated) ax::hide_unemulated_features(cpuid);
+    if (size_t n = ax::drop_features_without_prerequisites(cpuid); n > 0 && i == 0) {
+      std::fprintf(stderr,
+                   "tern: the host's CPUID offers %zu feature bits without their prerequisites (such as AVX "
+                   "without XSAVE); the guest does not see them\n",
+                   n);
+    }
     if (auto r = (*v)->setup_common(std::move(cpuid)); !r) {
       return Unexpected("vCPU " + std::to_string(i) + ": " + r.error().message());
     }

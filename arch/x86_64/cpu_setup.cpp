@@ -171,6 +171,56 @@ size_t hide_unemulated_features(std::vector<kvm_cpuid_entry2>& entries) {
   return cleared;
 }
 
+size_t drop_features_without_prerequisites(std::vector<kvm_cpuid_entry2>& entries) {
+  auto bit = [](std::initializer_list<unsigned> bits) {
+    uint32_t m = 0;
+    for (unsigned b : bits) m |= 1u << b;
+    return m;
+  };
+  auto find = [&](uint32_t function, uint32_t index) -> kvm_cpuid_entry2* {
+    auto it = std::find_if(entries.begin(), entries.end(),
+                           [&](const kvm_cpuid_entry2& e) { return e.function == function && e.index == index; });
+    return it == entries.end() ? nullptr : &*it;
+  };
+  kvm_cpuid_entry2* l1 = find(1, 0);
+  if (l1 == nullptr) return 0;
+  kvm_cpuid_entry2* l7 = find(7, 0);
+  kvm_cpuid_entry2* l7_1 = find(7, 1);
+  kvm_cpuid_entry2* ext1 = find(0x80000001, 0);
+  size_t cleared = 0;
+  auto clear = [&](kvm_cpuid_entry2* e, uint32_t kvm_cpuid_entry2::*reg, uint32_t mask) {
+    if (e == nullptr) return;
+    cleared += static_cast<size_t>(std::popcount(e->*reg & mask));
+    e->*reg &= ~mask;
+  };
+  // Bit numbers from the SDM vol. 2A CPUID tables (AMD APM vol. 3 for 0x80000001).
+  constexpr unsigned kXsave = 26, kAvx = 28, kAvx512f = 16;
+  // Every AVX-512 bit but AVX-512F itself.
+  const uint32_t avx512_ebx = bit({17, 21, 26, 27, 28, 30, 31}), avx512_ecx = bit({1, 6, 11, 12, 14}),
+                 avx512_edx = bit({2, 3, 8, 23}), avx512_7_1_eax = bit({5});
+  if (!(l1->ecx & (1u << kXsave))) {
+    clear(l1, &kvm_cpuid_entry2::ecx, bit({27, kAvx}));   // OSXSAVE AVX
+    clear(l7, &kvm_cpuid_entry2::ecx, bit({3, 4}));       // PKU OSPKE
+    clear(l7, &kvm_cpuid_entry2::edx, bit({22, 24, 25}));  // AMX-BF16 AMX-TILE AMX-INT8
+    std::erase_if(entries, [](const kvm_cpuid_entry2& e) { return e.function == 0xd; });
+    l1 = find(1, 0), l7 = find(7, 0), l7_1 = find(7, 1), ext1 = find(0x80000001, 0);
+  }
+  if (!(l1->ecx & (1u << kAvx))) {
+    clear(l1, &kvm_cpuid_entry2::ecx, bit({12, 29}));                // FMA F16C
+    clear(l7, &kvm_cpuid_entry2::ebx, bit({5, kAvx512f}));           // AVX2 AVX-512F
+    clear(l7, &kvm_cpuid_entry2::ecx, bit({9, 10}));                 // VAES VPCLMULQDQ
+    clear(l7_1, &kvm_cpuid_entry2::eax, bit({4}));                   // AVX-VNNI
+    clear(ext1, &kvm_cpuid_entry2::ecx, bit({11, 16}));              // XOP FMA4
+  }
+  if (l7 == nullptr || !(l7->ebx & (1u << kAvx512f))) {
+    clear(l7, &kvm_cpuid_entry2::ebx, avx512_ebx);
+    clear(l7, &kvm_cpuid_entry2::ecx, avx512_ecx);
+    clear(l7, &kvm_cpuid_entry2::edx, avx512_edx);
+    clear(l7_1, &kvm_cpuid_entry2::eax, avx512_7_1_eax);
+  }
+  return cleared;
+}
+
 void setup_long_mode_sregs(kvm_sregs& sregs) {
   kvm_segment code{};
   code.base = 0;

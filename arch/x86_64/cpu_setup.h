@@ -47,6 +47,17 @@ std::array<uint8_t, 48> host_brand_string();
 // Returns the number of feature bits it cleared.
 size_t hide_unemulated_features(std::vector<kvm_cpuid_entry2>& entries);
 
+// Removes the features whose prerequisites the entries lack, as no real
+// CPU offers them: without XSAVE no AVX, OSXSAVE, PKU or AMX and no leaf
+// 0xD; without AVX none of the VEX/EVEX-only extensions (FMA, F16C, AVX2,
+// VAES, VPCLMULQDQ, AVX-VNNI, XOP, FMA4, every AVX-512); without AVX-512F
+// no other AVX-512 bit. A guest kernel trusts each bit on its own (Linux
+// runs its AVX crypto on the AVX bit even where it never enabled XSAVE,
+// and takes #UD), so a host whose CPU model is inconsistent (QEMU TCG
+// `-cpu max,xsave=off` under the lab) must not pass that on. Returns the
+// number of feature bits cleared (0 on any real CPU).
+size_t drop_features_without_prerequisites(std::vector<kvm_cpuid_entry2>& entries);
+
 // Segment and control registers for 64-bit entry (boot.rst "64-bit BOOT
 // PROTOCOL": long mode, paging with an identity map, __BOOT_CS/__BOOT_DS),
 // applied on top of `sregs` as read from KVM_GET_SREGS.

@@ -412,6 +412,42 @@ TEST(Cpuid, EmulatedHostProfileHidesWhatTheEmulatorCannotRun) {
   EXPECT_EQ(hide_unemulated_features(e), 0u) << "idempotent";
 }
 
+// The lab's L1 (QEMU TCG -cpu max,xsave=off) offered AVX, AVX2, FMA, F16C
+// and VAES without XSAVE; Debian's aesni_intel then ran vmovdqa in a guest
+// that had never enabled AVX state and took #UD ("invalid opcode" in
+// aes_ctr_enc_128_avx_by8).
+TEST(Cpuid, FeaturesWithoutTheirPrerequisitesAreDropped) {
+  std::vector<kvm_cpuid_entry2> e{leaf(1), leaf(7, 0), leaf(7, 1), leaf(0xd, 0), leaf(0xd, 1), leaf(0x80000001)};
+  const uint32_t sse3 = 1u << 0, fma = 1u << 12, xsave = 1u << 26, osxsave = 1u << 27, avx = 1u << 28,
+                 f16c = 1u << 29, aes = 1u << 25;
+  const uint32_t avx2 = 1u << 5, avx512f = 1u << 16, avx512bw = 1u << 30, bmi2 = 1u << 8;
+  const uint32_t vaes = 1u << 9, vpclmulqdq = 1u << 10, gfni = 1u << 8, pku = 1u << 3;
+  e[0].ecx = sse3 | fma | aes | avx | f16c;  // no XSAVE
+  e[1].ebx = avx2 | bmi2 | avx512f | avx512bw;
+  e[1].ecx = vaes | vpclmulqdq | gfni | pku;
+  e[2].eax = 1u << 4;  // AVX-VNNI
+  e[5].ecx = 1u << 11 | 1u << 16 | 1u << 5;  // XOP FMA4 LZCNT
+  size_t cleared = drop_features_without_prerequisites(e);
+  EXPECT_EQ(cleared, 12u);
+  ASSERT_EQ(e.size(), 4u) << "leaf 0xd removed";
+  EXPECT_EQ(e[0].ecx, sse3 | aes);
+  EXPECT_EQ(e[1].ebx, bmi2);
+  EXPECT_EQ(e[1].ecx, gfni);
+  EXPECT_EQ(e[2].eax, 0u);
+  EXPECT_EQ(e[3].ecx, 1u << 5);
+  EXPECT_EQ(drop_features_without_prerequisites(e), 0u) << "idempotent";
+
+  // A consistent CPU loses nothing; AVX-512 subsets need AVX-512F.
+  std::vector<kvm_cpuid_entry2> ok{leaf(1), leaf(7, 0), leaf(0xd, 0)};
+  ok[0].ecx = sse3 | fma | xsave | osxsave | avx | f16c;
+  ok[1].ebx = avx2 | avx512bw;
+  ok[1].ecx = vaes | pku;
+  EXPECT_EQ(drop_features_without_prerequisites(ok), 1u);
+  EXPECT_EQ(ok.size(), 3u);
+  EXPECT_EQ(ok[1].ebx, avx2) << "AVX-512BW without AVX-512F";
+  EXPECT_EQ(ok[1].ecx, vaes | pku);
+}
+
 TEST(Lapic, Lint0ExtIntLint1Nmi) {
   kvm_lapic_state l{};
   uint32_t masked = 0x10000;

@@ -131,6 +131,7 @@ class LinuxGuest : public ::testing::Test {
     if (!emulated_kvm()) {
       EXPECT_EQ(console.find("WARNING:"), std::string::npos) << "a kernel warning";
       EXPECT_EQ(console.find("cut here"), std::string::npos) << "a kernel warning";
+      EXPECT_EQ(console.find("---[ end trace"), std::string::npos) << "a kernel oops or warning";
       EXPECT_EQ(tern_.log().find("emulator"), std::string::npos) << "tern chose the emulated profile";
     }
     return st;
