@@ -6,11 +6,16 @@
 # behaves like an AMD host's. Its output streams to stdout and its exit
 # status becomes this script's.
 #
-#   scripts/lab.sh [-c CPUS] [-m MEM] [-t SECONDS] [-b BUILD_DIR] -- CMD [ARG...]
+#   scripts/lab.sh [-c CPUS] [-m MEM] [-t SECONDS] [-s SECONDS] [-a N] [-b BUILD_DIR] -- CMD [ARG...]
 #
 #   -c CPUS     L1's CPUs (default: the host's, at most 4)
 #   -m MEM      L1's memory (default 6G)
 #   -t SECONDS  ends L1 after this long (default 3600); status 124
+#   -s SECONDS  ends L1 when its console has been silent this long (default
+#               0: never); status 124
+#   -a N        runs L1 up to N times while it fails on its own (124, 125),
+#               each on a fresh disk (default 1); the command's own failure
+#               is never retried
 #   -b DIR      the build directory to carry (default build)
 #
 # What L1 sees: Debian's cloud kernel, a busybox (amd64) user space, and one
@@ -21,8 +26,9 @@
 # runs there from the current directory with TMPDIR on that disk (ext4, so
 # O_DIRECT works). The command's files do not come back: check inside L1.
 #
-# Exit status: CMD's status; 124 when L1 ran past -t; 125 when L1 ended
-# without reporting CMD's status (its console says why).
+# Exit status: CMD's status; 124 when L1 ran past -t or was silent past
+# -s; 125 when L1 ended without reporting CMD's status (its console says
+# why).
 #
 # Cached in ${XDG_CACHE_HOME:-~/.cache}/tern-guest/lab: L1's initramfs,
 # rebuilt when the kernel package, the host's busybox or this script change.
@@ -37,18 +43,25 @@ cpus=$(nproc); [ "$cpus" -gt 4 ] && cpus=4
 # that KVM (no SVM intercept), so KVM reports XSAVE sizes for an XCR0 the
 # guest did not set and every Linux guest there warns "XSAVE consistency
 # problem" (QEMU's own guests in L1 as much as tern's); without XSAVE in L1
-# no guest is offered it. TERN_LAB_CPU overrides the model.
+# no guest is offered it. QEMU still lists AVX, AVX2, FMA, F16C and VAES
+# then, a CPU no vendor makes: tern drops features whose prerequisites are
+# missing (arch/x86_64/cpu_setup.h), or Debian's aesni_intel would take #UD
+# in its AVX code. TERN_LAB_CPU overrides the model.
 cpu_model=${TERN_LAB_CPU:-max,xsave=off}
 mem=6G
 limit=3600
+silence=0
+attempts=1
 build=build
-while getopts "c:m:t:b:" o; do
+while getopts "c:m:t:s:a:b:" o; do
   case "$o" in
     c) cpus=$OPTARG ;;
     m) mem=$OPTARG ;;
     t) limit=$OPTARG ;;
+    s) silence=$OPTARG ;;
+    a) attempts=$OPTARG ;;
     b) build=$OPTARG ;;
-    *) echo "usage: $0 [-c CPUS] [-m MEM] [-t SECONDS] [-b BUILD_DIR] -- CMD [ARG...]" >&2; exit 2 ;;
+    *) echo "usage: $0 [-c CPUS] [-m MEM] [-t SECONDS] [-s SECONDS] [-a N] [-b BUILD_DIR] -- CMD [ARG...]" >&2; exit 2 ;;
   esac
 done
 shift $((OPTIND - 1))
@@ -133,7 +146,7 @@ carry() {
   done
 }
 host_tools=(bash ctest qemu-img qemu-io qemu-system-x86_64 curl e2fsck debugfs mke2fs mkfs.ext4 resize2fs
-  sha256sum cmp dd truncate stat timeout setarch fio)
+  sha256sum cmp cp dd truncate stat timeout setarch fio)
 for t in "${host_tools[@]}"; do
   p=$(command -v "$t" || true)
   [ -n "$p" ] && carry "$p"
@@ -158,7 +171,7 @@ echo tern-lab > "$root/etc/hostname"
 mkdir -p "$root$src"
 tar -C "$src" --exclude=.git --exclude='./build*' -cf - . | tar -C "$root$src" -xf -
 mkdir -p "$root$build"
-tar -C "$build" --exclude=CMakeFiles --exclude='*.o' --exclude='*.a' --exclude=_CPack_Packages \
+tar -C "$build" --sparse --exclude=CMakeFiles --exclude='*.o' --exclude='*.a' --exclude=_CPack_Packages \
   --exclude='*.deb' -cf - . | tar -C "$root$build" -xf -
 is_elf() { [ "$(head -c4 "$1" 2>/dev/null | od -An -tx1 | tr -d ' ')" = 7f454c46 ]; }
 while IFS= read -r -d '' f; do
@@ -195,30 +208,70 @@ chmod +x "$root/lab/init"
 
 used=$(du -sm "$root" | cut -f1)
 disk="$work/lab.img"
-truncate -s $((used + 8192))M "$disk"
-mkfs.ext4 -q -F -d "$root" -E root_owner=0:0 -O ^has_journal "$disk"
-say "L1: $cpus CPUs, $mem; disk ${used} MiB used; running: $*"
 
-started=$SECONDS
-# stdin from /dev/null: a console reader must not wait on the caller's terminal.
-set +e
-timeout --foreground -k 10 "$limit" qemu-system-x86_64 -accel tcg,thread=multi -cpu "$cpu_model" \
-  -smp "$cpus" -m "$mem" -nodefaults -no-user-config -display none -no-reboot \
-  -serial stdio -kernel "$vmlinuz" -initrd "$l1_initramfs" \
-  -append "console=ttyS0 quiet loglevel=3 panic=-1 no_timer_check tsc=reliable" \
-  -drive "file=$disk,format=raw,if=virtio,cache=unsafe" < /dev/null 2> "$work/qemu.err" |
-  tee "$work/console.log"
-qemu_rc=${PIPESTATUS[0]}
-set -e
-if [ "$qemu_rc" -eq 124 ] || [ "$qemu_rc" -eq 137 ]; then
-  say "L1 ran past ${limit}s; stopped"
-  exit 124
-fi
-say "L1 ran $((SECONDS - started)) s (host time)"
-status=$(tr -d '\r' < "$work/console.log" | sed -n 's/^.*tern-lab: exit status \([0-9]*\)$/\1/p' | tail -n1)
-if [ -z "$status" ]; then
-  say "L1 ended (qemu status $qemu_rc) without reporting the command's status"
-  grep -v "TCG doesn't support requested feature" "$work/qemu.err" >&2 || true
-  exit 125
-fi
-exit "$status"
+# watch_console SECONDS: stops L1 (through QEMU's pid file) when its console
+# has been silent that long, and leaves $work/stalled behind. The command's
+# own output is the sign of life: ctest prints a line as each test ends, and
+# every test inside has its own time limit, so a console silent for longer
+# means L1 itself stopped making progress.
+watch_console() {
+  local quiet=0 last=-1 size
+  while [ ! -e "$work/qemu.done" ]; do
+    sleep 5
+    size=$(stat -c %s "$work/console.log" 2>/dev/null || echo 0)
+    if [ "$size" != "$last" ]; then last=$size quiet=0; else quiet=$((quiet + 5)); fi
+    if [ "$quiet" -ge "$1" ]; then
+      touch "$work/stalled"
+      kill "$(cat "$work/qemu.pid" 2>/dev/null)" 2>/dev/null || true
+      return
+    fi
+  done
+}
+
+# run_l1: one run of L1 on a fresh lab disk; sets $run_status to the
+# command's status, 124 (past -t, or silent past -s) or 125.
+run_l1() {
+  rm -f "$disk" "$work/stalled" "$work/qemu.done" "$work/qemu.pid" "$work/console.log"
+  truncate -s $((used + 8192))M "$disk"
+  mkfs.ext4 -q -F -d "$root" -E root_owner=0:0 -O ^has_journal "$disk"
+  say "L1: $cpus CPUs, $mem; disk ${used} MiB used; running: $*"
+  local started=$SECONDS watcher= qemu_rc
+  if [ "$silence" -gt 0 ]; then watch_console "$silence" & watcher=$!; fi
+  # stdin from /dev/null: a console reader must not wait on the caller's terminal.
+  set +e
+  timeout --foreground -k 10 "$limit" qemu-system-x86_64 -accel tcg,thread=multi -cpu "$cpu_model" \
+    -smp "$cpus" -m "$mem" -nodefaults -no-user-config -display none -no-reboot \
+    -serial stdio -kernel "$vmlinuz" -initrd "$l1_initramfs" -pidfile "$work/qemu.pid" \
+    -append "console=ttyS0 quiet loglevel=3 panic=-1 no_timer_check tsc=reliable" \
+    -drive "file=$disk,format=raw,if=virtio,cache=unsafe" < /dev/null 2> "$work/qemu.err" |
+    tee "$work/console.log"
+  qemu_rc=${PIPESTATUS[0]}
+  set -e
+  touch "$work/qemu.done"
+  [ -n "$watcher" ] && wait "$watcher" 2>/dev/null
+  if [ -e "$work/stalled" ]; then
+    say "L1's console was silent for ${silence}s after $((SECONDS - started)) s; stopped"
+    run_status=124
+    return
+  fi
+  if [ "$qemu_rc" -eq 124 ] || [ "$qemu_rc" -eq 137 ]; then
+    say "L1 ran past ${limit}s; stopped"
+    run_status=124
+    return
+  fi
+  say "L1 ran $((SECONDS - started)) s (host time)"
+  run_status=$(tr -d '\r' < "$work/console.log" | sed -n 's/^.*tern-lab: exit status \([0-9]*\)$/\1/p' | tail -n1)
+  if [ -z "$run_status" ]; then
+    say "L1 ended (qemu status $qemu_rc) without reporting the command's status"
+    grep -v "TCG doesn't support requested feature" "$work/qemu.err" >&2 || true
+    run_status=125
+  fi
+}
+
+for attempt in $(seq 1 "$attempts"); do
+  run_l1 "$@"
+  # Only the lab's own failures (124, 125) are retried, never the command's.
+  if [ "$run_status" -ne 124 ] && [ "$run_status" -ne 125 ]; then break; fi
+  [ "$attempt" -lt "$attempts" ] && say "attempt $attempt of $attempts failed (status $run_status); starting L1 again"
+done
+exit "$run_status"
