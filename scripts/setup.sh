@@ -12,7 +12,7 @@ packages=(
   qemu-utils qemu-system-x86 fio   # fio: bench/compare-qemu.sh, the host's raw limit
   curl acpica-tools bc
   help2man dpkg-dev   # man pages (cmake --install) and the .deb's Depends (dpkg-shlibdeps, cpack -G DEB)
-  busybox-static cpio kmod zstd xz-utils
+  busybox-static cpio kmod zstd xz-utils mmdebstrap   # mmdebstrap: make-debian-root.sh
   flex bison bc libelf-dev libssl-dev patch e2fsprogs   # make-small-kernel.sh, ext4 images
   clang lld libclang-rt-14-dev clang-16 libclang-rt-16-dev
 )
