@@ -1,4 +1,4 @@
-// Image locking (SPEC section 4): on open, an OFD byte-range lock
+// Image locking: on open, an OFD byte-range lock
 // (F_OFD_SETLK) from offset 0 over every byte the image has or will have —
 // shared for read-only opens, exclusive for writable ones. OFD locks belong
 // to the open file description, so they conflict between processes and

@@ -309,7 +309,7 @@ Result<void> Engine::read_compressed(uint64_t entry, std::span<uint8_t> out) {
     return fail(Errc::ReadFailed, r.error().sys_errno, "compressed cluster");
   }
   if (auto r = decompress_cluster(header_.get().compression_type, compressed, out); !r) {
-    // Data that does not decode to one cluster is corruption (SPEC 5).
+    // Data that does not decode to one cluster is corruption.
     return std::unexpected(header_.mark_corrupt("compressed cluster at host offset " + std::to_string(offset) +
                                                 ": " + r.error().message()));
   }

@@ -177,8 +177,8 @@ Result<uint64_t> Refcounts::adjust(uint64_t host_offset, int delta) {
   auto block = block_for(cluster >> block_bits_, delta > 0);
   if (!block) return std::unexpected(block.error());
   if (*block == 0) {
-    // Releasing a cluster no refcount block describes (SPEC 5: a refcount
-    // index outside the refcount table).
+    // Releasing a cluster no refcount block describes: a refcount index
+    // outside the refcount table is corruption, as QEMU marks it.
     return std::unexpected(header_.mark_corrupt("refcount of cluster at " + std::to_string(host_offset) +
                                                 " is outside the refcount table"));
   }
