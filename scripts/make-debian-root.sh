@@ -8,7 +8,7 @@
 #   build/tern --kernel build/guest/debian/vmlinuz --initramfs build/guest/debian/initrd.img \
 #     --cmdline "console=ttyS0 root=/dev/vda rw" --cpus boot=2 --memory size=1G \
 #     --disk path=root.qcow2,num_queues=2
-# (docs/linux-guest.md, "Your own Debian image").
+# (docs/linux-guest.md, "A Debian root disk").
 #
 # mmdebstrap makes a minimal root file system (variant minbase: systemd as
 # init, udev, dbus for logind's power button, util-linux, e2fsprogs, fio,
