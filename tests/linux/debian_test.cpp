@@ -1,4 +1,4 @@
-// Debian 12 from a tern root disk (label `linux`): the image that
+// Debian 12 from a tern root disk (label `debian`): the image that
 // scripts/make-debian-root.sh makes (systemd, udev, e2fsprogs, the cloud
 // kernel and its initramfs-tools initrd; build/guest/debian/), booted with
 // its own kernel and initrd and `root=/dev/vda rw`, 2 vCPUs, 1 GiB. The
@@ -9,7 +9,8 @@
 //
 // A real KVM only (hardware, or the lab: scripts/lab.sh): on this project's
 // emulated CI host (kvm_pvm) a 64-bit user space cannot run (its SYSCALL
-// faults), so these tests skip there, saying so; `ctest -L lab` runs them.
+// faults), so these tests skip there, saying so; lab.debian runs them
+// (`ctest -L lab-debian`).
 #include <sys/stat.h>
 
 #include <cstdint>
