@@ -36,8 +36,6 @@ constexpr uint64_t kDiskSectors = kDiskBytes / 512;
 
 std::chrono::seconds limit() { return std::chrono::seconds(env_int("TERN_LINUX_SMALL_TIMEOUT", 900)); }
 
-bool emulated_kvm() { return ::access("/sys/module/kvm_pvm", F_OK) == 0; }
-
 // Kernel parameters for every boot. On an emulated KVM (kvm_pvm):
 // - noxsave and clearcpuid for the features KVM's emulator cannot execute
 //   (xsave, cx16, popcnt, SIMD past SSE2: what tern's emulated CPU profile
@@ -126,14 +124,7 @@ class LinuxGuest : public ::testing::Test {
     std::string console = tern_.console();
     std::printf("--- console (%.1f s) ---\n%s\n--- tern ---\n%s\n", tern_.seconds(), console.c_str(),
                 tern_.log().c_str());
-    // On a real KVM tern hands the guest nothing it should warn about (CPUID,
-    // ACPI, devices): any kernel warning fails the test.
-    if (!emulated_kvm()) {
-      EXPECT_EQ(console.find("WARNING:"), std::string::npos) << "a kernel warning";
-      EXPECT_EQ(console.find("cut here"), std::string::npos) << "a kernel warning";
-      EXPECT_EQ(console.find("---[ end trace"), std::string::npos) << "a kernel oops or warning";
-      EXPECT_EQ(tern_.log().find("emulator"), std::string::npos) << "tern chose the emulated profile";
-    }
+    if (!emulated_kvm()) expect_clean_kernel_log(console, tern_.log());
     return st;
   }
 
@@ -152,11 +143,6 @@ class LinuxGuest : public ::testing::Test {
     EXPECT_EQ(r.status, 0) << r.out;
     EXPECT_EQ(r.out.find("Pattern verification failed"), std::string::npos)
         << "host read of " << byte << " at " << offset << ": " << r.out;
-  }
-  void expect_qcow2_check_clean(const std::string& path) {
-    Shell r = sh("qemu-img check " + path);
-    EXPECT_EQ(r.status, 0) << r.out;
-    EXPECT_NE(r.out.find("No errors were found on the image."), std::string::npos) << r.out;
   }
 
   std::string curl(const std::string& method, const std::string& path, const std::string& body = "") {

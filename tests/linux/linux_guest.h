@@ -39,6 +39,25 @@ inline int env_int(const char* var, int fallback) {
   return v ? std::atoi(v) : fallback;
 }
 
+// This project's emulated CI host (kvm_pvm), where only the small kernel runs.
+inline bool emulated_kvm() { return ::access("/sys/module/kvm_pvm", F_OK) == 0; }
+
+// On a real KVM tern hands the guest nothing it should warn about (CPUID,
+// ACPI, devices): any kernel warning or oops fails the test, and so does
+// tern choosing the emulated CPU profile.
+inline void expect_clean_kernel_log(const std::string& console, const std::string& tern_log) {
+  EXPECT_EQ(console.find("WARNING:"), std::string::npos) << "a kernel warning";
+  EXPECT_EQ(console.find("cut here"), std::string::npos) << "a kernel warning";
+  EXPECT_EQ(console.find("---[ end trace"), std::string::npos) << "a kernel oops or warning";
+  EXPECT_EQ(tern_log.find("emulator"), std::string::npos) << "tern chose the emulated profile";
+}
+
+inline void expect_qcow2_check_clean(const std::string& path) {
+  Shell r = sh("qemu-img check " + path);
+  EXPECT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("No errors were found on the image."), std::string::npos) << r.out;
+}
+
 inline std::string slurp(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   return std::string((std::istreambuf_iterator<char>(f)), {});
