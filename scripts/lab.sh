@@ -193,10 +193,13 @@ done < <(find "$build" -maxdepth 2 -type f -perm -u+x -print0)
   echo '[ -c /dev/kvm ] && echo "tern-lab: /dev/kvm ready (kvm-amd)"'
   printf 'cd %q\n' "$PWD"
   # Environment the command needs (ctest's own TERN_* variables come from its files).
-  for v in TERN_BUILD_DIR TERN_SOURCE_DIR GTEST_FILTER TERN_LAB_ROUNDS; do
+  for v in TERN_BUILD_DIR TERN_SOURCE_DIR GTEST_FILTER TERN_LAB_ROUNDS TERN_LAB_STALL; do
     [ -n "${!v:-}" ] && printf 'export %s=%q\n' "$v" "${!v}"
   done
   echo 'export TERN_LAB=1 TERN_GUEST_PREBUILT=1'
+  # The stall reporter: a test process that runs too long gets its threads'
+  # kernel stacks and KVM's exit rate printed (scripts/lib/lab-watch.sh).
+  printf 'sh %q </dev/null &\n' "$src/scripts/lib/lab-watch.sh"
   printf '%q ' "$@"; echo
   echo 'rc=$?'
   echo 'sync'
