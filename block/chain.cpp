@@ -1,13 +1,13 @@
 #include "block/chain.h"
 
 #include <fcntl.h>
-#include <poll.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 
 #include "base/unique_fd.h"
+#include "block/io/wait.h"
 #include "block/qcow2/engine.h"
 #include "block/qcow2/info.h"
 #include "block/qcow2/qcow2_disk.h"
@@ -22,17 +22,6 @@ struct Chain::Layer {
   UniqueFd raw_fd;                    // a raw layer's file, for SEEK_DATA/SEEK_HOLE
   uint64_t cluster_size = 0;
 };
-
-Result<void> run_request(IoContext& ctx, const Request& req) {
-  if (auto r = ctx.submit(req); !r) return r;
-  std::vector<Completion> done;
-  for (;;) {
-    ctx.drain(done);
-    if (!done.empty()) return done.front().status;
-    pollfd pfd{ctx.completion_fd(), POLLIN, 0};
-    if (::poll(&pfd, 1, -1) < 0 && errno != EINTR) return fail(Errc::ReadFailed, errno, "poll");
-  }
-}
 
 namespace {
 
@@ -181,7 +170,7 @@ Result<void> Chain::read(size_t i, uint64_t offset, std::span<uint8_t> out) {
   r.op = Op::Read;
   r.offset = offset;
   r.iov = std::span<const iovec>(&v, 1);
-  return run_request(*layers_.at(i)->io, r);
+  return io::run_to_completion(*layers_.at(i)->io, r);
 }
 
 Result<void> Chain::write(uint64_t offset, std::span<const uint8_t> data) {
@@ -190,7 +179,7 @@ Result<void> Chain::write(uint64_t offset, std::span<const uint8_t> data) {
   r.op = Op::Write;
   r.offset = offset;
   r.iov = std::span<const iovec>(&v, 1);
-  return run_request(*layers_.at(0)->io, r);
+  return io::run_to_completion(*layers_.at(0)->io, r);
 }
 
 Result<void> Chain::write_zeroes(uint64_t offset, uint64_t length) {
@@ -198,7 +187,7 @@ Result<void> Chain::write_zeroes(uint64_t offset, uint64_t length) {
   r.op = Op::WriteZeroes;
   r.offset = offset;
   r.length = length;
-  return run_request(*layers_.at(0)->io, r);
+  return io::run_to_completion(*layers_.at(0)->io, r);
 }
 
 Result<void> Chain::close() {

@@ -83,7 +83,4 @@ class Chain {
   std::vector<std::unique_ptr<Layer>> layers_;
 };
 
-// Runs one request on `ctx` and waits for its completion.
-[[nodiscard]] Result<void> run_request(IoContext& ctx, const Request& request);
-
 }  // namespace tern::block

@@ -9,6 +9,8 @@
 
 #include "base/unique_fd.h"
 #include "block/chain.h"
+#include "block/io/transfer.h"
+#include "block/io/wait.h"
 #include "block/new_image.h"
 #include "block/qcow2/engine.h"
 #include "block/qcow2/qcow2_disk.h"
@@ -46,22 +48,9 @@ class RawSink final : public Sink {
   explicit RawSink(UniqueFd fd) : fd_(std::move(fd)) {}
   Result<void> write(uint64_t offset, std::span<const uint8_t> data) override {
     if (all_zero(data.data(), data.size())) return {};  // the file is sparse
-    size_t done = 0;
-    while (done < data.size()) {
-      ssize_t n = ::pwrite(fd_.get(), data.data() + done, data.size() - done,
-                           static_cast<off_t>(offset + done));
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) return fail(Errc::WriteFailed, n < 0 ? errno : 0);
-      done += static_cast<size_t>(n);
-    }
-    return {};
+    return io::write_all(fd_.get(), data, offset);
   }
-  Result<void> finish() override {
-    while (::fsync(fd_.get()) != 0) {
-      if (errno != EINTR) return fail(Errc::FlushFailed, errno);
-    }
-    return {};
-  }
+  Result<void> finish() override { return io::sync_file(fd_.get(), false); }
 
  private:
   UniqueFd fd_;
@@ -85,14 +74,14 @@ class Qcow2Sink final : public Sink {
     if (backed_) {
       below_.resize(data.size());
       iovec v{below_.data(), below_.size()};
-      if (auto r = run_request(*ctx_, single(Op::Read, offset, v)); !r) return r;
+      if (auto r = io::run_to_completion(*ctx_, single(Op::Read, offset, v)); !r) return r;
       if (std::equal(data.begin(), data.end(), below_.begin())) return {};
       if (zero) {
         Request z;
         z.op = Op::WriteZeroes;
         z.offset = offset;
         z.length = data.size();
-        return run_request(*ctx_, z);
+        return io::run_to_completion(*ctx_, z);
       }
     } else if (zero) {
       return {};
@@ -107,7 +96,7 @@ class Qcow2Sink final : public Sink {
       return {};
     }
     iovec v{const_cast<uint8_t*>(data.data()), data.size()};
-    return run_request(*ctx_, single(Op::Write, offset, v));
+    return io::run_to_completion(*ctx_, single(Op::Write, offset, v));
   }
   Result<void> finish() override {
     ctx_.reset();
@@ -185,7 +174,7 @@ Result<void> convert_image(const ConvertOptions& options) {
     for (uint64_t offset = 0; offset < size; offset += chunk) {
       uint64_t n = std::min(chunk, size - offset);
       iovec v{buf.data(), n};
-      if (auto s = run_request(**in_ctx, single(Op::Read, offset, v)); !s) return s;
+      if (auto s = io::run_to_completion(**in_ctx, single(Op::Read, offset, v)); !s) return s;
       for (uint64_t g = 0; g < n; g += granule) {
         uint64_t len = std::min(granule, n - g);
         if (auto s = (*sink)->write(offset + g, std::span<const uint8_t>(buf.data() + g, len)); !s) return s;

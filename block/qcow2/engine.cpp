@@ -6,7 +6,7 @@
 
 #include "block/qcow2/big_endian.h"
 #include "block/qcow2/compression.h"
-#include "block/qcow2/iov.h"
+#include "block/io/iov.h"
 
 namespace tern::block::qcow2 {
 

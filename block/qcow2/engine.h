@@ -22,7 +22,7 @@
 #include "block/qcow2/format.h"
 #include "block/qcow2/header_store.h"
 #include "block/qcow2/host_file.h"
-#include "block/qcow2/iov.h"
+#include "block/io/iov.h"
 #include "block/qcow2/refcounts.h"
 #include "block/qcow2/table_cache.h"
 #include "block/qcow2/transfers.h"

@@ -5,50 +5,21 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstring>
+
+#include "block/io/transfer.h"
 
 namespace tern::block::qcow2 {
 
-// Short transfers and EINTR are retried here, the one place for this layer.
+// Past the end of the file the image reads as zeros (HostFile's rule).
 Result<void> FdHostFile::read_at(uint64_t offset, std::span<uint8_t> buf) {
-  size_t done = 0;
-  while (done < buf.size()) {
-    ssize_t n = ::pread(fd_.get(), buf.data() + done, buf.size() - done,
-                        static_cast<off_t>(offset + done));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return fail(Errc::ReadFailed, errno);
-    }
-    if (n == 0) {  // end of file: the rest reads as zeros
-      std::memset(buf.data() + done, 0, buf.size() - done);
-      return {};
-    }
-    done += static_cast<size_t>(n);
-  }
-  return {};
+  return io::read_zero_filled(fd_.get(), buf, offset);
 }
 
 Result<void> FdHostFile::write_at(uint64_t offset, std::span<const uint8_t> buf) {
-  size_t done = 0;
-  while (done < buf.size()) {
-    ssize_t n = ::pwrite(fd_.get(), buf.data() + done, buf.size() - done,
-                         static_cast<off_t>(offset + done));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return fail(Errc::WriteFailed, errno);
-    }
-    if (n == 0) return fail(Errc::ShortTransfer);
-    done += static_cast<size_t>(n);
-  }
-  return {};
+  return io::write_all(fd_.get(), buf, offset);
 }
 
-Result<void> FdHostFile::sync() {
-  while (::fdatasync(fd_.get()) != 0) {
-    if (errno != EINTR) return fail(Errc::FlushFailed, errno);
-  }
-  return {};
-}
+Result<void> FdHostFile::sync() { return io::sync_file(fd_.get()); }
 
 Result<uint64_t> FdHostFile::size() {
   // lseek rather than fstat: it also gives the size of a block device.

@@ -1,9 +1,7 @@
 #include "block/qcow2/qcow2_disk.h"
 
 #include <fcntl.h>
-#include <linux/aio_abi.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -14,7 +12,9 @@
 #include "base/event_fd.h"
 #include "block/qcow2/host_file.h"
 #include "block/qcow2/image_lock.h"
-#include "block/qcow2/iov.h"
+#include "block/io/aio.h"
+#include "block/io/iov.h"
+#include "block/io/transfer.h"
 
 namespace tern::block::qcow2 {
 namespace {
@@ -27,8 +27,8 @@ constexpr uint64_t kDirectAlign = 512;
 // drain() reaps them.
 class Qcow2IoContext final : public IoContext {
  public:
-  Qcow2IoContext(Qcow2Disk& disk, EventFd done, uint32_t depth, aio_context_t aio, uint32_t aio_slots)
-      : disk_(disk), done_(std::move(done)), depth_(depth), aio_(aio), aio_slots_(aio_slots) {}
+  Qcow2IoContext(Qcow2Disk& disk, EventFd done, uint32_t depth, io::AioRing ring, uint32_t aio_slots)
+      : disk_(disk), done_(std::move(done)), depth_(depth), ring_(std::move(ring)), aio_slots_(aio_slots) {}
 
   ~Qcow2IoContext() override {
     // Every transfer still queued or in the kernel finishes before its
@@ -37,13 +37,11 @@ class Qcow2IoContext final : public IoContext {
     if (!batch_.empty()) submit_batch(ignored_now);
     while (iocbs_in_flight_ > 0) {
       io_event events[64];
-      long n = syscall(SYS_io_getevents, aio_, 1, 64, events, nullptr);
-      if (n < 0 && errno == EINTR) continue;
+      long n = ring_.wait(events);
       if (n < 0) std::abort();
       std::vector<Completion> ignored;
       for (long i = 0; i < n; ++i) reap(events[i], ignored);
     }
-    if (aio_ != 0) syscall(SYS_io_destroy, aio_);
   }
 
   int completion_fd() const override { return done_.fd(); }
@@ -68,11 +66,9 @@ class Qcow2IoContext final : public IoContext {
     ready_.clear();
     while (iocbs_in_flight_ > 0) {
       io_event events[64];
-      timespec zero{0, 0};
-      long n = syscall(SYS_io_getevents, aio_, 0, 64, events, &zero);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) break;
-      for (long i = 0; i < n; ++i) reap(events[i], out);
+      size_t n = ring_.reap(events);
+      if (n == 0) break;
+      for (size_t i = 0; i < n; ++i) reap(events[i], out);
       if (n < 64) break;
     }
     in_flight_ -= static_cast<uint32_t>(out.size() - before);
@@ -189,14 +185,8 @@ class Qcow2IoContext final : public IoContext {
       piece.owner = p.get();
       piece.length = extents[i].length;
       iov_slice(iov, extents[i].request_offset, extents[i].length, piece.iov);
-      piece.cb.aio_data = reinterpret_cast<uint64_t>(&piece);
-      piece.cb.aio_lio_opcode = is_read ? IOCB_CMD_PREADV : IOCB_CMD_PWRITEV;
-      piece.cb.aio_fildes = static_cast<uint32_t>(disk_.data_fd());
-      piece.cb.aio_buf = reinterpret_cast<uint64_t>(piece.iov.data());
-      piece.cb.aio_nbytes = piece.iov.size();
-      piece.cb.aio_offset = static_cast<int64_t>(extents[i].host_offset);
-      piece.cb.aio_flags = IOCB_FLAG_RESFD;
-      piece.cb.aio_resfd = static_cast<uint32_t>(done_.fd());
+      io::AioRing::prepare_rw(piece.cb, is_read ? io::Direction::Read : io::Direction::Write, disk_.data_fd(),
+                              piece.iov, extents[i].host_offset, done_.fd(), reinterpret_cast<uint64_t>(&piece));
       cbs.push_back(&piece.cb);
     }
     // Queued, not yet given to the kernel: submit_batch() hands a whole
@@ -215,14 +205,8 @@ class Qcow2IoContext final : public IoContext {
   static constexpr size_t kMaxBatch = 64;
 
   void submit_batch(std::vector<Completion>& out) {
-    size_t submitted = 0;
-    while (submitted < batch_.size()) {
-      long n = syscall(SYS_io_submit, aio_, static_cast<long>(batch_.size() - submitted),
-                       batch_.data() + submitted);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) break;
-      submitted += static_cast<size_t>(n);
-    }
+    auto taken = ring_.submit(batch_);
+    const size_t submitted = taken ? *taken : 0;
     // Whatever the kernel refused is done synchronously here.
     for (size_t i = submitted; i < batch_.size(); ++i) {
       auto* piece = reinterpret_cast<Piece*>(batch_[i]->aio_data);
@@ -235,20 +219,10 @@ class Qcow2IoContext final : public IoContext {
   // pread/pwrite of one piece on the buffered descriptor; the result as
   // io_event::res would carry it.
   int64_t transfer_piece_sync(const Piece& piece) {
-    const bool is_read = piece.owner->is_read;
-    uint64_t done = 0;
-    while (done < piece.length) {
-      std::vector<iovec> rest;
-      iov_slice(piece.iov, done, piece.length - done, rest);
-      off_t at = static_cast<off_t>(piece.cb.aio_offset + static_cast<int64_t>(done));
-      ssize_t n = is_read ? ::preadv(disk_.buffered_fd(), rest.data(), static_cast<int>(rest.size()), at)
-                          : ::pwritev(disk_.buffered_fd(), rest.data(), static_cast<int>(rest.size()), at);
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) return -errno;
-      if (n == 0) break;
-      done += static_cast<uint64_t>(n);
-    }
-    return static_cast<int64_t>(done);
+    auto moved = io::transfer_all(disk_.buffered_fd(), piece.owner->is_read ? io::Direction::Read : io::Direction::Write,
+                                  piece.iov, static_cast<uint64_t>(piece.cb.aio_offset));
+    if (!moved) return moved.error().code == Errc::ShortTransfer ? 0 : -moved.error().sys_errno;
+    return static_cast<int64_t>(*moved);
   }
 
   bool can_go_async(std::span<const iovec> iov, std::span<const HostExtent> extents) const {
@@ -272,24 +246,13 @@ class Qcow2IoContext final : public IoContext {
     for (const auto& e : extents) {
       piece.clear();
       iov_slice(iov, e.request_offset, e.length, piece);
-      uint64_t done = 0;
-      while (done < e.length) {
-        std::vector<iovec> rest;
-        iov_slice(piece, done, e.length - done, rest);
-        ssize_t n = is_read ? ::preadv(disk_.buffered_fd(), rest.data(), static_cast<int>(rest.size()),
-                                       static_cast<off_t>(e.host_offset + done))
-                            : ::pwritev(disk_.buffered_fd(), rest.data(), static_cast<int>(rest.size()),
-                                        static_cast<off_t>(e.host_offset + done));
-        if (n < 0 && errno == EINTR) continue;
-        const std::string host = "host offset " + std::to_string(e.host_offset + done);
-        if (n < 0) return fail(is_read ? Errc::ReadFailed : Errc::WriteFailed, errno, host);
-        if (n == 0) {
-          if (!is_read) return fail(Errc::ShortTransfer, 0, host);
-          iov_zero(piece, done, e.length - done);  // past the end of the file
-          break;
-        }
-        done += static_cast<uint64_t>(n);
+      auto moved = io::transfer_all(disk_.buffered_fd(), is_read ? io::Direction::Read : io::Direction::Write,
+                                    piece, e.host_offset);
+      if (!moved) {
+        moved.error().detail = "host offset " + std::to_string(e.host_offset);
+        return std::unexpected(moved.error());
       }
+      if (*moved < e.length) iov_zero(piece, *moved, e.length - *moved);  // past the end of the file
     }
     return {};
   }
@@ -324,7 +287,7 @@ class Qcow2IoContext final : public IoContext {
   Qcow2Disk& disk_;
   EventFd done_;
   uint32_t depth_;
-  aio_context_t aio_;
+  io::AioRing ring_;  // valid when the disk has an O_DIRECT data descriptor
   uint32_t aio_slots_;
   uint32_t in_flight_ = 0;        // accepted, not yet drained
   uint32_t iocbs_in_flight_ = 0;  // in the kernel
@@ -407,13 +370,15 @@ Result<std::unique_ptr<IoContext>> Qcow2Disk::make_io_context(uint32_t depth) {
   if (depth == 0) return fail(Errc::InvalidArgument, 0, "depth 0");
   auto done = EventFd::create();
   if (!done) return fail(Errc::AioSetupFailed, done.error().err, "eventfd");
-  aio_context_t aio = 0;
+  io::AioRing ring;
   uint32_t slots = 0;
   if (data_fd_) {
     slots = depth * 4;
-    if (syscall(SYS_io_setup, slots, &aio) != 0) return fail(Errc::AioSetupFailed, errno);
+    auto created = io::AioRing::create(slots);
+    if (!created) return std::unexpected(created.error());
+    ring = std::move(*created);
   }
-  return std::unique_ptr<IoContext>(new Qcow2IoContext(*this, std::move(*done), depth, aio, slots));
+  return std::unique_ptr<IoContext>(new Qcow2IoContext(*this, std::move(*done), depth, std::move(ring), slots));
 }
 
 Result<void> Qcow2Disk::close() {

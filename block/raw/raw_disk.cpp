@@ -23,6 +23,9 @@
 #include "base/event_fd.h"
 #include "base/thread_sandbox.h"
 #include "block/image_lock.h"
+#include "block/io/aio.h"
+#include "block/io/iov.h"
+#include "block/io/transfer.h"
 
 namespace tern::block {
 namespace {
@@ -37,26 +40,6 @@ using AlignedBuffer = std::unique_ptr<uint8_t, FreeDeleter>;
 AlignedBuffer aligned_buffer(size_t alignment, size_t size) {
   size_t rounded = (size + alignment - 1) / alignment * alignment;
   return AlignedBuffer(static_cast<uint8_t*>(std::aligned_alloc(alignment, std::max(rounded, alignment))));
-}
-
-uint64_t iov_bytes(std::span<const iovec> iov) {
-  uint64_t total = 0;
-  for (const iovec& v : iov) total += v.iov_len;
-  return total;
-}
-
-// Zeros every byte of `iov` from byte `from` on: a read that reached the
-// end of the file reads zeros for the rest (the last sector of a file whose
-// size is not a multiple of 512, RawDisk::open).
-void zero_iov_from(std::span<const iovec> iov, uint64_t from) {
-  for (const iovec& v : iov) {
-    if (from >= v.iov_len) {
-      from -= v.iov_len;
-      continue;
-    }
-    std::memset(static_cast<uint8_t*>(v.iov_base) + from, 0, v.iov_len - from);
-    from = 0;
-  }
 }
 
 Errc failure_for(Op op) {
@@ -100,33 +83,6 @@ bool needs_bounce(const Request& r, const RawDisk& disk) {
   });
 }
 
-// A position in a list of iovecs that moves forward as chunks are copied.
-struct IovPosition {
-  size_t index = 0;
-  size_t offset = 0;  // inside iov[index]
-};
-
-// Copies n bytes between the iovecs at `at` (advanced) and `chunk`.
-void copy_chunk(std::span<const iovec> iov, IovPosition& at, uint8_t* chunk, size_t n, bool into_chunk) {
-  while (n > 0 && at.index < iov.size()) {
-    const iovec& v = iov[at.index];
-    size_t take = std::min(n, v.iov_len - at.offset);
-    uint8_t* user = static_cast<uint8_t*>(v.iov_base) + at.offset;
-    if (into_chunk) {
-      std::memcpy(chunk, user, take);
-    } else {
-      std::memcpy(user, chunk, take);
-    }
-    chunk += take;
-    n -= take;
-    at.offset += take;
-    if (at.offset == v.iov_len) {
-      ++at.index;
-      at.offset = 0;
-    }
-  }
-}
-
 Result<void> transfer(int fd, Op op, std::span<const iovec> iov_in, uint64_t offset);
 
 // Runs a validated request, bouncing it chunk by chunk when O_DIRECT needs
@@ -142,18 +98,19 @@ Result<void> run_request(const RawDisk& disk, const Request& r, BounceBuffer& bo
   if (!needs_bounce(r, disk)) return disk.execute(r);
   auto chunk = bounce.get(disk.memory_alignment());
   if (!chunk) return std::unexpected(chunk.error());
-  const uint64_t total = iov_bytes(r.iov);
-  IovPosition at;
+  const uint64_t total = iov_length(r.iov);
+  IovCursor at(r.iov);  // chunks are copied front to back: one linear walk
   for (uint64_t done = 0; done < total;) {
     if (cancelled && cancelled->load(std::memory_order_relaxed)) return fail(Errc::Cancelled, 0, disk.path());
     size_t n = static_cast<size_t>(std::min<uint64_t>(kBounceChunk, total - done));
-    if (r.op == Op::Write) copy_chunk(r.iov, at, chunk->data(), n, true);
-    iovec v{chunk->data(), n};
+    std::span<uint8_t> piece(chunk->data(), n);
+    if (r.op == Op::Write) iov_copy_to(at, done, piece);
+    iovec v{piece.data(), n};
     if (auto t = transfer(disk.fd(), r.op, std::span<const iovec>(&v, 1), r.offset + done); !t) {
       t.error().detail = disk.path();
       return t;
     }
-    if (r.op == Op::Read) copy_chunk(r.iov, at, chunk->data(), n, false);
+    if (r.op == Op::Read) iov_copy_from(at, done, piece);
     done += n;
   }
   return {};
@@ -340,14 +297,12 @@ class ThreadContext final : public IoContext {
 class AioContext final : public IoContext {
  public:
   static Result<std::unique_ptr<AioContext>> create(const RawDisk& disk, EventFd event, uint32_t depth) {
-    aio_context_t ctx = 0;
-    if (::syscall(SYS_io_setup, depth, &ctx) != 0) return fail(Errc::AioSetupFailed, errno, disk.path());
-    return std::unique_ptr<AioContext>(new AioContext(disk, std::move(event), depth, ctx));
-  }
-  ~AioContext() override {
-    // io_destroy waits for every request still in flight, so no completion
-    // can write into a slot after this.
-    ::syscall(SYS_io_destroy, ctx_);
+    auto ring = io::AioRing::create(depth);
+    if (!ring) {
+      ring.error().detail = disk.path();
+      return std::unexpected(ring.error());
+    }
+    return std::unique_ptr<AioContext>(new AioContext(disk, std::move(event), depth, std::move(*ring)));
   }
   int completion_fd() const override { return done_.event().fd(); }
   uint32_t depth() const override { return depth_; }
@@ -371,28 +326,17 @@ class AioContext final : public IoContext {
     uint32_t index = free_.back();
     Slot& slot = slots_[index];
     slot.owned = OwnedRequest::prepare(request);
-    slot.expected = iov_bytes(slot.owned.iov);
-    iocb& cb = slot.cb;
-    cb = iocb{};
-    cb.aio_data = index;
-    cb.aio_fildes = static_cast<uint32_t>(disk_.fd());
-    cb.aio_flags = IOCB_FLAG_RESFD;
-    cb.aio_resfd = static_cast<uint32_t>(done_.event().fd());
+    slot.expected = iov_length(slot.owned.iov);
     if (request.op == Op::Flush) {
-      cb.aio_lio_opcode = IOCB_CMD_FDSYNC;
+      io::AioRing::prepare_fdsync(slot.cb, disk_.fd(), done_.event().fd(), index);
     } else {
-      cb.aio_lio_opcode = request.op == Op::Read ? IOCB_CMD_PREADV : IOCB_CMD_PWRITEV;
-      cb.aio_buf = reinterpret_cast<uint64_t>(slot.owned.iov.data());
-      cb.aio_nbytes = slot.owned.iov.size();
-      cb.aio_offset = static_cast<int64_t>(request.offset);
+      io::AioRing::prepare_rw(slot.cb, request.op == Op::Read ? io::Direction::Read : io::Direction::Write,
+                              disk_.fd(), slot.owned.iov, request.offset, done_.event().fd(), index);
     }
-    iocb* list[1] = {&cb};
-    long n;
-    do {
-      n = ::syscall(SYS_io_submit, ctx_, 1, list);
-    } while (n < 0 && errno == EINTR);
-    if (n != 1) {
-      int err = n < 0 ? errno : EAGAIN;
+    iocb* list[1] = {&slot.cb};
+    auto taken = ring_.submit(list);
+    if (!taken) {
+      int err = taken.error().sys_errno;
       if (request.op == Op::Flush && err == EINVAL) {
         // Filesystems without AIO fsync: flushes go to the worker instead.
         aio_fsync_works_ = false;
@@ -411,11 +355,9 @@ class AioContext final : public IoContext {
     done_.event().consume();
     io_event events[64];
     for (;;) {
-      timespec zero{};
-      long n = ::syscall(SYS_io_getevents, ctx_, 0, 64, events, &zero);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) break;
-      for (long i = 0; i < n; ++i) {
+      size_t n = ring_.reap(events);
+      if (n == 0) break;
+      for (size_t i = 0; i < n; ++i) {
         uint32_t index = static_cast<uint32_t>(events[i].data);
         Slot& slot = slots_[index];
         int64_t res = events[i].res;
@@ -427,7 +369,7 @@ class AioContext final : public IoContext {
           // A short read ends at the end of the file, inside the disk
           // (validate() checked the range): zeros for the rest, as qemu's
           // linux-aio pads it.
-          zero_iov_from(slot.owned.iov, static_cast<uint64_t>(res));
+          iov_zero(slot.owned.iov, static_cast<uint64_t>(res), slot.expected - static_cast<uint64_t>(res));
         } else if (op != Op::Flush && static_cast<uint64_t>(res) != slot.expected) {
           status = fail(Errc::ShortTransfer, 0, disk_.path());
         }
@@ -452,9 +394,9 @@ class AioContext final : public IoContext {
     uint64_t expected = 0;
   };
 
-  AioContext(const RawDisk& disk, EventFd event, uint32_t depth, aio_context_t ctx)
-      : disk_(disk), done_(std::move(event)), pool_(disk, done_, 1), depth_(depth), ctx_(ctx),
-        slots_(depth) {
+  AioContext(const RawDisk& disk, EventFd event, uint32_t depth, io::AioRing ring)
+      : disk_(disk), done_(std::move(event)), pool_(disk, done_, 1), depth_(depth), slots_(depth),
+        ring_(std::move(ring)) {
     for (uint32_t i = depth; i > 0; --i) free_.push_back(i - 1);
   }
 
@@ -462,43 +404,22 @@ class AioContext final : public IoContext {
   CompletionQueue done_;
   WorkerPool pool_;  // discard, write-zeroes, and flushes AIO cannot do
   const uint32_t depth_;
-  const aio_context_t ctx_;
+  // Destroyed before the slots and the worker: io_destroy waits for every
+  // request in the kernel, so no completion writes into a slot after it.
   std::vector<Slot> slots_;
+  io::AioRing ring_;
   std::vector<uint32_t> free_;
   uint32_t in_flight_ = 0;  // owner thread only
   bool aio_fsync_works_ = true;
 };
 
-// Runs preadv/pwritev until the whole iovec list is transferred.
-Result<void> transfer(int fd, Op op, std::span<const iovec> iov_in, uint64_t offset) {
-  std::vector<iovec> iov(iov_in.begin(), iov_in.end());
-  size_t first = 0;
-  while (first < iov.size()) {
-    int count = static_cast<int>(std::min<size_t>(iov.size() - first, IOV_MAX));
-    ssize_t n = op == Op::Read ? ::preadv(fd, iov.data() + first, count, static_cast<off_t>(offset))
-                               : ::pwritev(fd, iov.data() + first, count, static_cast<off_t>(offset));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return fail(failure_for(op), errno);
-    }
-    if (n == 0 && op == Op::Read) {
-      // End of file inside the disk (validate() checked the range): zeros,
-      // as qemu's file-posix pads a short read.
-      zero_iov_from(std::span<const iovec>(iov).subspan(first), 0);
-      return {};
-    }
-    if (n == 0) return fail(Errc::ShortTransfer);
-    offset += static_cast<uint64_t>(n);
-    size_t left = static_cast<size_t>(n);
-    while (first < iov.size() && left >= iov[first].iov_len) {
-      left -= iov[first].iov_len;
-      ++first;
-    }
-    if (left > 0) {
-      iov[first].iov_base = static_cast<uint8_t*>(iov[first].iov_base) + left;
-      iov[first].iov_len -= left;
-    }
-  }
+// The whole iovec list or an error. A read that ends early reached the end
+// of the file inside the disk (validate() checked the range): zeros for
+// the rest, as qemu's file-posix pads a short read.
+Result<void> transfer(int fd, Op op, std::span<const iovec> iov, uint64_t offset) {
+  if (op == Op::Read) return io::read_zero_filled(fd, iov, offset);
+  auto moved = io::transfer_all(fd, io::Direction::Write, iov, offset);
+  if (!moved) return std::unexpected(moved.error());
   return {};
 }
 
@@ -513,7 +434,7 @@ RawDisk::~RawDisk() = default;
 
 Result<void> RawDisk::write_probe_window(const Request& r, Request& tail, std::vector<iovec>& tail_iov) const {
   const uint64_t window = probe_window();
-  const uint64_t total = iov_bytes(r.iov);
+  const uint64_t total = iov_length(r.iov);
   const size_t head = static_cast<size_t>(std::min<uint64_t>(window - r.offset, total));
   AlignedBuffer copy = aligned_buffer(std::max<uint32_t>(topology_.buffer_alignment, 512), window);
   if (!copy) return fail(Errc::OutOfMemory, ENOMEM, "probe window buffer");
@@ -521,16 +442,13 @@ Result<void> RawDisk::write_probe_window(const Request& r, Request& tail, std::v
   if (r.offset != 0 || head != window) {
     // Only part of the window is written: what the probe will see next
     // time includes the bytes around it.
-    std::memset(copy.get(), 0, window);
-    ssize_t n;
-    do {
-      n = ::pread(fd_.get(), copy.get(), window, 0);
-    } while (n < 0 && errno == EINTR);
-    if (n < 0) return fail(Errc::ReadFailed, errno, path_);
+    if (auto read = io::read_zero_filled(fd_.get(), std::span<uint8_t>(copy.get(), window), 0); !read) {
+      read.error().detail = path_;
+      return read;
+    }
   }
   // The guest's bytes are copied once; the copy is checked and written.
-  IovPosition at;
-  copy_chunk(r.iov, at, copy.get() + r.offset, head, true);
+  iov_copy_to(r.iov, 0, std::span<uint8_t>(copy.get() + r.offset, head));
   if (probe_bytes(std::span<const uint8_t>(copy.get(), kProbeBytes)) != ImageType::Raw) {
     return fail(Errc::ProbeChange, 0, path_ + ": " + std::to_string(head) + " bytes at " + std::to_string(r.offset));
   }
@@ -542,12 +460,7 @@ Result<void> RawDisk::write_probe_window(const Request& r, Request& tail, std::v
     }
   }
   tail_iov.clear();
-  for (size_t i = at.index; i < r.iov.size(); ++i) {
-    size_t skip = i == at.index ? at.offset : 0;
-    if (r.iov[i].iov_len > skip) {
-      tail_iov.push_back(iovec{static_cast<uint8_t*>(r.iov[i].iov_base) + skip, r.iov[i].iov_len - skip});
-    }
-  }
+  iov_slice(r.iov, head, total - head, tail_iov);
   tail = r;
   tail.offset = r.offset + head;
   tail.iov = tail_iov;
@@ -661,7 +574,7 @@ Result<void> RawDisk::validate(const Request& r) const {
   if (write_type && read_only_) return fail(Errc::ReadOnly, 0, path_);
   if (r.op == Op::Flush) return {};
   if (r.op == Op::Discard && !capabilities().discard) return fail(Errc::Unsupported, 0, "discard");
-  uint64_t length = (r.op == Op::Read || r.op == Op::Write) ? iov_bytes(r.iov) : r.length;
+  uint64_t length = (r.op == Op::Read || r.op == Op::Write) ? iov_length(r.iov) : r.length;
   if ((r.op == Op::Read || r.op == Op::Write) && r.iov.empty()) return fail(Errc::InvalidArgument);
   if ((r.op == Op::Read || r.op == Op::Write) && length > kMaxTransferBytes) {
     return fail(Errc::TooLarge, 0, std::to_string(length) + " bytes");

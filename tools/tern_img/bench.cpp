@@ -8,7 +8,6 @@
 // the one open image, as a guest's N virtio queues or fio's numjobs; the
 // COUNT requests are split into N consecutive runs, one per queue, DEPTH
 // in flight on each, and the time is until the last queue is done.
-#include <poll.h>
 #include <stdlib.h>
 
 #include <chrono>
@@ -19,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "block/io/wait.h"
 #include "block/open.h"
 #include "tools/tern_img/verbs.h"
 
@@ -76,8 +76,7 @@ std::string run_queue(tern::block::DiskFile& disk, const BenchArgs& a, uint64_t 
     done.clear();
     (*ctx)->drain(done);
     if (done.empty()) {
-      pollfd pfd{(*ctx)->completion_fd(), POLLIN, 0};
-      ::poll(&pfd, 1, -1);
+      if (auto w = tern::block::io::wait_for_completions(**ctx); !w) return "wait: " + w.error().message();
       continue;
     }
     for (auto& c : done) {

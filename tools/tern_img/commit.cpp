@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "block/chain.h"
+#include "block/io/wait.h"
 #include "block/new_image.h"
 #include "block/qcow2/info.h"
 #include "tools/tern_img/verbs.h"
@@ -99,7 +100,7 @@ int commit_data(const CommitArgs& a, bool& qcow2_top) {
         r.op = block::Op::Write;
         r.iov = std::span<const iovec>(&v, 1);
       }
-      if (auto s = block::run_request(**io, r); !s) return error(base_path + ": " + s.error().message());
+      if (auto s = block::io::run_to_completion(**io, r); !s) return error(base_path + ": " + s.error().message());
     }
     offset += e->length;
   }

@@ -1,8 +1,6 @@
 // tern-img io [-c CMD]... FILE: a qemu-io subset through Tern's disk
 // interface. Commands: read [-P pattern] OFF LEN (with -P, verifies),
 // write [-P pattern] [-z [-u]] OFF LEN, discard OFF LEN, flush, resize SIZE.
-#include <poll.h>
-
 #include <chrono>
 #include <string>
 
@@ -10,6 +8,7 @@
 #include <sstream>
 #include <vector>
 
+#include "block/io/wait.h"
 #include "block/open.h"
 #include "tools/tern_img/verbs.h"
 
@@ -22,17 +21,6 @@ struct IoArgs {
   bool read_only = false;
   bool backing = true;
 };
-
-block::Result<void> run_request(block::IoContext& ctx, const block::Request& req) {
-  if (auto r = ctx.submit(req); !r) return r;
-  std::vector<block::Completion> done;
-  for (;;) {
-    ctx.drain(done);
-    if (!done.empty()) return done.front().status;
-    pollfd pfd{ctx.completion_fd(), POLLIN, 0};
-    ::poll(&pfd, 1, -1);
-  }
-}
 
 // qemu-io's cvtstr(): three decimals unless whole, binary units.
 std::string qemu_size(double value) {
@@ -88,7 +76,7 @@ int run_command(block::DiskFile& disk, block::IoContext& ctx, const std::string&
   block::Request req;
   if (verb == "flush") {
     req.op = block::Op::Flush;
-    if (auto r = run_request(ctx, req); !r) return failed(r.error());
+    if (auto r = block::io::run_to_completion(ctx, req); !r) return failed(r.error());
     return 0;
   }
   if (verb == "resize" && numbers.size() == 1) {
@@ -118,7 +106,7 @@ int run_command(block::DiskFile& disk, block::IoContext& ctx, const std::string&
     return 1;
   }
   auto started = std::chrono::steady_clock::now();
-  if (auto r = run_request(ctx, req); !r) return failed(r.error());
+  if (auto r = block::io::run_to_completion(ctx, req); !r) return failed(r.error());
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   int status = 0;
   if (verb == "read" && pattern >= 0) {

@@ -15,7 +15,6 @@
 // ctest runs a few seeds. More by hand:
 //   TERN_STRESS_SEEDS=1-100 build/tests/qcow2_chain_stress_test
 #include <gtest/gtest.h>
-#include <poll.h>
 
 #include <cstring>
 #include <fstream>
@@ -77,24 +76,12 @@ std::string run_batch(IoContext& ctx, std::vector<Request>& reqs) {
   for (auto& r : reqs) {
     if (auto s = ctx.submit(r); !s) return "submit: " + s.error().message();
   }
-  size_t done = 0;
-  std::string failure;
   std::vector<Completion> out;
-  while (done < reqs.size()) {
-    out.clear();
-    ctx.drain(out);
-    for (auto& c : out) {
-      if (!c.status && failure.empty()) {
-        failure = "request " + std::to_string(c.cookie) + ": " + c.status.error().message();
-      }
-    }
-    done += out.size();
-    if (done < reqs.size()) {
-      pollfd pfd{ctx.completion_fd(), POLLIN, 0};
-      ::poll(&pfd, 1, 5000);
-    }
+  if (auto w = io::collect(ctx, reqs.size(), out); !w) return "wait: " + w.error().message();
+  for (auto& c : out) {
+    if (!c.status) return "request " + std::to_string(c.cookie) + ": " + c.status.error().message();
   }
-  return failure;
+  return {};
 }
 
 struct Queued {

@@ -2,7 +2,6 @@
 // writing and reading disjoint and overlapping ranges of one QCOW2 image.
 // Labelled tsan too: CI runs it under ThreadSanitizer.
 #include <gtest/gtest.h>
-#include <poll.h>
 
 #include <algorithm>
 #include <chrono>
@@ -46,16 +45,9 @@ bool whole_block(std::span<const uint8_t> buf, uint64_t block, uint64_t* writer)
 // Submits every request, then waits for all of them (out of order).
 void run_batch(IoContext& ctx, std::vector<Request>& reqs) {
   for (auto& r : reqs) ASSERT_TRUE(ctx.submit(r).has_value());
-  size_t done = 0;
   std::vector<Completion> out;
-  while (done < reqs.size()) {
-    pollfd pfd{ctx.completion_fd(), POLLIN, 0};
-    ::poll(&pfd, 1, 1000);
-    out.clear();
-    ctx.drain(out);
-    for (auto& c : out) ASSERT_TRUE(c.status.has_value()) << c.status.error().message();
-    done += out.size();
-  }
+  ASSERT_TRUE(io::collect(ctx, reqs.size(), out).has_value());
+  for (auto& c : out) ASSERT_TRUE(c.status.has_value()) << c.status.error().message();
 }
 
 void worker(DiskFile& disk, uint64_t id, uint32_t seed) {

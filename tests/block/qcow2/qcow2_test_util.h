@@ -3,7 +3,6 @@
 #pragma once
 
 #include <gtest/gtest.h>
-#include <poll.h>
 #include <stdlib.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -20,6 +19,7 @@
 #include <vector>
 
 #include "block/disk.h"
+#include "block/io/wait.h"
 #include "block/open.h"
 
 namespace tern::block::qcow2::test {
@@ -112,16 +112,7 @@ inline std::unique_ptr<DiskFile> open_image(const std::string& path, bool read_o
 inline Result<void> run_one(IoContext& ctx, Request req) {
   static uint64_t next_cookie = 1;
   req.cookie = next_cookie++;
-  if (auto r = ctx.submit(req); !r) return r;
-  std::vector<Completion> done;
-  for (;;) {
-    ctx.drain(done);
-    for (auto& c : done) {
-      if (c.cookie == req.cookie) return c.status;
-    }
-    pollfd pfd{ctx.completion_fd(), POLLIN, 0};
-    ::poll(&pfd, 1, 1000);
-  }
+  return io::run_to_completion(ctx, req);
 }
 
 inline Result<void> pread_disk(IoContext& ctx, uint64_t offset, std::span<uint8_t> buf) {

@@ -6,7 +6,6 @@
 // host cluster, the late data write overwrites it and the guest then reads
 // whatever the fake entries point at (here: the refcount table).
 #include <gtest/gtest.h>
-#include <poll.h>
 
 #include <cstring>
 
@@ -39,18 +38,9 @@ void submit_all(IoContext& ctx, std::vector<Request>& reqs) {
 
 // Waits (on the completion eventfd) until `count` requests completed on ctx.
 void wait_all(IoContext& ctx, size_t count) {
-  size_t done = 0;
   std::vector<Completion> out;
-  while (done < count) {
-    out.clear();
-    ctx.drain(out);
-    for (auto& c : out) EXPECT_TRUE(c.status.has_value()) << c.cookie << ": " << c.status.error().message();
-    done += out.size();
-    if (done < count) {
-      pollfd pfd{ctx.completion_fd(), POLLIN, 0};
-      ::poll(&pfd, 1, 1000);
-    }
-  }
+  ASSERT_TRUE(io::collect(ctx, count, out).has_value());
+  for (auto& c : out) EXPECT_TRUE(c.status.has_value()) << c.cookie << ": " << c.status.error().message();
 }
 
 class FreedClusterReuse : public testing::TestWithParam<Params> {};

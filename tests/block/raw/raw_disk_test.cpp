@@ -1,7 +1,6 @@
 // The raw backends (Sync, Native AIO, Threads) through the disk interface,
 // with and without O_DIRECT.
 #include <fcntl.h>
-#include <poll.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -20,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "block/io/wait.h"
 #include "block/open.h"
 
 namespace tern::block {
@@ -51,11 +51,7 @@ void make_file(const std::string& path, uint64_t size) {
 // Waits for and collects completions until `count` arrived.
 std::vector<Completion> wait_for(IoContext& ctx, size_t count) {
   std::vector<Completion> done;
-  while (done.size() < count) {
-    pollfd pfd{ctx.completion_fd(), POLLIN, 0};
-    if (::poll(&pfd, 1, 5000) <= 0) break;
-    ctx.drain(done);
-  }
+  (void)io::collect(ctx, count, done, 5000);  // the caller checks the count
   return done;
 }
 

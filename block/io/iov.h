@@ -1,6 +1,7 @@
-// Byte-range helpers over a request's iovec list: the engine copies into,
-// out of and zeroes parts of the guest buffers, and slices them for the
-// asynchronous data path.
+// Byte-range helpers over a request's iovec list, for every backend: the
+// QCOW2 engine copies into, out of and zeroes parts of the guest buffers
+// and slices them for the asynchronous data path; raw bounces them through
+// an aligned buffer for O_DIRECT.
 //
 // A request is walked cluster by cluster, front to back. IovCursor remembers
 // where the last range started, so the whole walk costs steps linear in
@@ -18,7 +19,7 @@
 #include <span>
 #include <vector>
 
-namespace tern::block::qcow2 {
+namespace tern::block {
 
 inline uint64_t iov_length(std::span<const iovec> iov) {
   uint64_t total = 0;
@@ -123,4 +124,4 @@ inline void iov_slice(std::span<const iovec> iov, uint64_t offset, uint64_t leng
   iov_slice(cursor, offset, length, out);
 }
 
-}  // namespace tern::block::qcow2
+}  // namespace tern::block

@@ -1,13 +1,13 @@
-// The iovec helpers the QCOW2 request path uses to reach a request's guest
+// The iovec helpers the backends use to reach a request's guest
 // buffers cluster by cluster.
-#include "block/qcow2/iov.h"
+#include "block/io/iov.h"
 
 #include <gtest/gtest.h>
 
 #include <numeric>
 #include <vector>
 
-namespace tern::block::qcow2 {
+namespace tern::block {
 namespace {
 
 // A request of `segments` buffers of `seg_len` bytes each over one array.
@@ -85,4 +85,4 @@ TEST(IovCursor, BackwardsAndEmptySegments) {
 }
 
 }  // namespace
-}  // namespace tern::block::qcow2
+}  // namespace tern::block
