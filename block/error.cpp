@@ -1,62 +1,79 @@
 #include "block/error.h"
 
+#include <array>
 #include <cerrno>
 
 #include "base/error.h"
 
 namespace tern::block {
+namespace {
 
-const char* errc_name(Errc code) {
-  switch (code) {
-    case Errc::OpenFailed: return "cannot open";
-    case Errc::NotAFile: return "not a regular file or block device";
-    case Errc::LockConflict: return "image is locked by another process";
-    case Errc::LockFailed: return "cannot lock image";
-    case Errc::UnknownFormat: return "unknown image format";
-    case Errc::ProbedBacking:
-      return "the image was probed as QCOW2 and names a backing file; follow it only with image_type=qcow2";
-    case Errc::OutOfRange: return "request past the end of the disk";
-    case Errc::Unaligned: return "unaligned request";
-    case Errc::ReadOnly: return "disk is read-only";
-    case Errc::Unsupported: return "operation not supported";
-    case Errc::QueueFull: return "too many requests in flight";
-    case Errc::InvalidArgument: return "invalid argument";
-    case Errc::ReadFailed: return "read failed";
-    case Errc::WriteFailed: return "write failed";
-    case Errc::FlushFailed: return "flush failed";
-    case Errc::DiscardFailed: return "discard failed";
-    case Errc::WriteZeroesFailed: return "write-zeroes failed";
-    case Errc::ShortTransfer: return "short transfer";
-    case Errc::AioSetupFailed: return "cannot set up Linux AIO";
-    case Errc::SubmitFailed: return "cannot submit AIO request";
-    case Errc::TooLarge: return "request longer than the largest transfer";
-    case Errc::Cancelled: return "request cancelled";
-    case Errc::ProbeChange:
-      return "write refused: it would make this probed raw image look like another format (give image_type=raw)";
-    case Errc::OutOfMemory: return "cannot allocate a buffer";
-    case Errc::ShrinkRefused: return "shrinking is not supported";
-    case Errc::ResizeFailed: return "resize failed";
-    case Errc::BadHeader: return "invalid image header";
-    case Errc::UnsupportedVersion: return "unsupported image version";
-    case Errc::UnsupportedFeature: return "unsupported image feature";
-    case Errc::BackingRefused: return "image has a backing file; enable it with backing_files=on";
-    case Errc::BackingFailed: return "cannot open backing file";
-    case Errc::BackingLoop: return "backing chain loops";
-    case Errc::BackingChainTooDeep: return "backing chain too deep (at most 16 backing files)";
-    case Errc::BackingIsDevice: return "backing file is a block device (not allowed unless asked for)";
-    case Errc::CorruptImage: return "image is corrupt";
-    case Errc::RefcountOverflow: return "refcount overflow";
-    case Errc::ReadingMetadata: return "reading metadata failed";
-    case Errc::WritingMetadata: return "writing metadata failed";
-    case Errc::ReadingHeader: return "reading header failed";
-    case Errc::WritingHeader: return "writing header failed";
-    case Errc::SyncingHeader: return "syncing header failed";
-    case Errc::Decompression: return "decompression failed";
-    case Errc::NoSpace: return "no space left";
-    case Errc::Internal: return "internal error";
+using enum ErrorClass;
+
+constexpr std::array kErrcTable = std::to_array<ErrcInfo>({
+    {Errc::OpenFailed, "cannot open", ErrorClass::Other, EIO},
+    {Errc::NotAFile, "not a regular file or block device", ErrorClass::Other, EIO},
+    {Errc::LockConflict, "image is locked by another process", ErrorClass::Other, EAGAIN},
+    {Errc::LockFailed, "cannot lock image", ErrorClass::Other, EIO},
+    {Errc::UnknownFormat, "unknown image format", ErrorClass::Other, EIO},
+    {Errc::ProbedBacking, "the image was probed as QCOW2 and names a backing file; follow it only with image_type=qcow2", ErrorClass::Other, EIO},
+    {Errc::OutOfRange, "request past the end of the disk", ErrorClass::BadRequest, EINVAL},
+    {Errc::Unaligned, "unaligned request", ErrorClass::Refused, EINVAL},
+    {Errc::ReadOnly, "disk is read-only", ErrorClass::Refused, EROFS},
+    {Errc::Unsupported, "operation not supported", ErrorClass::Unsupported, EOPNOTSUPP},
+    {Errc::QueueFull, "too many requests in flight", ErrorClass::Other, EAGAIN},
+    {Errc::InvalidArgument, "invalid argument", ErrorClass::BadRequest, EINVAL},
+    {Errc::ReadFailed, "read failed", ErrorClass::Io, EIO},
+    {Errc::WriteFailed, "write failed", ErrorClass::Io, EIO},
+    {Errc::FlushFailed, "flush failed", ErrorClass::Io, EIO},
+    {Errc::DiscardFailed, "discard failed", ErrorClass::Io, EIO},
+    {Errc::WriteZeroesFailed, "write-zeroes failed", ErrorClass::Io, EIO},
+    {Errc::ShortTransfer, "short transfer", ErrorClass::Io, EIO},
+    {Errc::AioSetupFailed, "cannot set up Linux AIO", ErrorClass::Io, EIO},
+    {Errc::SubmitFailed, "cannot submit AIO request", ErrorClass::Io, EIO},
+    {Errc::TooLarge, "request longer than the largest transfer", ErrorClass::Other, E2BIG},
+    {Errc::Cancelled, "request cancelled", ErrorClass::Other, ECANCELED},
+    {Errc::ProbeChange, "write refused: it would make this probed raw image look like another format (give image_type=raw)", ErrorClass::Refused, EPERM},
+    {Errc::OutOfMemory, "cannot allocate a buffer", ErrorClass::Other, ENOMEM},
+    {Errc::ShrinkRefused, "shrinking is not supported", ErrorClass::Refused, EIO},
+    {Errc::ResizeFailed, "resize failed", ErrorClass::Other, EIO},
+    {Errc::BadHeader, "invalid image header", ErrorClass::Image, EIO},
+    {Errc::UnsupportedVersion, "unsupported image version", ErrorClass::Other, EIO},
+    {Errc::UnsupportedFeature, "unsupported image feature", ErrorClass::Other, EIO},
+    {Errc::BackingRefused, "image has a backing file; enable it with backing_files=on", ErrorClass::Refused, EIO},
+    {Errc::BackingFailed, "cannot open backing file", ErrorClass::Image, EIO},
+    {Errc::BackingLoop, "backing chain loops", ErrorClass::Other, EIO},
+    {Errc::BackingChainTooDeep, "backing chain too deep (at most 16 backing files)", ErrorClass::Other, EIO},
+    {Errc::BackingIsDevice, "backing file is a block device (not allowed unless asked for)", ErrorClass::Other, EIO},
+    {Errc::CorruptImage, "image is corrupt", ErrorClass::Image, EIO},
+    {Errc::RefcountOverflow, "refcount overflow", ErrorClass::Image, EINVAL},
+    {Errc::ReadingMetadata, "reading metadata failed", ErrorClass::Image, EIO},
+    {Errc::WritingMetadata, "writing metadata failed", ErrorClass::Image, EIO},
+    {Errc::ReadingHeader, "reading header failed", ErrorClass::Image, EIO},
+    {Errc::WritingHeader, "writing header failed", ErrorClass::Image, EIO},
+    {Errc::SyncingHeader, "syncing header failed", ErrorClass::Image, EIO},
+    {Errc::Decompression, "decompression failed", ErrorClass::Image, EIO},
+    {Errc::NoSpace, "no space left", ErrorClass::NoSpace, ENOSPC},
+    {Errc::Internal, "internal error", ErrorClass::Other, EIO},
+});
+
+constexpr bool rows_in_order() {
+  for (size_t i = 0; i < kErrcTable.size(); ++i) {
+    if (static_cast<size_t>(kErrcTable[i].code) != i) return false;
   }
-  return "unknown error";
+  return true;
 }
+static_assert(kErrcTable.size() == static_cast<size_t>(Errc::Internal) + 1, "one row per Errc");
+static_assert(rows_in_order(), "rows in the order of the enum");
+
+}  // namespace
+
+const ErrcInfo& errc_info(Errc code) {
+  auto i = static_cast<size_t>(code);
+  return i < kErrcTable.size() ? kErrcTable[i] : kErrcTable.back();
+}
+
+const char* errc_name(Errc code) { return errc_info(code).text; }
 
 std::string Error::message() const {
   std::string text = errc_name(code);
@@ -65,25 +82,11 @@ std::string Error::message() const {
   return text;
 }
 
-int Error::to_errno() const {
-  if (sys_errno != 0) return sys_errno;
-  switch (code) {
-    case Errc::OutOfRange:
-    case Errc::Unaligned:
-    case Errc::InvalidArgument:
-    case Errc::RefcountOverflow:
-      return EINVAL;
-    case Errc::ReadOnly: return EROFS;
-    case Errc::Unsupported: return EOPNOTSUPP;
-    case Errc::QueueFull: return EAGAIN;
-    case Errc::TooLarge: return E2BIG;
-    case Errc::Cancelled: return ECANCELED;
-    case Errc::ProbeChange: return EPERM;
-    case Errc::OutOfMemory: return ENOMEM;
-    case Errc::NoSpace: return ENOSPC;
-    case Errc::LockConflict: return EAGAIN;
-    default: return EIO;
-  }
+int Error::to_errno() const { return sys_errno != 0 ? sys_errno : errc_info(code).default_errno; }
+
+ErrorClass Error::error_class() const {
+  if (sys_errno == ENOSPC || sys_errno == EDQUOT) return ErrorClass::NoSpace;
+  return errc_info(code).error_class;
 }
 
 }  // namespace tern::block

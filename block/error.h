@@ -60,6 +60,30 @@ enum class Errc {
   Internal,
 };
 
+// How an error is treated by those who sort errors: the guest's status and
+// the disk's error counters (devices/virtio/blk_errors.h), the API's status
+// code (vmm/api_control.cpp), the rate-limited log.
+enum class ErrorClass : uint8_t {
+  BadRequest,   // the request itself is wrong: past the end, malformed
+  Refused,      // a well-formed request this disk will not do: read-only, shrink, alignment
+  Unsupported,  // an operation this backend does not have
+  Io,           // the host's I/O failed
+  NoSpace,      // the host's file system is full (also any ENOSPC or EDQUOT)
+  Image,        // the image's metadata is bad, or reading or writing it failed
+  Other,        // opening, locking, resources, cancellation, tern's own faults
+};
+
+// One row per Errc, in declaration order: its text, class and errno (the
+// errno reported when the failing call gave none). The only place an Errc
+// is sorted; a new Errc without its row does not compile (error.cpp).
+struct ErrcInfo {
+  Errc code;
+  const char* text;
+  ErrorClass error_class;
+  int default_errno;
+};
+const ErrcInfo& errc_info(Errc code);
+
 const char* errc_name(Errc code);
 
 struct Error {
@@ -71,6 +95,9 @@ struct Error {
   std::string message() const;
   // The errno to report for this error (guest status mapping, exit codes).
   int to_errno() const;
+  // errc_info(code).error_class, except that a failing call's ENOSPC or
+  // EDQUOT makes any error NoSpace.
+  ErrorClass error_class() const;
 };
 
 template <class T>

@@ -15,19 +15,17 @@ using api::control_error;
 constexpr std::chrono::seconds kCommandTimeout{30};
 
 api::ControlError resize_error(const std::string& id, const block::Error& e) {
-  switch (e.code) {
-    case block::Errc::ShrinkRefused:
-    case block::Errc::ReadOnly:
-    case block::Errc::Unsupported:
-    case block::Errc::BackingRefused:
-    case block::Errc::Unaligned:
-      return {ControlErrc::Refused, "disk '" + id + "': " + e.message()};
-    case block::Errc::InvalidArgument:
-    case block::Errc::OutOfRange:
-      return {ControlErrc::BadRequest, "disk '" + id + "': " + e.message()};
-    default:
-      return {ControlErrc::Internal, "disk '" + id + "': " + e.message()};
+  ControlErrc code = ControlErrc::Internal;
+  switch (e.error_class()) {
+    case block::ErrorClass::BadRequest: code = ControlErrc::BadRequest; break;
+    case block::ErrorClass::Refused:
+    case block::ErrorClass::Unsupported: code = ControlErrc::Refused; break;
+    case block::ErrorClass::Io:
+    case block::ErrorClass::NoSpace:
+    case block::ErrorClass::Image:
+    case block::ErrorClass::Other: code = ControlErrc::Internal; break;
   }
+  return {code, "disk '" + id + "': " + e.message()};
 }
 
 }  // namespace

@@ -1,61 +1,31 @@
 #include "devices/virtio/blk_errors.h"
 
-#include <cerrno>
+#include <array>
 #include <string>
 
 namespace tern::devices {
 
 BlkErrorKind blk_error_kind(const block::Error& error) {
-  using block::Errc;
-  if (error.code == Errc::NoSpace || error.sys_errno == ENOSPC || error.sys_errno == EDQUOT) {
-    return BlkErrorKind::NoSpace;
+  switch (error.error_class()) {
+    case block::ErrorClass::BadRequest:
+    case block::ErrorClass::Refused: return BlkErrorKind::Invalid;
+    case block::ErrorClass::Unsupported: return BlkErrorKind::Unsupported;
+    case block::ErrorClass::Io: return BlkErrorKind::Io;
+    case block::ErrorClass::NoSpace: return BlkErrorKind::NoSpace;
+    case block::ErrorClass::Image: return BlkErrorKind::Image;
+    case block::ErrorClass::Other: return BlkErrorKind::Other;
   }
-  switch (error.code) {
-    case Errc::OutOfRange:
-    case Errc::Unaligned:
-    case Errc::ReadOnly:
-    case Errc::InvalidArgument:
-    case Errc::ProbeChange:  // the guest's write would turn its raw disk into another format
-      return BlkErrorKind::Invalid;
-    case Errc::Unsupported:
-      return BlkErrorKind::Unsupported;
-    case Errc::ReadFailed:
-    case Errc::WriteFailed:
-    case Errc::FlushFailed:
-    case Errc::DiscardFailed:
-    case Errc::WriteZeroesFailed:
-    case Errc::ShortTransfer:
-    case Errc::SubmitFailed:
-    case Errc::AioSetupFailed:
-      return BlkErrorKind::Io;
-    case Errc::BadHeader:
-    case Errc::BackingFailed:
-    case Errc::CorruptImage:
-    case Errc::RefcountOverflow:
-    case Errc::ReadingMetadata:
-    case Errc::WritingMetadata:
-    case Errc::ReadingHeader:
-    case Errc::WritingHeader:
-    case Errc::SyncingHeader:
-    case Errc::Decompression:
-      return BlkErrorKind::Image;
-    default:
-      return BlkErrorKind::Other;
-  }
+  return BlkErrorKind::Other;
 }
 
 void count_blk_error(AtomicBlockCounters& counters, BlkErrorKind kind) {
+  // By BlkErrorKind.
+  static constexpr std::array<std::atomic<uint64_t> AtomicBlockCounters::*, kBlkErrorKinds> kByKind = {
+      &AtomicBlockCounters::errors_invalid, &AtomicBlockCounters::errors_unsupported,
+      &AtomicBlockCounters::errors_io,      &AtomicBlockCounters::errors_no_space,
+      &AtomicBlockCounters::errors_image,   &AtomicBlockCounters::errors_other};
   counters.errors.fetch_add(1, std::memory_order_relaxed);
-  std::atomic<uint64_t>* by_kind = nullptr;
-  switch (kind) {
-    case BlkErrorKind::Invalid: by_kind = &counters.errors_invalid; break;
-    case BlkErrorKind::Unsupported: by_kind = &counters.errors_unsupported; break;
-    case BlkErrorKind::Io: by_kind = &counters.errors_io; break;
-    case BlkErrorKind::NoSpace: by_kind = &counters.errors_no_space; break;
-    case BlkErrorKind::Image: by_kind = &counters.errors_image; break;
-    case BlkErrorKind::Other: by_kind = &counters.errors_other; break;
-  }
-  by_kind->fetch_add(1, std::memory_order_relaxed);
+  (counters.*kByKind[static_cast<size_t>(kind)]).fetch_add(1, std::memory_order_relaxed);
 }
 
 BlkErrorLog::BlkErrorLog(std::chrono::steady_clock::duration period)

@@ -24,11 +24,6 @@ struct CommitArgs {
   std::string file;
 };
 
-int error(const std::string& message) {
-  std::fprintf(stderr, "tern-img: %s\n", message.c_str());
-  return 1;
-}
-
 // Empties a QCOW2 overlay: a new image with the same header settings, as
 // qemu's make_empty leaves it (no cluster allocated, same backing file),
 // built beside it and renamed over it, so a failure leaves the overlay as
@@ -60,8 +55,8 @@ int commit_data(const CommitArgs& a, bool& qcow2_top) {
                 : a.format == "raw" ? block::ImageType::Raw
                                     : block::ImageType::Auto;
   auto chain = block::Chain::open(a.file, co);
-  if (!chain) return error("Could not open '" + a.file + "': " + chain.error().message());
-  if (chain->layers() < 2) return error("Image does not have a backing file");
+  if (!chain) return report_error("Could not open '" + a.file + "': " + chain.error().message());
+  if (chain->layers() < 2) return report_error("Image does not have a backing file");
   const std::string base_path = chain->path(1);
   // The backing file, writable, with the files under it for its own
   // copy-on-write reads.
@@ -71,18 +66,18 @@ int commit_data(const CommitArgs& a, bool& qcow2_top) {
   bo.allow_backing = true;
   bo.aio = block::AioMode::Sync;
   auto base = block::open_disk(bo);
-  if (!base) return error("Could not open backing file '" + base_path + "': " + base.error().message());
+  if (!base) return report_error("Could not open backing file '" + base_path + "': " + base.error().message());
   const uint64_t size = chain->size(0);
   if ((*base)->size() < size) {
-    if (auto r = (*base)->resize(size); !r) return error(base_path + ": " + r.error().message());
+    if (auto r = (*base)->resize(size); !r) return report_error(base_path + ": " + r.error().message());
   }
   auto io = (*base)->make_io_context(1);
-  if (!io) return error(io.error().message());
+  if (!io) return report_error(io.error().message());
 
   std::vector<uint8_t> buf;
   for (uint64_t offset = 0; offset < size;) {
     auto e = chain->layer_status(0, offset, size - offset);
-    if (!e) return error(a.file + ": " + e.error().message());
+    if (!e) return report_error(a.file + ": " + e.error().message());
     // Unallocated ranges are skipped whole; data goes a buffer's worth at
     // a time, zeros a request's worth.
     if (e->present) e->length = std::min(e->length, e->zero ? block::kMaxTransferBytes : kChunk);
@@ -95,18 +90,18 @@ int commit_data(const CommitArgs& a, bool& qcow2_top) {
         r.length = e->length;
       } else {
         buf.resize(e->length);
-        if (auto s = chain->read(0, offset, buf); !s) return error(a.file + ": " + s.error().message());
+        if (auto s = chain->read(0, offset, buf); !s) return report_error(a.file + ": " + s.error().message());
         v = {buf.data(), buf.size()};
         r.op = block::Op::Write;
         r.iov = std::span<const iovec>(&v, 1);
       }
-      if (auto s = block::io::run_to_completion(**io, r); !s) return error(base_path + ": " + s.error().message());
+      if (auto s = block::io::run_to_completion(**io, r); !s) return report_error(base_path + ": " + s.error().message());
     }
     offset += e->length;
   }
   io->reset();  // the context goes before its disk
-  if (auto r = (*base)->close(); !r) return error(base_path + ": " + r.error().message());
-  if (auto r = chain->close(); !r) return error(a.file + ": " + r.error().message());
+  if (auto r = (*base)->close(); !r) return report_error(base_path + ": " + r.error().message());
+  if (auto r = chain->close(); !r) return report_error(a.file + ": " + r.error().message());
   qcow2_top = chain->format(0) == "qcow2";
   return 0;
 }
@@ -116,7 +111,7 @@ int run_commit(const CommitArgs& a) {
   // The overlay's descriptors and lock are gone before it is emptied.
   if (int status = commit_data(a, qcow2_top); status != 0) return status;
   if (!a.keep && qcow2_top) {
-    if (auto r = empty_overlay(a.file); !r) return error(a.file + ": emptying: " + r.error().message());
+    if (auto r = empty_overlay(a.file); !r) return report_error(a.file + ": emptying: " + r.error().message());
   }
   if (!a.quiet) std::printf("Image committed.\n");
   return 0;

@@ -1,8 +1,19 @@
 // tern-img: image tool following qemu-img's verbs and output.
 #include <CLI/CLI.hpp>
+#include <cstdio>
+#include <string>
 
 #include "tools/cli.h"
 #include "tools/tern_img/verbs.h"
+
+namespace tern::img {
+
+int report_error(const std::string& message) {
+  std::fprintf(stderr, "tern-img: %s\n", message.c_str());
+  return 1;
+}
+
+}  // namespace tern::img
 
 int main(int argc, char** argv) {
   CLI::App app{"tern-img: create, inspect, compare, convert, check and benchmark disk images (qemu-img verbs; VERB --help for each)", "tern-img"};

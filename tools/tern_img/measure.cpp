@@ -56,14 +56,9 @@ uint64_t fully_allocated_size(uint64_t total, uint64_t cluster_size, uint32_t re
   return meta + aligned;
 }
 
-int error(const std::string& message) {
-  std::fprintf(stderr, "tern-img: %s\n", message.c_str());
-  return 1;
-}
-
 int run_measure(const MeasureArgs& a) {
-  if (!a.size.empty() && !a.file.empty()) return error("--size N cannot be used together with a filename.");
-  if (a.size.empty() && a.file.empty()) return error("Either --size N or one filename must be specified.");
+  if (!a.size.empty() && !a.file.empty()) return report_error("--size N cannot be used together with a filename.");
+  if (a.size.empty() && a.file.empty()) return report_error("Either --size N or one filename must be specified.");
   // -o: qcow2 creation options, and preallocation= (full/falloc: every
   // data cluster required).
   block::qcow2::CreateOptions create;
@@ -82,16 +77,16 @@ int run_measure(const MeasureArgs& a) {
   }
   if (preallocation != "off" && preallocation != "metadata" && preallocation != "falloc" &&
       preallocation != "full") {
-    return error("Invalid parameter '" + preallocation + "'");
+    return report_error("Invalid parameter '" + preallocation + "'");
   }
-  if (a.output_format == "raw" && !rest.empty()) return error("raw output takes only preallocation=");
+  if (a.output_format == "raw" && !rest.empty()) return report_error("raw output takes only preallocation=");
   if (!parse_qcow2_options(rest, create)) return 1;
 
   uint64_t size = 0;
   std::optional<block::Chain> input;
   if (!a.size.empty()) {
     auto parsed = parse_size(a.size);
-    if (!parsed) return error("Invalid image size specified. Must be between 0 and 9223372036854775807.");
+    if (!parsed) return report_error("Invalid image size specified. Must be between 0 and 9223372036854775807.");
     size = *parsed;
   } else {
     block::ChainOptions o;
@@ -99,7 +94,7 @@ int run_measure(const MeasureArgs& a) {
                  : a.input_format == "raw" ? block::ImageType::Raw
                                            : block::ImageType::Auto;
     auto chain = block::Chain::open(a.file, o);
-    if (!chain) return error("Could not open '" + a.file + "': " + chain.error().message());
+    if (!chain) return report_error("Could not open '" + a.file + "': " + chain.error().message());
     input = std::move(*chain);
     size = input->size(0);
   }
@@ -112,7 +107,7 @@ int run_measure(const MeasureArgs& a) {
     const uint64_t cluster = create.cluster_size;
     const uint64_t virtual_size = round_up(size, cluster);
     if (div_round_up(virtual_size / cluster, cluster / 8) * 8 > (32ull << 20)) {
-      return error("The image size is too large (try using a larger cluster size)");
+      return report_error("The image size is too large (try using a larger cluster size)");
     }
     uint64_t data = 0;  // data clusters the input needs
     if (input) {
@@ -121,7 +116,7 @@ int run_measure(const MeasureArgs& a) {
       } else {
         for (uint64_t offset = 0; offset < size;) {
           auto e = input->status(offset, size - offset);
-          if (!e) return error(a.file + ": " + e.error().message());
+          if (!e) return report_error(a.file + ": " + e.error().message());
           uint64_t n = e->length;
           if (!e->zero && e->present && e->data) {
             n = round_up(offset + n, cluster) - offset;

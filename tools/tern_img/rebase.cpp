@@ -36,11 +36,6 @@ struct RebaseArgs {
   std::string file;
 };
 
-int error(const std::string& message) {
-  std::fprintf(stderr, "tern-img: %s\n", message.c_str());
-  return 1;
-}
-
 std::string resolve(const std::string& overlay, const std::string& name) {
   auto slash = overlay.rfind('/');
   if (name.starts_with('/') || slash == std::string::npos) return name;
@@ -57,15 +52,15 @@ block::ImageType type_of(const std::string& format) {
 std::optional<block::Chain> open_new_backing(const RebaseArgs& a, const std::string& path, int& status) {
   struct stat top {}, st {};
   if (::stat(a.file.c_str(), &top) != 0) {
-    status = error(a.file + ": " + std::strerror(errno));
+    status = report_error(a.file + ": " + std::strerror(errno));
     return std::nullopt;
   }
   if (::stat(path.c_str(), &st) != 0) {
-    status = error("Could not open new backing file '" + path + "': " + std::strerror(errno));
+    status = report_error("Could not open new backing file '" + path + "': " + std::strerror(errno));
     return std::nullopt;
   }
   if (S_ISBLK(st.st_mode)) {
-    status = error(path + ": a block device as backing file is refused");
+    status = report_error(path + ": a block device as backing file is refused");
     return std::nullopt;
   }
   block::ChainOptions o;
@@ -73,17 +68,17 @@ std::optional<block::Chain> open_new_backing(const RebaseArgs& a, const std::str
   o.lock = false;
   auto chain = block::Chain::open(path, o);
   if (!chain) {
-    status = error("Could not open new backing file '" + path + "': " + chain.error().message());
+    status = report_error("Could not open new backing file '" + path + "': " + chain.error().message());
     return std::nullopt;
   }
   if (chain->layers() > block::qcow2::kMaxBackingDepth) {
-    status = error(a.file + " -> " + path + ": backing chain too deep (more than " +
+    status = report_error(a.file + " -> " + path + ": backing chain too deep (more than " +
                    std::to_string(block::qcow2::kMaxBackingDepth) + " backing files)");
     return std::nullopt;
   }
   for (size_t i = 0; i < chain->layers(); ++i) {
     if (::stat(chain->path(i).c_str(), &st) == 0 && st.st_dev == top.st_dev && st.st_ino == top.st_ino) {
-      status = error(a.file + " -> " + path + ": backing file loop (" + chain->path(i) + " is " + a.file + ")");
+      status = report_error(a.file + " -> " + path + ": backing file loop (" + chain->path(i) + " is " + a.file + ")");
       return std::nullopt;
     }
   }
@@ -119,16 +114,16 @@ int copy_differences(const RebaseArgs& a, block::Chain& image, block::Chain* new
   std::vector<uint8_t> old_data, new_data;
   for (uint64_t offset = 0; offset < size;) {
     auto e = image.layer_status(0, offset, size - offset);
-    if (!e) return error(a.file + ": " + e.error().message());
+    if (!e) return report_error(a.file + ": " + e.error().message());
     if (e->present) {
       offset += e->length;
       continue;
     }
     auto old_zeros = zeros_in_view(&image, 1, offset, e->length);
-    if (!old_zeros) return error(a.file + ": " + old_zeros.error().message());
+    if (!old_zeros) return report_error(a.file + ": " + old_zeros.error().message());
     if (*old_zeros > 0) {
       auto new_zeros = zeros_in_view(new_backing, 0, offset, *old_zeros);
-      if (!new_zeros) return error(new_backing->path(0) + ": " + new_zeros.error().message());
+      if (!new_zeros) return report_error(new_backing->path(0) + ": " + new_zeros.error().message());
       if (*new_zeros > 0) {
         offset += *new_zeros;
         continue;
@@ -137,10 +132,10 @@ int copy_differences(const RebaseArgs& a, block::Chain& image, block::Chain* new
     const uint64_t n = std::min(e->length, kChunk);
     old_data.resize(n);
     new_data.resize(n);
-    if (auto r = read_view(&image, 1, offset, old_data); !r) return error(r.error().message());
-    if (auto r = read_view(new_backing, 0, offset, new_data); !r) return error(r.error().message());
+    if (auto r = read_view(&image, 1, offset, old_data); !r) return report_error(r.error().message());
+    if (auto r = read_view(new_backing, 0, offset, new_data); !r) return report_error(r.error().message());
     if (old_data != new_data) {
-      if (auto r = image.write(offset, old_data); !r) return error(a.file + ": " + r.error().message());
+      if (auto r = image.write(offset, old_data); !r) return report_error(a.file + ": " + r.error().message());
     }
     offset += n;
   }
@@ -148,9 +143,9 @@ int copy_differences(const RebaseArgs& a, block::Chain& image, block::Chain* new
 }
 
 int run_rebase(const RebaseArgs& a) {
-  if (!a.backing_given) return error("Expecting one image file name (and -b NEW)");
+  if (!a.backing_given) return report_error("Expecting one image file name (and -b NEW)");
   auto info = block::qcow2::read_image_info(a.file);
-  if (!info) return error("Could not open '" + a.file + "': " + info.error().message());
+  if (!info) return report_error("Could not open '" + a.file + "': " + info.error().message());
   const std::string new_path = a.backing.empty() ? std::string() : resolve(a.file, a.backing);
   std::string new_format = a.backing_format;
   {
@@ -170,13 +165,13 @@ int run_rebase(const RebaseArgs& a) {
       o.top_type = block::ImageType::Qcow2;
       o.writable_top = true;
       auto image = block::Chain::open(a.file, o);
-      if (!image) return error("Could not open '" + a.file + "': " + image.error().message());
+      if (!image) return report_error("Could not open '" + a.file + "': " + image.error().message());
       if (int s = copy_differences(a, *image, new_backing ? &*new_backing : nullptr); s) return s;
-      if (auto r = image->close(); !r) return error(a.file + ": " + r.error().message());
+      if (auto r = image->close(); !r) return report_error(a.file + ": " + r.error().message());
     }
   }  // every descriptor of IMG closed before its header is rewritten
   if (auto r = block::qcow2::set_backing_file(a.file, a.backing, new_format); !r) {
-    return error(a.file + ": " + r.error().message());
+    return report_error(a.file + ": " + r.error().message());
   }
   return 0;
 }

@@ -30,6 +30,9 @@ void add_measure(CLI::App& app, int& status);
 // message on stderr, when an item is unknown or malformed.
 bool parse_qcow2_options(const std::string& options, block::qcow2::CreateOptions& c);
 
+// Says "tern-img: MESSAGE" on stderr; returns 1, a failed verb's status.
+int report_error(const std::string& message);
+
 using tools::human_size;
 using tools::parse_size;
 
