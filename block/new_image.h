@@ -17,7 +17,7 @@ namespace tern::block {
 class NewImage {
  public:
   // Errc::LockConflict when another process has the destination open
-  // (its image lock, SPEC section 4): an image in use is not replaced.
+  // (its image lock, docs/SECURITY.md): an image in use is not replaced.
   [[nodiscard]] static Result<NewImage> prepare(const std::string& destination);
   NewImage(NewImage&& other) noexcept;
   NewImage& operator=(NewImage&&) = delete;

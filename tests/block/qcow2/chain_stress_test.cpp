@@ -7,7 +7,8 @@
 // as it is discarded (the freed-cluster rule). Both queues also read a
 // tail nobody writes, so lookups and backing reads of the two queues run
 // side by side (docs/qcow2.md, "Concurrency"), and both try live resizes,
-// which SPEC refuses for an image with a backing file: refused under load,
+// which tern refuses for an image with a backing file (docs/qcow2.md,
+// "Tools"): refused under load,
 // size unchanged. At the end: Tern's reads equal the mirror, `qemu-img
 // check` is clean, `qemu-img convert -O raw` equals the mirror, and the
 // backing file is unchanged.
@@ -107,7 +108,7 @@ std::string worker(DiskFile& disk, const Config& cfg, std::vector<uint8_t>& mirr
   for (uint32_t round = 0; round < cfg.rounds; ++round) {
     if (rng() % 2 == 0) {
       // A live resize while the other queue's batch runs: refused for an
-      // image with a backing file (SPEC), and nothing changes.
+      // image with a backing file, and nothing changes.
       auto r = disk.resize(size + (1 << 20));
       if (r) return "a resize of an image with a backing file was accepted";
       if (r.error().code != Errc::Unsupported) return "resize: " + r.error().message();

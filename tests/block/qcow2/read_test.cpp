@@ -1,6 +1,5 @@
 // Images written by qemu-img/qemu-io read back through Tern byte for byte
-// as `qemu-img convert -O raw` reads them (SPEC section 5: qemu-img is the
-// oracle).
+// as `qemu-img convert -O raw` reads them (qemu-img is the oracle).
 #include <gtest/gtest.h>
 
 #include "block/qcow2/create.h"
