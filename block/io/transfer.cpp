@@ -24,8 +24,17 @@ Result<uint64_t> transfer_all(int fd, Direction dir, std::span<const iovec> iov_
     }
     int count = static_cast<int>(std::min<size_t>(iov.size() - first, IOV_MAX));
     auto at = static_cast<off_t>(offset + moved);
-    ssize_t n = dir == Direction::Read ? ::preadv(fd, iov.data() + first, count, at)
-                                       : ::pwritev(fd, iov.data() + first, count, at);
+    ssize_t n;
+    // One segment goes through pread/pwrite: tern's sandbox lets the main
+    // thread, which writes back QCOW2 metadata when a disk closes, make
+    // only those (vmm/sandbox.cpp); the vectored calls are for lists.
+    if (count == 1) {
+      n = dir == Direction::Read ? ::pread(fd, iov[first].iov_base, iov[first].iov_len, at)
+                                 : ::pwrite(fd, iov[first].iov_base, iov[first].iov_len, at);
+    } else {
+      n = dir == Direction::Read ? ::preadv(fd, iov.data() + first, count, at)
+                                 : ::pwritev(fd, iov.data() + first, count, at);
+    }
     if (n < 0) {
       if (errno == EINTR) continue;
       return fail(dir == Direction::Read ? Errc::ReadFailed : Errc::WriteFailed, errno);

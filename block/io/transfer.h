@@ -30,7 +30,9 @@ enum class Direction { Read, Write };
 [[nodiscard]] Result<void> read_zero_filled(int fd, std::span<const iovec> iov, uint64_t offset);
 [[nodiscard]] Result<void> read_zero_filled(int fd, std::span<uint8_t> buf, uint64_t offset);
 
-// transfer_all() of one buffer for writing.
+// transfer_all() of one buffer for writing. One buffer is moved with
+// pread(2)/pwrite(2), a list with preadv(2)/pwritev(2): the system calls
+// tern's per-thread seccomp filters expect of each (vmm/sandbox.cpp).
 [[nodiscard]] Result<void> write_all(int fd, std::span<const uint8_t> buf, uint64_t offset);
 
 // fdatasync(2) (data_only) or fsync(2), retried on EINTR; FlushFailed.
