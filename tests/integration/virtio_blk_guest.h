@@ -21,15 +21,15 @@
 #include <string>
 #include <vector>
 
-#include "tests/vmm/tern_test_util.h"
+#include "tests/support/support.h"
 
 namespace tern::it {
 
 inline constexpr uint64_t kDisk = 64ull << 20;
 
-using tern::testing::build_dir;
-using tern::testing::sh;
-using tern::testing::Shell;
+using tern::test_support::build_dir;
+using tern::test_support::sh;
+using tern::test_support::Shell;
 
 // Every 512-byte sector N holds 64 little-endian words N*64+k.
 inline std::vector<uint8_t> pattern_image() {
@@ -55,13 +55,9 @@ inline void write_file(const std::string& path, const std::vector<uint8_t>& d) {
 class VirtioBlkGuest : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (::access("/dev/kvm", F_OK) != 0) GTEST_SKIP() << "/dev/kvm absent";
-    char tmpl[] = "/tmp/tern-virtio-it-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override {
-    if (!dir_.empty()) sh("rm -rf " + dir_);
+    TERN_REQUIRE_KVM();
+    tmp_ = std::make_unique<tern::test_support::TempDir>("tern-virtio-it");
+    dir_ = tmp_->path();
   }
 
   std::string raw_image() {
@@ -120,6 +116,7 @@ class VirtioBlkGuest : public ::testing::Test {
     EXPECT_EQ(word(d, 100000, 0), 100000u * 64);
   }
 
+  std::unique_ptr<tern::test_support::TempDir> tmp_;
   std::string dir_;
 };
 

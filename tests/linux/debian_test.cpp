@@ -49,7 +49,7 @@ uint64_t mapped_data(const std::string& path) {
 class DebianGuest : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (::access("/dev/kvm", F_OK) != 0) GTEST_SKIP() << "/dev/kvm absent";
+    TERN_REQUIRE_KVM();
     if (emulated_kvm()) {
       GTEST_SKIP() << "emulated KVM (kvm_pvm): Debian's 64-bit user space cannot run here; the lab (label lab) "
                       "runs these tests on a real KVM";
@@ -61,15 +61,13 @@ class DebianGuest : public ::testing::Test {
       std::printf("%s", g.out.c_str());
       built = true;
     }
-    char tmpl[] = "/tmp/tern-debian-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
+    tmp_ = std::make_unique<tern::test_support::TempDir>("tern-debian");
+    dir_ = tmp_->path();
     sock_ = dir_ + "/api.sock";
   }
   void TearDown() override {
     if (::testing::Test::HasFailure() && tern_.running()) std::printf("%s\n", tern_.report().c_str());
     tern_.kill();
-    if (!dir_.empty()) sh("rm -rf " + dir_);
   }
 
   // A copy of the project's root disk that this test may change. (GNU cp
@@ -121,6 +119,7 @@ class DebianGuest : public ::testing::Test {
     EXPECT_EQ(fsck.status, 0) << fsck.out;
   }
 
+  std::unique_ptr<tern::test_support::TempDir> tmp_;
   std::string dir_, sock_;
   TernRun tern_;
 };

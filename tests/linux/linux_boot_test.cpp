@@ -26,17 +26,13 @@
 #include <vector>
 
 #include "arch/x86_64/boot_setup.h"
+#include "tests/support/support.h"
 
 namespace {
 
-std::string build_dir() {
-  const char* b = std::getenv("TERN_BUILD_DIR");
-  return b ? b : "build";
-}
-std::string source_dir() {
-  const char* s = std::getenv("TERN_SOURCE_DIR");
-  return s ? s : ".";
-}
+using tern::test_support::build_dir;
+using tern::test_support::emulated_kvm;
+using tern::test_support::source_dir;
 
 struct BootRun {
   std::string out;
@@ -124,7 +120,7 @@ std::string e820_line(const tern::arch::x86_64::E820Entry& e) {
 class LinuxBoot : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (::access("/dev/kvm", F_OK) != 0) GTEST_SKIP() << "/dev/kvm absent";
+    TERN_REQUIRE_KVM();
     // The guest comes from Debian's packages; failing to build it fails the test.
     std::string cmd = "bash " + source_dir() + "/scripts/make-guest.sh 2>&1";
     FILE* p = ::popen(cmd.c_str(), "r");
@@ -173,8 +169,6 @@ BootRun boot_and_expect(const std::string& kernel, int timeout, const std::vecto
   EXPECT_EQ(r.out.find("tern: vCPU"), std::string::npos) << "tern reported a vCPU failure";
   return r;
 }
-
-bool emulated_kvm() { return ::access("/sys/module/kvm_pvm", F_OK) == 0; }
 
 // Debian's stock kernel, decompressed, to "Run /init as init process" with
 // both vCPUs up, from `console=ttyS0` alone. About 16 minutes on an emulated

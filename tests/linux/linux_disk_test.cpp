@@ -78,7 +78,7 @@ std::string guest_initramfs() {
 class LinuxGuest : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (::access("/dev/kvm", F_OK) != 0) GTEST_SKIP() << "/dev/kvm absent";
+    TERN_REQUIRE_KVM();
     // The guest (cloud kernel, initramfs, small kernel) comes from Debian's
     // packages, cached; failing to build it fails the test.
     static bool built = false;
@@ -89,14 +89,12 @@ class LinuxGuest : public ::testing::Test {
       ASSERT_EQ(g.status, 0) << "scripts/make-guest.sh failed:\n" << g.out;
       built = true;
     }
-    char tmpl[] = "/tmp/tern-linux-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
+    tmp_ = std::make_unique<tern::test_support::TempDir>("tern-linux");
+    dir_ = tmp_->path();
   }
   void TearDown() override {
     if (::testing::Test::HasFailure() && tern_.running()) std::printf("%s\n", tern_.report().c_str());
     tern_.kill();
-    if (!dir_.empty()) sh("rm -rf " + dir_);
   }
 
   // Boots the guest's kernel with one disk (id disk0) and the API socket.
@@ -153,6 +151,7 @@ class LinuxGuest : public ::testing::Test {
 
   std::string probe_line(uint64_t sectors) { return "[vda] " + std::to_string(sectors) + " 512-byte logical blocks"; }
 
+  std::unique_ptr<tern::test_support::TempDir> tmp_;
   std::string dir_, sock_;
   TernRun tern_;
 };

@@ -19,28 +19,23 @@
 #include <thread>
 #include <vector>
 
-#include "tests/vmm/tern_test_util.h"
+#include "tests/support/support.h"
 
 namespace tern::linux_test {
 
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
-using tern::testing::build_dir;
-using tern::testing::sh;
-using tern::testing::Shell;
-
-inline std::string source_dir() {
-  const char* s = std::getenv("TERN_SOURCE_DIR");
-  return s ? s : ".";
-}
+using tern::test_support::build_dir;
+using tern::test_support::sh;
+using tern::test_support::Shell;
+using tern::test_support::emulated_kvm;
+using tern::test_support::source_dir;
 inline int env_int(const char* var, int fallback) {
   const char* v = std::getenv(var);
   return v ? std::atoi(v) : fallback;
 }
 
-// This project's emulated CI host (kvm_pvm), where only the small kernel runs.
-inline bool emulated_kvm() { return ::access("/sys/module/kvm_pvm", F_OK) == 0; }
 
 // On a real KVM tern hands the guest nothing it should warn about (CPUID,
 // ACPI, devices): any kernel warning or oops fails the test, and so does

@@ -7,17 +7,14 @@
 #include <cstdlib>
 #include <string>
 
-#include "tests/block/qcow2/qcow2_test_util.h"
+#include "tests/support/support.h"
 
 namespace tern::tools::test {
 namespace {
 
-using block::qcow2::test::sh;
+using tern::test_support::sh;
 
-std::string program(const std::string& name) {
-  const char* dir = std::getenv("TERN_BUILD_DIR");
-  return std::string(dir ? dir : "build") + "/" + name;
-}
+std::string program(const std::string& name) { return tern::test_support::build_path(name); }
 
 TEST(Cli, VersionOnAllThree) {
   for (const char* name : {"tern", "tern-img", "tern-remote"}) {

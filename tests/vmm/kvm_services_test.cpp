@@ -15,6 +15,7 @@
 #include "vmm/emulation_fallback.h"
 #include "vmm/kvm.h"
 #include "vmm/vcpu.h"
+#include "tests/support/support.h"
 
 namespace tern::vmm {
 namespace {
@@ -22,7 +23,7 @@ namespace {
 class KvmServicesTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (::access("/dev/kvm", F_OK) != 0) GTEST_SKIP() << "/dev/kvm absent";
+    TERN_REQUIRE_KVM();
     auto kvm = Kvm::open();
     ASSERT_TRUE(kvm.has_value()) << kvm.error().message();
     kvm_ = std::make_unique<Kvm>(std::move(*kvm));

@@ -8,19 +8,19 @@
 #include <fstream>
 #include <iterator>
 
-#include "tests/vmm/tern_test_util.h"
+#include "tests/support/support.h"
 
 namespace {
 
-using tern::testing::host_cpu_is_qemu_tcg;
-using tern::testing::build_dir;
-using tern::testing::sh;
-using tern::testing::Shell;
+using tern::test_support::host_cpu_is_qemu_tcg;
+using tern::test_support::build_dir;
+using tern::test_support::sh;
+using tern::test_support::Shell;
 
 class TernKvm : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (::access("/dev/kvm", F_OK) != 0) GTEST_SKIP() << "/dev/kvm absent";
+    TERN_REQUIRE_KVM();
   }
   Shell boot(const std::string& cmdline, const std::string& extra = "") {
     return sh("timeout 120 " + build_dir() + "/tern --kernel " + build_dir() +
@@ -112,17 +112,14 @@ TEST_F(TernKvm, ConsoleReaderThatExitsKillsNothing) {
 // block on the console, so the guest powers off and tern exits, counting
 // what it dropped. The timeout only bounds the test on a broken tern.
 TEST_F(TernKvm, StalledConsoleReaderBlocksNeitherGuestNorExit) {
-  char tmpl[] = "/tmp/tern-fifo-XXXXXX";
-  ASSERT_NE(::mkdtemp(tmpl), nullptr);
-  std::string fifo = std::string(tmpl) + "/console";
+  tern::test_support::TempDir tmp("tern-fifo");
+  std::string fifo = tmp.file("console");
   Shell r = sh("bash -c 'mkfifo " + fifo + " && exec 3<>" + fifo + " && timeout -k 10 120 " + build_dir() +
                "/tern --kernel " + build_dir() + "/tests/guest/tern-power-guest --memory size=64M --cmdline spam >" +
                fifo + "; echo tern=$?'");
   EXPECT_NE(r.out.find("tern=0\n"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("serial console: "), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("bytes dropped"), std::string::npos) << r.out;
-  ::unlink(fifo.c_str());
-  ::rmdir(tmpl);
 }
 
 // --serial file=PATH,max_size=N: the file stops at N bytes, the rest is

@@ -7,15 +7,14 @@
 #include <iterator>
 
 #include "tests/fuzz/qcow2_fuzz_body.h"
+#include "tests/support/support.h"
 
 namespace tern::block::qcow2::test {
 namespace {
 
 TEST(FuzzRegressions, ReplayWithoutCrashing) {
-  const char* src = std::getenv("TERN_SOURCE_DIR");
-  ASSERT_NE(src, nullptr);
   int replayed = 0;
-  for (const auto& entry : std::filesystem::directory_iterator(std::string(src) + "/tests/fuzz/regressions")) {
+  for (const auto& entry : std::filesystem::directory_iterator(tern::test_support::source_path("tests/fuzz/regressions"))) {
     std::ifstream in(entry.path(), std::ios::binary);
     std::vector<uint8_t> data(std::istreambuf_iterator<char>(in), {});
     fuzz::exercise(data.data(), data.size(), false);

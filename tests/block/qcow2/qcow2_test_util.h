@@ -21,46 +21,14 @@
 #include "block/disk.h"
 #include "block/io/wait.h"
 #include "block/open.h"
+#include "tests/support/support.h"
 
 namespace tern::block::qcow2::test {
 
-class TempDir {
- public:
-  // Under the build directory when known: a real disk, where O_DIRECT
-  // (direct=on tests) works, unlike a tmpfs /tmp.
-  TempDir() {
-    std::filesystem::path base = std::filesystem::temp_directory_path();
-    if (const char* build = std::getenv("TERN_BUILD_DIR")) {
-      base = std::filesystem::path(build) / "tmp";
-      std::filesystem::create_directories(base);
-    }
-    std::string tmpl = (base / "tern-qcow2-XXXXXX").string();
-    if (::mkdtemp(tmpl.data()) == nullptr) std::abort();
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
+using tern::test_support::sh;
+using tern::test_support::TempDir;
 
- private:
-  std::filesystem::path path_;
-};
-
-// Runs a shell command; returns its exit status, output in `output`.
-inline int sh(const std::string& cmd, std::string* output = nullptr) {
-  std::string full = cmd + " 2>&1";
-  FILE* p = ::popen(full.c_str(), "r");
-  if (p == nullptr) return -1;
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  int status = ::pclose(p);
-  if (output) *output = out;
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
+inline std::string tern_img() { return tern::test_support::build_path("tern-img"); }
 
 #define SH_OK(cmd)                                   \
   do {                                               \

@@ -10,11 +10,6 @@
 namespace tern::block::qcow2::test {
 namespace {
 
-std::string tern_img() {
-  const char* dir = std::getenv("TERN_BUILD_DIR");
-  return std::string(dir ? dir : "build") + "/tern-img";
-}
-
 // qemu-img info's output minus the lines that name the file or measure it.
 std::string info_text(const std::string& cmd) {
   std::string out;

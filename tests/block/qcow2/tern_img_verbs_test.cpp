@@ -15,11 +15,6 @@
 namespace tern::block::qcow2::test {
 namespace {
 
-std::string tern_img() {
-  const char* dir = std::getenv("TERN_BUILD_DIR");
-  return std::string(dir ? dir : "build") + "/tern-img";
-}
-
 struct Outcome {
   int status;
   std::string output;
@@ -198,7 +193,7 @@ struct TwoChains {
   TempDir dir;
   std::string q = dir.file("q");
   std::string t = dir.file("t");
-  TwoChains() { EXPECT_EQ(sh("mkdir '" + q + "' '" + t + "'"), 0); }
+  TwoChains() { EXPECT_EQ(sh("mkdir '" + q + "' '" + t + "'").status, 0); }
   void make(const std::string& top_size = "4M") {
     for (const std::string& d : {q, t}) {
       const std::string cd = "cd '" + d + "' && ";

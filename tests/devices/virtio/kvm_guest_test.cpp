@@ -13,19 +13,17 @@
 
 #include "tests/devices/virtio/fakes.h"
 #include "tests/devices/virtio/mini_vm.h"
-#include "tests/vmm/tern_test_util.h"
+#include "tests/support/support.h"
 
 namespace tern::devices {
 namespace {
 
 using testing::MemDisk;
+using tern::test_support::sh;
 
 constexpr uint64_t kDisk = 64ull << 20;
 
-std::string guest_path() {
-  const char* b = std::getenv("TERN_BUILD_DIR");
-  return std::string(b ? b : "build") + "/tests/guest/tern-test-guest";
-}
+std::string guest_path() { return tern::test_support::build_path("tests/guest/tern-test-guest"); }
 
 // Every 512-byte sector N holds 64 words N*64+k: word w of the disk is w.
 void fill_pattern(std::vector<uint8_t>& d) {
@@ -42,7 +40,7 @@ class KvmGuest : public ::testing::Test {
  protected:
   void SetUp() override {
     // Where /dev/kvm exists this test runs; it may skip only where it is absent.
-    if (::access("/dev/kvm", F_OK) != 0) GTEST_SKIP() << "/dev/kvm absent";
+    TERN_REQUIRE_KVM();
   }
   testing::MiniVmResult boot(VirtioBlkOptions opts, const std::string& cmdline,
                              std::function<bool(std::string_view)> on_line = {}) {
@@ -54,7 +52,7 @@ class KvmGuest : public ::testing::Test {
     std::string full = cmdline;
     // The guest sees no CPUID here (mini_vm.cpp), so it is told when the CPU
     // that runs it is QEMU's TCG (the lab), which it cannot read itself.
-    if (tern::testing::host_cpu_is_qemu_tcg()) full += " tcg";
+    if (tern::test_support::host_cpu_is_qemu_tcg()) full += " tcg";
     // For measurements only: TERN_GUEST_REQS=N sets the throughput run's size.
     if (const char* n = std::getenv("TERN_GUEST_REQS"); n && full.find("reqs=") == std::string::npos) {
       full += std::string(" reqs=") + n;
@@ -131,35 +129,21 @@ TEST_F(KvmGuest, ResizeRaisesConfigInterruptSeenByTheGuest) {
   EXPECT_NE(r.serial.find("ok "), std::string::npos);
 }
 
-std::string sh(const std::string& cmd, int* status = nullptr) {
-  std::string out;
-  FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
-  if (!p) return out;
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  int st = ::pclose(p);
-  if (status) *status = st;
-  return out;
-}
-
 // A fresh qcow2 image from qemu-img behind the real qcow2 engine: the guest
 // writes its own pattern, and afterwards qemu-img finds the image clean and
 // reads back what the guest wrote.
 TEST_F(KvmGuest, FreshQcow2ImageWithTwoQueues) {
-  char dir[] = "/tmp/tern-virtio-XXXXXX";
-  ASSERT_NE(::mkdtemp(dir), nullptr);
-  std::string img = std::string(dir) + "/d.qcow2", raw = std::string(dir) + "/d.raw";
-  int st = -1;
-  std::string out = sh("qemu-img create -f qcow2 " + img + " 64M", &st);
-  ASSERT_EQ(st, 0) << out;
+  tern::test_support::TempDir dir("tern-virtio");
+  std::string img = dir.file("d.qcow2"), raw = dir.file("d.raw");
+  std::string out;
+  ASSERT_EQ(sh("qemu-img create -f qcow2 " + img + " 64M", &out), 0) << out;
   {
     auto disk = block::open_disk({.path = img});
     ASSERT_TRUE(disk.has_value()) << disk.error().message();
     auto blk = std::make_unique<VirtioBlk>(std::move(*disk), opts(2));
     auto t0 = std::chrono::steady_clock::now();
     // (Told about QEMU's TCG as boot() tells it: the guest sees no CPUID here.)
-    std::string cmdline = std::string("serial=tern-serial-1") + (tern::testing::host_cpu_is_qemu_tcg() ? " tcg" : "");
+    std::string cmdline = std::string("serial=tern-serial-1") + (tern::test_support::host_cpu_is_qemu_tcg() ? " tcg" : "");
     auto r = testing::run_mini_vm({.kernel = guest_path(), .cmdline = cmdline, .on_line = {}}, std::move(blk));
     double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::printf("%s[guest wall time %.2f s]\n", r.serial.c_str(), s);
@@ -167,10 +151,8 @@ TEST_F(KvmGuest, FreshQcow2ImageWithTwoQueues) {
     EXPECT_EQ(r.exit_code, 0);
     EXPECT_EQ(r.serial.find("not ok"), std::string::npos);
   }
-  out = sh("qemu-img check " + img, &st);
-  EXPECT_EQ(st, 0) << out;
-  out = sh("qemu-img convert -O raw " + img + " " + raw, &st);
-  ASSERT_EQ(st, 0) << out;
+  EXPECT_EQ(sh("qemu-img check " + img, &out), 0) << out;
+  ASSERT_EQ(sh("qemu-img convert -O raw " + img + " " + raw, &out), 0) << out;
   std::ifstream f(raw, std::ios::binary);
   std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(f)), {});
   ASSERT_EQ(bytes.size(), kDisk);
@@ -179,7 +161,6 @@ TEST_F(KvmGuest, FreshQcow2ImageWithTwoQueues) {
   EXPECT_EQ(word(bytes, 64, 3), ~uint64_t{64 * 64 + 3});
   EXPECT_EQ(word(bytes, 100, 0), ~uint64_t{100 * 64});
   EXPECT_EQ(word(bytes, 140, 2), 0u);
-  sh("rm -rf " + std::string(dir));
 }
 
 }  // namespace

@@ -9,16 +9,15 @@
 #include <iterator>
 
 #include "tests/fuzz/virtio_blk_fuzz_body.h"
+#include "tests/support/support.h"
 
 namespace tern::devices {
 namespace {
 
 TEST(VirtioBlkFuzzRegressions, ReplayWithoutFindings) {
-  const char* src = std::getenv("TERN_SOURCE_DIR");
-  ASSERT_NE(src, nullptr);
   int replayed = 0;
   for (const auto& entry :
-       std::filesystem::directory_iterator(std::string(src) + "/tests/fuzz/virtio_blk_regressions")) {
+       std::filesystem::directory_iterator(tern::test_support::source_path("tests/fuzz/virtio_blk_regressions"))) {
     std::ifstream in(entry.path(), std::ios::binary);
     std::vector<uint8_t> data(std::istreambuf_iterator<char>(in), {});
     SCOPED_TRACE(entry.path().string());
