@@ -45,9 +45,9 @@ if [ -d /sys/module/kvm_pvm ]; then
   initramfs=build/guest/small/initramfs.cpio
   what="the small Linux kernel"
   # The guest's 32-bit user space on this host (docs/linux-guest.md): system
-  # calls by int $0x80 (SYSCALL32/SYSENTER32 cleared) and glibc kept off SIMD.
-  cmdline+=" noxsave clearcpuid=141,151,137,147,148,153,129,156,150,157,158,291,293,296,307,317,110,111"
-  cmdline+=" GLIBC_TUNABLES=glibc.cpu.hwcaps=-SSE2,-SSSE3,-SSE4_1,-SSE4_2,-AVX,-AVX2,-AVX512F,-ERMS,-POPCNT"
+  # calls by int $0x80 (SYSCALL32/SYSENTER32 cleared) and glibc kept off SIMD,
+  # the same words the small-kernel tests use.
+  cmdline+=" $(cat scripts/lib/small-guest.cmdline)"
   echo "== this host's KVM is software-emulated (kvm_pvm): the boot takes a few minutes"
 fi
 cmdline+=" tern.run=/tests/rw.sh&&/tests/resize.sh"

@@ -47,12 +47,16 @@ std::chrono::seconds limit() { return std::chrono::seconds(env_int("TERN_LINUX_S
 // - GLIBC_TUNABLES (passed to init's environment) keeps glibc's string
 //   functions in the i386 busybox off SSE2, which the emulator runs as #UD
 //   in user mode too.
+// These words live in scripts/lib/small-guest.cmdline, which demo.sh reads
+// too (vmm's config test keeps its clearcpuid list a superset of tern's).
 // On a real KVM: nothing. TERN_LINUX_EXTRA_CMDLINE adds words.
 std::string base_cmdline() {
   std::string c = "console=ttyS0 panic=-1";
   if (emulated_kvm()) {
-    c += " noxsave clearcpuid=141,151,137,147,148,153,129,156,150,157,158,291,293,296,307,317,110,111"
-         " GLIBC_TUNABLES=glibc.cpu.hwcaps=-SSE2,-SSSE3,-SSE4_1,-SSE4_2,-AVX,-AVX2,-AVX512F,-ERMS,-POPCNT";
+    std::ifstream words(source_dir() + "/scripts/lib/small-guest.cmdline");
+    std::string line;
+    std::getline(words, line);
+    c += " " + line;
   }
   if (const char* e = std::getenv("TERN_LINUX_EXTRA_CMDLINE")) c += std::string(" ") + e;
   return c;

@@ -5,7 +5,13 @@
 
 #include <gtest/gtest.h>
 
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <string>
 #include <vector>
+
+#include "tests/support/support.h"
 
 namespace tern::vmm {
 namespace {
@@ -246,6 +252,28 @@ TEST(HostKvm, AutoProfileFollowsTheHost) {
   EXPECT_EQ(resolve_cpu_profile(CpuProfile::Auto, HostKvm::Hardware), CpuProfile::Host);
   EXPECT_EQ(resolve_cpu_profile(CpuProfile::Host, HostKvm::Emulated), CpuProfile::Host);
   EXPECT_EQ(resolve_cpu_profile(CpuProfile::Emulated, HostKvm::Hardware), CpuProfile::Emulated);
+}
+
+// The small kernel's tests and demo.sh replace tern's clearcpuid= with their
+// own (scripts/lib/small-guest.cmdline, plus SYSCALL32/SYSENTER32): it must
+// hide at least every feature tern's own list hides.
+TEST(HostKvm, TheSmallGuestsClearcpuidHidesEverythingTernsDoes) {
+  std::ifstream in(tern::test_support::source_path("scripts/lib/small-guest.cmdline"));
+  ASSERT_TRUE(in.good());
+  std::string line;
+  std::getline(in, line);
+  auto numbers = [](std::string text) {
+    std::set<int> out;
+    auto at = text.find("clearcpuid=");
+    if (at == std::string::npos) return out;
+    std::istringstream list(text.substr(at + 11, text.find(' ', at) - at - 11));
+    for (std::string n; std::getline(list, n, ',');) out.insert(std::stoi(n));
+    return out;
+  };
+  std::set<int> small = numbers(line), tern_list = numbers(tern::vmm::kLinuxClearCpuid);
+  ASSERT_FALSE(tern_list.empty());
+  for (int n : tern_list) EXPECT_TRUE(small.contains(n)) << "clearcpuid " << n << " missing from the small guest's list";
+  EXPECT_TRUE(small.contains(110) && small.contains(111));
 }
 
 TEST(HostKvm, EmulatedProfileAddsLinuxParametersOnce) {
