@@ -19,6 +19,7 @@
 
 #include "block/io/wait.h"
 #include "block/open.h"
+#include "block/qcow2/create.h"
 #include "tests/support/support.h"
 
 namespace tern::vmm {
@@ -104,8 +105,10 @@ TEST(Sandbox, AKernelWithoutSeccompFiltersIsRefusedAtStart) {
 TEST(Sandbox, TheMainThreadClosesADirtyQcow2Disk) {
   test_support::TempDir dir("tern-sandbox");
   std::string img = dir.file("d.qcow2");
-  std::string out;
-  ASSERT_EQ(test_support::sh("qemu-img create -q -f qcow2 '" + img + "' 16M", &out), 0) << out;
+  block::qcow2::CreateOptions create;
+  create.path = img;
+  create.size = 16 << 20;
+  ASSERT_TRUE(block::qcow2::create_image(create).has_value());
   auto disk = block::open_disk({.path = img});
   ASSERT_TRUE(disk.has_value()) << disk.error().message();
   {
