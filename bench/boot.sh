@@ -2,7 +2,7 @@
 # Boot times, side by side in one run: the same kernel, initramfs and command
 # line under tern and under QEMU (KVM), and how far each gets in one budget.
 #
-#   bench/boot.sh [-k small|stock] [-t BUDGET_S] [-b BUILD_DIR]
+#   bench/boot.sh [-k small|stock] [-t BUDGET_S] [-r ROUNDS] [-b BUILD_DIR]
 #
 # Kernels (scripts/make-guest.sh, scripts/make-small-kernel.sh):
 #   small  build/guest/small/{bzImage,vmlinux}: the small kernel from Debian's
@@ -20,18 +20,30 @@
 # "Run /init as init process", and the end (exit status; "budget" when the
 # run was stopped). Every run gets 2 vCPUs, 512 MiB, `console=ttyS0 panic=-1`
 # and the guest initramfs; tern adds what its CPU profile adds (docs/vmm.md).
+# With the stock kernel on a real KVM (hardware, or the lab: scripts/lab.sh
+# -- bash bench/boot.sh -k stock -r 5) the initramfs is the 64-bit one with
+# `tern.run=true`: its init loads the virtio modules and powers off, so
+# "end" is the time to power-off. -r N runs the four N times, round-robin
+# (so that a change in the host's load falls on all of them), and ends
+# with the median of each milestone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-kernel=small budget=300 build=build
-while getopts "k:t:b:" opt; do
+kernel=small budget=300 build=build rounds=1
+while getopts "k:t:r:b:" opt; do
   case $opt in
-    k) kernel=$OPTARG ;; t) budget=$OPTARG ;; b) build=$OPTARG ;; *) exit 2 ;;
+    k) kernel=$OPTARG ;; t) budget=$OPTARG ;; r) rounds=$OPTARG ;; b) build=$OPTARG ;; *) exit 2 ;;
   esac
 done
+cmdline="console=ttyS0 panic=-1"
 case $kernel in
   small) kdir=$build/guest/small initrd=$build/guest/small/initramfs.cpio ;;
-  stock) kdir=$build/guest initrd=$build/guest/initramfs.cpio.gz ;;
+  stock)
+    kdir=$build/guest initrd=$build/guest/initramfs.cpio.gz
+    if [ ! -e /sys/module/kvm_pvm ]; then
+      initrd=$build/guest/initramfs64.cpio.gz
+      cmdline+=" tern.run=true"
+    fi ;;
   *) echo "boot.sh: -k small|stock" >&2; exit 2 ;;
 esac
 for f in "$kdir/vmlinux" "$kdir/bzImage" "$initrd" "$build/tern"; do
@@ -41,7 +53,6 @@ qemu=$(command -v qemu-system-x86_64 || true)
 
 work=$(mktemp -d "${TMPDIR:-/var/tmp}/tern-boot.XXXXXX")
 trap 'rm -rf "$work"' EXIT
-cmdline="console=ttyS0 panic=-1"
 
 # Runs "$@" for at most $budget seconds; writes "<elapsed> <line>" per output
 # line to $work/$name.log and prints the milestones.
@@ -76,6 +87,7 @@ measure() {
   [ "$status" -eq 137 ] && how="budget"
   grep -q 'KVM internal error' "$log" && how="KVM internal error (stopped)"
   printf '%-14s %10s %10s %10.2f  %s\n' "$name" "${first:--}" "${init:--}" "$end" "$how"
+  echo "$name ${first:--} ${init:--} $end" >> "$work/results"
   if [ "$status" -ne 137 ] || [[ $how == KVM* ]]; then
     (grep -E 'tern: |internal error|KVM: entry failed|emulation failure|qemu-system|^[0-9.]+ Code=' "$log" || true) | tail -2 | cut -c1-160 |
       sed 's/^/                 /'
@@ -84,15 +96,32 @@ measure() {
 
 echo "kernel: $kernel ($kdir), budget ${budget}s per run, $(nproc) host CPUs, /dev/kvm: $( [ -e /sys/module/kvm_pvm ] && echo 'kvm_pvm (emulated)' || echo hardware)"
 printf '%-14s %10s %10s %10s  %s\n' run first-line init end how
-measure tern-vmlinux "$build/tern" --kernel "$kdir/vmlinux" --initramfs "$initrd" --cmdline "$cmdline" \
-  --cpus boot=2 --memory size=512M --serial tty
-measure tern-bzImage "$build/tern" --kernel "$kdir/bzImage" --initramfs "$initrd" --cmdline "$cmdline" \
-  --cpus boot=2 --memory size=512M --serial tty
-if [ -n "$qemu" ]; then
-  measure qemu-microvm "$qemu" -M microvm -accel kvm -smp 2 -m 512M -nographic -nodefaults \
-    -serial stdio -no-reboot -kernel "$kdir/bzImage" -initrd "$initrd" -append "$cmdline"
-  measure qemu-q35 "$qemu" -M q35 -accel kvm -smp 2 -m 512M -nographic -nodefaults \
-    -serial stdio -no-reboot -kernel "$kdir/bzImage" -initrd "$initrd" -append "$cmdline"
-else
-  echo "qemu-system-x86_64 not installed (scripts/setup.sh installs it): QEMU rows skipped"
+for round in $(seq 1 "$rounds"); do
+  [ "$rounds" -gt 1 ] && echo "-- round $round of $rounds"
+  measure tern-vmlinux "$build/tern" --kernel "$kdir/vmlinux" --initramfs "$initrd" --cmdline "$cmdline" \
+    --cpus boot=2 --memory size=512M --serial tty
+  measure tern-bzImage "$build/tern" --kernel "$kdir/bzImage" --initramfs "$initrd" --cmdline "$cmdline" \
+    --cpus boot=2 --memory size=512M --serial tty
+  if [ -n "$qemu" ]; then
+    measure qemu-microvm "$qemu" -M microvm -accel kvm -smp 2 -m 512M -nographic -nodefaults \
+      -serial stdio -no-reboot -kernel "$kdir/bzImage" -initrd "$initrd" -append "$cmdline"
+    measure qemu-q35 "$qemu" -M q35 -accel kvm -smp 2 -m 512M -nographic -nodefaults \
+      -serial stdio -no-reboot -kernel "$kdir/bzImage" -initrd "$initrd" -append "$cmdline"
+  else
+    echo "qemu-system-x86_64 not installed (scripts/setup.sh installs it): QEMU rows skipped"
+  fi
+done
+
+# median COLUMN NAME: the median of a milestone over the rounds ("-" when a
+# round did not reach it).
+median() {
+  awk -v n="$2" -v c="$1" '$1 == n && $c != "-" { print $c }' "$work/results" | sort -n |
+    awk '{ v[NR] = $1 } END { if (NR == 0) { print "-"; exit }
+      if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+if [ "$rounds" -gt 1 ]; then
+  echo "-- median of $rounds rounds"
+  for name in $(awk '{ print $1 }' "$work/results" | awk '!seen[$0]++'); do
+    printf '%-14s %10s %10s %10s\n' "$name" "$(median 2 "$name")" "$(median 3 "$name")" "$(median 4 "$name")"
+  done
 fi

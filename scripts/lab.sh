@@ -146,7 +146,7 @@ carry() {
   done
 }
 host_tools=(bash ctest qemu-img qemu-io qemu-system-x86_64 curl e2fsck debugfs mke2fs mkfs.ext4 resize2fs
-  sha256sum cmp cp dd truncate stat timeout setarch fio)
+  sha256sum cmp cp dd truncate stat timeout setarch fio date bc pkill)
 for t in "${host_tools[@]}"; do
   p=$(command -v "$t" || true)
   [ -n "$p" ] && carry "$p"
