@@ -16,6 +16,11 @@
 //   errors_no_space     the host's file system is full (ENOSPC, EDQUOT)
 //   errors_image        the image's metadata is corrupt or unreadable (QCOW2)
 //   errors_other        anything else the backend reported
+//   rejected_<rule>     requests the device answered itself with an error,
+//                       by the rule they broke (devices/virtio/blk_request.h:
+//                       TERN_BLK_REJECTIONS; each is also in errors_invalid
+//                       or errors_unsupported, except no_status_byte, which
+//                       cannot be answered)
 #pragma once
 
 #include <atomic>
@@ -25,7 +30,11 @@
 #define TERN_BLOCK_COUNTERS(X)                                                                  \
   X(read_ops) X(read_bytes) X(write_ops) X(write_bytes) X(flush_ops) X(discard_ops)              \
   X(discard_bytes) X(write_zeroes_ops) X(write_zeroes_bytes) X(errors) X(errors_invalid)         \
-  X(errors_unsupported) X(errors_io) X(errors_no_space) X(errors_image) X(errors_other)
+  X(errors_unsupported) X(errors_io) X(errors_no_space) X(errors_image) X(errors_other)          \
+  X(rejected_no_status_byte) X(rejected_beyond_seg_limits) X(rejected_short_header)              \
+  X(rejected_unaligned_data) X(rejected_too_large) X(rejected_past_capacity) X(rejected_read_only) \
+  X(rejected_bad_segment) X(rejected_too_many_sectors) X(rejected_unsupported_type)               \
+  X(rejected_not_offered) X(rejected_unsupported_flags)
 
 namespace tern {
 

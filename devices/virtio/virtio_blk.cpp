@@ -26,70 +26,6 @@ RateLimitedLog& request_log() {
   return log;
 }
 
-// The device-readable or device-writable half of a chain, seen as one byte
-// stream: 2.6.4 says the device must make no assumption about how the driver
-// frames a request into descriptors.
-class ByteStream {
- public:
-  void add(std::span<uint8_t> part) {
-    if (part.empty()) return;
-    parts_.push_back(part);
-    total_ += part.size();
-  }
-  uint64_t size() const { return total_; }
-
-  // Copies [offset, offset + out.size()) out; false when past the end.
-  bool read(uint64_t offset, std::span<uint8_t> out) const {
-    return walk(offset, out.size(), [&](std::span<uint8_t> piece, uint64_t done) {
-      std::memcpy(out.data() + done, piece.data(), piece.size());
-    });
-  }
-  bool write(uint64_t offset, std::span<const uint8_t> in) const {
-    return walk(offset, in.size(), [&](std::span<uint8_t> piece, uint64_t done) {
-      std::memcpy(piece.data(), in.data() + done, piece.size());
-    });
-  }
-  // iovecs for [offset, offset + length), pointing into guest memory.
-  bool iovecs(uint64_t offset, uint64_t length, std::vector<iovec>& out) const {
-    out.clear();
-    return walk(offset, length, [&](std::span<uint8_t> piece, uint64_t) {
-      out.push_back(iovec{piece.data(), piece.size()});
-    });
-  }
-  std::span<uint8_t> last_byte() const {
-    return parts_.empty() ? std::span<uint8_t>() : parts_.back().last(1);
-  }
-
- private:
-  template <class F>
-  bool walk(uint64_t offset, uint64_t length, F&& f) const {
-    if (offset > total_ || length > total_ - offset) return false;
-    uint64_t done = 0;
-    for (std::span<uint8_t> p : parts_) {
-      if (done == length) break;
-      if (offset >= p.size()) {
-        offset -= p.size();
-        continue;
-      }
-      uint64_t n = std::min<uint64_t>(p.size() - offset, length - done);
-      f(p.subspan(offset, n), done);
-      done += n;
-      offset = 0;
-    }
-    return true;
-  }
-
-  std::vector<std::span<uint8_t>> parts_;
-  uint64_t total_ = 0;
-};
-
-template <class T>
-T load_le(const uint8_t* p) {
-  T v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
 // One guest request from parse to completion. It owns the chain; its
 // destructor writes the status byte and then lets the chain go back to the
 // used ring, so every request is answered exactly once, on every path.
@@ -144,8 +80,28 @@ class BlkQueue final : public QueueHandler {
       : shared_(shared), ctx_(std::move(ctx)), slots_(size) {}
 
   void handle(DescriptorChain chain) override {
-    auto parsed = parse(std::move(chain));
-    if (parsed) process(std::move(parsed->first), parsed->second);
+    BlkParsed parsed = parse_blk_request(chain.buffers(), limits(), shared_.serial, chain.head(), iov_);
+    if (auto* rejected = std::get_if<BlkRejection>(&parsed); rejected && *rejected == BlkRejection::no_status_byte) {
+      // Nowhere to answer: the chain goes back untouched.
+      blk_rejection_counter(shared_.counters, *rejected).fetch_add(1, std::memory_order_relaxed);
+      request_log().log("virtio-blk", "request without a status byte");
+      return;
+    }
+    std::span<uint8_t> status_byte = blk_status_byte(chain.buffers());
+    BlkRequest request(std::move(chain), status_byte);
+    if (auto* rejected = std::get_if<BlkRejection>(&parsed)) {
+      reject(request, *rejected);
+    } else if (auto* answer = std::get_if<BlkAnswer>(&parsed)) {
+      if (answer->flush) shared_.counters.flush_ops.fetch_add(1, std::memory_order_relaxed);
+      request.finish(kBlkSOk, answer->written);
+    } else {
+      auto& backend = std::get<BlkBackendRequest>(parsed);
+      request.op = backend.request.op;
+      request.offset = backend.request.offset;
+      request.bytes = backend.bytes;
+      request.read_len = backend.read_len;
+      process(std::move(request), backend.request);
+    }
   }
   int completion_fd() const override { return ctx_->completion_fd(); }
   bool complete() override {
@@ -198,150 +154,30 @@ class BlkQueue final : public QueueHandler {
     r.finish(kBlkSOk, r.read_len);
   }
 
-  // Completes a request now with `status` (the request object answers it).
-  // The device refused it: malformed (IOERR) or not supported (UNSUPP).
-  std::nullopt_t answer(BlkRequest& r, uint8_t status) {
-    if (status != kBlkSOk) {
-      count_blk_error(shared_.counters, status == kBlkSUnsupp ? BlkErrorKind::Unsupported : BlkErrorKind::Invalid);
-    }
+  // The device refused the request: counted by its rule and by kind
+  // (IOERR: invalid, UNSUPP: unsupported), and answered now.
+  void reject(BlkRequest& r, BlkRejection why) {
+    uint8_t status = blk_rejection_status(why);
+    blk_rejection_counter(shared_.counters, why).fetch_add(1, std::memory_order_relaxed);
+    count_blk_error(shared_.counters, status == kBlkSUnsupp ? BlkErrorKind::Unsupported : BlkErrorKind::Invalid);
+    if (why == BlkRejection::beyond_seg_limits) request_log().log("virtio-blk", "request beyond seg_max or size_max");
     r.finish(status);
-    return std::nullopt;
   }
 
-  bool in_capacity(uint64_t sector, uint64_t bytes) const {
-    uint64_t cap = shared_.capacity.load(std::memory_order_acquire);
-    uint64_t sectors = bytes / kSector;
-    return sector <= cap && sectors <= cap - sector;
-  }
-
-  // 5.2.4: the driver keeps each request within seg_max segments of at most
-  // size_max bytes each. Segments are what the chain carries besides the
-  // header and the status byte, so a chain may have seg_max + 2
-  // descriptors, none longer than size_max. Past that the request gets IOERR
-  // (5.2.6.1 lets the device fail a request it cannot serve); the queue
-  // itself is fine.
-  bool within_limits(std::span<const ChainBuffer> buffers) const {
-    if (buffers.size() > uint64_t{shared_.seg_max} + 2) return false;
-    return std::ranges::all_of(buffers, [](const ChainBuffer& b) { return b.bytes.size() <= kBlkSizeMax; });
-  }
-  uint64_t max_data_bytes() const { return uint64_t{shared_.seg_max} * kBlkSizeMax; }
-
-  // A parsed request: what it owes the guest and what the backend must do.
-  using Parsed = std::pair<BlkRequest, block::Request>;
-
-  // Reads the chain; answers a request it can finish without the backend
-  // (malformed, unsupported, GET_ID, a read-only flush) and returns nullopt.
-  std::optional<Parsed> parse(DescriptorChain chain) {
-    ByteStream in, out;  // device-readable, device-writable
-    for (const ChainBuffer& b : chain.buffers()) (b.device_writable ? out : in).add(b.bytes);
-    if (out.size() == 0) {
-      // 5.2.6: every request ends in a writable status byte. Without one
-      // there is nowhere to answer; give the chain back untouched.
-      request_log().log("virtio-blk", "request without a status byte");
-      return std::nullopt;
-    }
-    uint16_t head = chain.head();
-    bool within = within_limits(chain.buffers());
-    BlkRequest local(std::move(chain), out.last_byte());
-    uint64_t data_out = out.size() - 1;  // writable bytes before the status byte
-    if (!within) {
-      request_log().log("virtio-blk", "request beyond seg_max or size_max");
-      return answer(local, kBlkSIoErr);
-    }
-
-    uint8_t header[16];
-    if (!in.read(0, header)) return answer(local, kBlkSIoErr);
-    uint32_t type = load_le<uint32_t>(header);
-    uint64_t sector = load_le<uint64_t>(header + 8);
-    uint64_t data_in = in.size() - sizeof header;
-
-    block::Request req;
-    req.cookie = head;
-    switch (type) {
-      case kBlkTIn:
-        if (data_out % kSector != 0 || data_out > max_data_bytes() || !in_capacity(sector, data_out) ||
-            !out.iovecs(0, data_out, iov_)) {
-          return answer(local, kBlkSIoErr);
-        }
-        req.op = block::Op::Read;
-        req.offset = sector * kSector;
-        req.iov = iov_;
-        local.bytes = data_out;
-        local.read_len = static_cast<uint32_t>(data_out);
-        break;
-      case kBlkTOut:
-        // 5.2.6.2: "A device MUST set the status byte to VIRTIO_BLK_S_IOERR
-        // for a write request if the VIRTIO_BLK_F_RO feature if offered, and
-        // MUST NOT write any data."
-        if (shared_.read_only) return answer(local, kBlkSIoErr);
-        if (data_in % kSector != 0 || data_in > max_data_bytes() || !in_capacity(sector, data_in) ||
-            !in.iovecs(sizeof header, data_in, iov_)) {
-          return answer(local, kBlkSIoErr);
-        }
-        req.op = block::Op::Write;
-        req.offset = sector * kSector;
-        req.iov = iov_;
-        local.bytes = data_in;
-        break;
-      case kBlkTFlush:
-        // Nothing can be dirty on a read-only disk; flush still succeeds.
-        if (shared_.read_only) {
-          shared_.counters.flush_ops.fetch_add(1, std::memory_order_relaxed);
-          return answer(local, kBlkSOk);
-        }
-        req.op = block::Op::Flush;
-        break;
-      case kBlkTGetId: {
-        // 5.2.6: the ID string is 20 bytes, NUL-padded; allowed on
-        // read-only disks too.
-        uint8_t id[kBlkIdBytes] = {};
-        std::memcpy(id, shared_.serial.data(), std::min(shared_.serial.size(), kBlkIdBytes));
-        size_t n = std::min<uint64_t>(data_out, kBlkIdBytes);
-        if (!out.write(0, std::span<const uint8_t>(id, n))) return answer(local, kBlkSIoErr);
-        local.finish(kBlkSOk, static_cast<uint32_t>(n));
-        return std::nullopt;
-      }
-      case kBlkTDiscard:
-      case kBlkTWriteZeroes: {
-        bool discard = type == kBlkTDiscard;
-        if (!(shared_.features & (discard ? kBlkFDiscard : kBlkFWriteZeroes))) {
-          return answer(local, kBlkSUnsupp);
-        }
-        // 5.2.6.2: write-type requests on a read-only device get IOERR.
-        if (shared_.read_only) return answer(local, kBlkSIoErr);
-        // We advertise max_*_seg = 1: exactly one segment.
-        uint8_t seg[16];
-        if (data_in != sizeof seg || !in.read(sizeof header, seg)) {
-          return answer(local, kBlkSIoErr);
-        }
-        uint64_t seg_sector = load_le<uint64_t>(seg);
-        uint32_t num = load_le<uint32_t>(seg + 8);
-        uint32_t flags = load_le<uint32_t>(seg + 12);
-        // 5.2.6.2: UNSUPP for discard with the unmap flag, and for any
-        // unknown flag.
-        if ((flags & ~1u) != 0 || (discard && (flags & 1u))) return answer(local, kBlkSUnsupp);
-        uint32_t max = discard ? shared_.max_discard_sectors : shared_.max_write_zeroes_sectors;
-        if (num > max || !in_capacity(seg_sector, uint64_t{num} * kSector)) {
-          return answer(local, kBlkSIoErr);
-        }
-        req.op = discard ? block::Op::Discard : block::Op::WriteZeroes;
-        req.offset = seg_sector * kSector;
-        req.length = uint64_t{num} * kSector;
-        req.may_unmap = (flags & 1u) != 0;
-        local.bytes = req.length;
-        break;
-      }
-      default:
-        return answer(local, kBlkSUnsupp);
-    }
-    local.op = req.op;
-    local.offset = req.offset;
-    return std::optional<Parsed>(std::in_place, std::move(local), req);
+  BlkParseLimits limits() const {
+    BlkParseLimits l;
+    l.capacity_sectors = shared_.capacity.load(std::memory_order_acquire);
+    l.seg_max = shared_.seg_max;
+    l.max_discard_sectors = shared_.max_discard_sectors;
+    l.max_write_zeroes_sectors = shared_.max_write_zeroes_sectors;
+    l.features = shared_.features;
+    l.read_only = shared_.read_only;
+    return l;
   }
 
   // Parks the request by head (unique while the device owns it), then hands
   // it to the backend; the completion finds it by cookie. req.iov points
-  // into iov_, filled by the parse() just before.
+  // into iov_, filled by parse_blk_request() just before.
   void process(BlkRequest request, const block::Request& req) {
     std::optional<BlkRequest>& slot = slots_[req.cookie];
     slot.emplace(std::move(request));

@@ -20,45 +20,10 @@
 #include "base/block_counters.h"
 #include "block/disk.h"
 #include "devices/virtio/blk_errors.h"
+#include "devices/virtio/blk_request.h"
 #include "devices/virtio/virtio_device.h"
 
 namespace tern::devices {
-
-// virtio-blk feature bits (5.2.3).
-inline constexpr uint64_t kBlkFSizeMax = 1ull << 1;
-inline constexpr uint64_t kBlkFSegMax = 1ull << 2;
-inline constexpr uint64_t kBlkFRo = 1ull << 5;
-inline constexpr uint64_t kBlkFBlkSize = 1ull << 6;
-inline constexpr uint64_t kBlkFFlush = 1ull << 9;
-inline constexpr uint64_t kBlkFMq = 1ull << 12;
-inline constexpr uint64_t kBlkFDiscard = 1ull << 13;
-inline constexpr uint64_t kBlkFWriteZeroes = 1ull << 14;
-
-// Request types and status values (5.2.6).
-inline constexpr uint32_t kBlkTIn = 0;
-inline constexpr uint32_t kBlkTOut = 1;
-inline constexpr uint32_t kBlkTFlush = 4;
-inline constexpr uint32_t kBlkTGetId = 8;
-inline constexpr uint32_t kBlkTDiscard = 11;
-inline constexpr uint32_t kBlkTWriteZeroes = 13;
-inline constexpr uint8_t kBlkSOk = 0;
-inline constexpr uint8_t kBlkSIoErr = 1;
-inline constexpr uint8_t kBlkSUnsupp = 2;
-inline constexpr size_t kBlkIdBytes = 20;  // VIRTIO_BLK_ID_BYTES
-inline constexpr uint32_t kBlkConfigSize = 60;
-
-// Request-size limits (5.2.4, docs/virtio.md "Request size"). size_max bounds
-// each segment; seg_max counts data segments (the header and status
-// descriptors aside, as QEMU and Linux count them) and is at most IOV_MAX,
-// the most iovecs one preadv/pwritev or AIO iocb takes. Together they bound
-// a request to block::kMaxTransferBytes.
-inline constexpr uint32_t kBlkSizeMax = 1u << 20;
-inline constexpr uint32_t kBlkMaxSegments = 1024;
-static_assert(uint64_t{kBlkSizeMax} * kBlkMaxSegments <= block::kMaxTransferBytes);
-constexpr uint32_t blk_seg_max(uint16_t queue_size) {
-  uint32_t ring = queue_size > 3 ? queue_size - 2u : 1u;
-  return ring < kBlkMaxSegments ? ring : kBlkMaxSegments;
-}
 
 struct VirtioBlkOptions {
   bool read_only = false;     // readonly=on (also implied by the backend)
