@@ -17,7 +17,7 @@
 //   errors_image        the image's metadata is corrupt or unreadable (QCOW2)
 //   errors_other        anything else the backend reported
 //   rejected_<rule>     requests the device answered itself with an error,
-//                       by the rule they broke (devices/virtio/blk_request.h:
+//                       by the rule they broke (devices/virtio/blk/request.h:
 //                       TERN_BLK_REJECTIONS; each is also in errors_invalid
 //                       or errors_unsupported, except no_status_byte, which
 //                       cannot be answered)

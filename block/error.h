@@ -61,7 +61,7 @@ enum class Errc {
 };
 
 // How an error is treated by those who sort errors: the guest's status and
-// the disk's error counters (devices/virtio/blk_errors.h), the API's status
+// the disk's error counters (devices/virtio/blk/errors.h), the API's status
 // code (vmm/api_control.cpp), the rate-limited log.
 enum class ErrorClass : uint8_t {
   BadRequest,   // the request itself is wrong: past the end, malformed

@@ -16,7 +16,7 @@
 #include "arch/x86_64/layout.h"
 #include "base/thread_sandbox.h"
 #include "block/open.h"
-#include "devices/virtio/blk_factory.h"
+#include "devices/virtio/blk/factory.h"
 #include "vmm/host_kvm.h"
 
 namespace tern::vmm {

@@ -1,8 +1,8 @@
 // VirtioCore: the part of a virtio device that no transport owns (virtio 1.x
 // sections 2 and 3): the device status state machine, feature negotiation,
 // the queue set-up the driver writes, activation and reset, NEEDS_RESET and
-// the configuration space with its generation. A transport (virtio_pci.h,
-// virtio_mmio.h) decodes its registers into calls on the core and delivers
+// the configuration space with its generation. A transport (transport/pci.h,
+// transport/mmio.h) decodes its registers into calls on the core and delivers
 // the two kinds of interrupt the core asks for; it never sees the device's
 // queues or features beyond the 32-bit windows it shows the driver.
 //

@@ -2,7 +2,7 @@
 // VirtioInterrupt: the core (and through it the transport) as the device
 // sees it. VirtioCore (virtio_core.h) owns the device, runs the status state
 // machine and feature negotiation for whichever transport decodes the
-// registers (virtio_pci.h, virtio_mmio.h), and moves the queue set-up into
+// registers (transport/pci.h, transport/mmio.h), and moves the queue set-up into
 // the device on DRIVER_OK:
 //
 //   construct --(driver: ACK, DRIVER, FEATURES_OK, queue set-up, DRIVER_OK)-->

@@ -52,7 +52,7 @@
 #include "block/qcow2/engine.h"
 #include "block/qcow2/host_file.h"
 #include "devices/guest_memory.h"
-#include "devices/virtio/virtio_blk.h"
+#include "devices/virtio/blk/device.h"
 #include "devices/virtio/virtqueue.h"
 
 namespace tern::devices::fuzz {

@@ -1,7 +1,7 @@
 // parse_blk_request on its own: every rule a request can break gives its
 // own rejection and status; valid requests come out as the backend's
 // request or as the device's own answer.
-#include "devices/virtio/blk_request.h"
+#include "devices/virtio/blk/request.h"
 
 #include <gtest/gtest.h>
 

@@ -21,7 +21,7 @@
 #include "base/event_fd.h"
 #include "base/unique_fd.h"
 #include "devices/pci/pci_root.h"
-#include "devices/virtio/virtio_pci.h"
+#include "devices/virtio/transport/pci.h"
 #include "vmm/emulation_fallback.h"
 
 namespace tern::devices::testing {

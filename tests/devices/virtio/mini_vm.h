@@ -16,7 +16,7 @@
 #include <string>
 
 #include "block/disk.h"
-#include "devices/virtio/virtio_blk.h"
+#include "devices/virtio/blk/device.h"
 
 namespace tern::devices::testing {
 

@@ -11,7 +11,7 @@
 #include <filesystem>
 
 #include "block/open.h"
-#include "devices/virtio/virtio_blk.h"
+#include "devices/virtio/blk/device.h"
 #include "tests/devices/virtio/fakes.h"
 
 namespace tern::devices {

@@ -8,8 +8,8 @@
 #include <cstring>
 
 #include "devices/virtio/queue_runner.h"
-#include "devices/virtio/virtio_mmio.h"
-#include "devices/virtio/virtio_pci.h"
+#include "devices/virtio/transport/mmio.h"
+#include "devices/virtio/transport/pci.h"
 #include "tests/devices/virtio/fakes.h"
 
 namespace tern::devices {

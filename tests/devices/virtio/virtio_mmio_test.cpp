@@ -2,7 +2,7 @@
 // driver may write (odd sizes and offsets, queue select out of range, ready
 // with bad addresses, status moving backwards, random writes): every access
 // is answered and the device still works after a reset.
-#include "devices/virtio/virtio_mmio.h"
+#include "devices/virtio/transport/mmio.h"
 
 #include <gtest/gtest.h>
 
@@ -11,8 +11,8 @@
 #include <random>
 #include <thread>
 
-#include "devices/virtio/blk_factory.h"
-#include "devices/virtio/virtio_blk.h"
+#include "devices/virtio/blk/factory.h"
+#include "devices/virtio/blk/device.h"
 #include "tests/devices/virtio/fakes.h"
 
 namespace tern::devices {

@@ -1,9 +1,9 @@
-#include "devices/virtio/virtio_pci.h"
+#include "devices/virtio/transport/pci.h"
 
 #include <gtest/gtest.h>
 
-#include "devices/virtio/virtio_blk.h"
-#include "devices/virtio/blk_factory.h"
+#include "devices/virtio/blk/device.h"
+#include "devices/virtio/blk/factory.h"
 #include "tests/devices/virtio/fakes.h"
 
 namespace tern::devices {

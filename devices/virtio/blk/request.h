@@ -2,7 +2,7 @@
 // own: the chain's buffers and the device's limits in, and out either a
 // request for the backend, an answer the device gives at once (GET_ID, a
 // flush on a read-only disk), or the rule the request broke, with the
-// status the guest gets for it. BlkQueue (virtio_blk.cpp) drives it; the
+// status the guest gets for it. BlkQueue (blk/device.cpp) drives it; the
 // tests call it directly (tests/devices/virtio/blk_request_test.cpp).
 #pragma once
 

@@ -1,4 +1,4 @@
-#include "devices/virtio/blk_errors.h"
+#include "devices/virtio/blk/errors.h"
 
 #include <array>
 #include <string>

@@ -1,4 +1,4 @@
-#include "devices/virtio/virtio_pci.h"
+#include "devices/virtio/transport/pci.h"
 
 #include <algorithm>
 #include <cerrno>

@@ -4,7 +4,7 @@
 // waiting on reset) with a BlkQueue handler that parses requests straight
 // from guest memory, submits them to the queue's IoContext and finishes
 // them in whatever order the backend completes them. Transports
-// (virtio_pci.h, virtio_mmio.h) reach it through VirtioCore.
+// (transport/pci.h, transport/mmio.h) reach it through VirtioCore.
 //
 // Threads: resize() and counters() from any thread (the API's control
 // thread); the VirtioDevice methods as documented in virtio_device.h.
@@ -19,8 +19,8 @@
 
 #include "base/block_counters.h"
 #include "block/disk.h"
-#include "devices/virtio/blk_errors.h"
-#include "devices/virtio/blk_request.h"
+#include "devices/virtio/blk/errors.h"
+#include "devices/virtio/blk/request.h"
 #include "devices/virtio/virtio_device.h"
 
 namespace tern::devices {

@@ -1,4 +1,4 @@
-#include "devices/virtio/blk_factory.h"
+#include "devices/virtio/blk/factory.h"
 
 #include <bit>
 

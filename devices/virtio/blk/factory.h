@@ -15,9 +15,9 @@
 
 #include "block/open.h"
 #include "devices/guest_memory.h"
-#include "devices/virtio/virtio_blk.h"
-#include "devices/virtio/virtio_mmio.h"
-#include "devices/virtio/virtio_pci.h"
+#include "devices/virtio/blk/device.h"
+#include "devices/virtio/transport/mmio.h"
+#include "devices/virtio/transport/pci.h"
 #include "devices/vm_services.h"
 
 namespace tern::devices {

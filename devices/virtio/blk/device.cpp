@@ -1,4 +1,4 @@
-#include "devices/virtio/virtio_blk.h"
+#include "devices/virtio/blk/device.h"
 
 
 #include <algorithm>
@@ -10,7 +10,7 @@
 #include <utility>
 
 #include "block/disk.h"
-#include "devices/virtio/blk_errors.h"
+#include "devices/virtio/blk/errors.h"
 #include "devices/virtio/queue_runner.h"
 #include "devices/virtio/rate_limited_log.h"
 

@@ -1,4 +1,4 @@
-#include "devices/virtio/blk_request.h"
+#include "devices/virtio/blk/request.h"
 
 #include <algorithm>
 #include <array>

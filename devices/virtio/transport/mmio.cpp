@@ -1,4 +1,4 @@
-#include "devices/virtio/virtio_mmio.h"
+#include "devices/virtio/transport/mmio.h"
 
 #include <algorithm>
 #include <cstring>
