@@ -77,10 +77,10 @@ api::ControlResult<api::VmInfo> ApiControl::info() {
     info.kernel = cfg.kernel;
     info.cmdline = cfg.cmdline;
     for (const Disk& d : machine_.disks()) {
-      info.disks.push_back(api::DiskInfo{d.config.id, d.config.path, std::string(d.device->format_name()),
-                                         d.device->capacity_sectors() * 512, d.config.readonly,
-                                         d.config.num_queues, d.config.queue_size,
-                                         d.config.transport == DiskTransport::Mmio ? "mmio" : "pci"});
+      info.disks.push_back(api::DiskInfo{d.config.device.id, d.config.open.path, std::string(d.device->format_name()),
+                                         d.device->capacity_sectors() * 512, d.config.open.read_only,
+                                         d.config.device.num_queues, d.config.device.queue_size,
+                                         d.config.transport == devices::VirtioTransport::Mmio ? "mmio" : "pci"});
     }
     return info;
   });
@@ -91,7 +91,7 @@ api::ControlResult<std::vector<api::DiskCounters>> ApiControl::counters() {
       [this]() -> api::ControlResult<std::vector<api::DiskCounters>> {
         std::vector<api::DiskCounters> out;
         for (const Disk& d : machine_.disks()) {
-          out.push_back(api::DiskCounters{.id = d.config.id, .counters = d.device->counters()});
+          out.push_back(api::DiskCounters{.id = d.config.device.id, .counters = d.device->counters()});
         }
         return out;
       });
@@ -101,8 +101,8 @@ api::ControlResult<void> ApiControl::resize_disk(const std::string& id, uint64_t
   return on_control_thread<void>([this, id, desired_size]() -> api::ControlResult<void> {
     if (machine_.finished()) return control_error(ControlErrc::Unavailable, "the VM is shutting down");
     for (const Disk& d : machine_.disks()) {
-      if (d.config.id != id) continue;
-      if (d.config.readonly) return control_error(ControlErrc::Refused, "disk '" + id + "' is read-only");
+      if (d.config.device.id != id) continue;
+      if (d.config.open.read_only) return control_error(ControlErrc::Refused, "disk '" + id + "' is read-only");
       if (auto r = d.device->resize(desired_size); !r) return std::unexpected(resize_error(id, r.error()));
       return {};
     }

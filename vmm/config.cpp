@@ -147,7 +147,7 @@ std::expected<DiskConfig, std::string> parse_disk(std::string_view text, size_t 
   auto pairs = split_pairs("disk", text);
   if (!pairs) return Unexpected(pairs.error());
   DiskConfig d;
-  d.id = "disk" + std::to_string(index);
+  d.device.id = "disk" + std::to_string(index);
   std::set<std::string> seen;
   for (auto& [k, v] : *pairs) {
     if (!seen.insert(k).second) return Unexpected("--disk: key \"" + k + "\" given twice");
@@ -161,42 +161,43 @@ std::expected<DiskConfig, std::string> parse_disk(std::string_view text, size_t 
     std::expected<void, std::string> r;
     if (k == "path") {
       if (v.empty()) return Unexpected("--disk path: empty");
-      d.path = v;
+      d.open.path = v;
     } else if (k == "id") {
       if (v.empty()) return Unexpected("--disk id: empty");
-      d.id = v;
+      d.device.id = v;
     } else if (k == "readonly") {
-      r = flag(d.readonly);
+      r = flag(d.open.read_only);
+      d.device.read_only = d.open.read_only;
     } else if (k == "backing_files") {
-      r = flag(d.backing_files);
+      r = flag(d.open.allow_backing);
     } else if (k == "direct") {
-      r = flag(d.direct);
+      r = flag(d.open.direct);
     } else if (k == "lock") {
-      r = flag(d.lock);
+      r = flag(d.open.lock);
     } else if (k == "num_queues") {
-      auto n = parse_number(what, v, 1, kMaxQueues);
+      auto n = parse_number(what, v, 1, devices::kVirtioMaxQueues);
       if (!n) return Unexpected(n.error());
-      d.num_queues = static_cast<uint16_t>(*n);
+      d.device.num_queues = static_cast<uint16_t>(*n);
     } else if (k == "queue_size") {
-      auto n = parse_number(what, v, 2, kMaxQueueSize);
+      auto n = parse_number(what, v, 2, devices::kMaxQueueSize);
       if (!n) return Unexpected(n.error());
       if (*n & (*n - 1)) return Unexpected(what + ": " + v + " is not a power of two");
-      d.queue_size = static_cast<uint16_t>(*n);
+      d.device.queue_size = static_cast<uint16_t>(*n);
     } else if (k == "image_type") {
-      if (v == "raw") d.image_type = block::ImageType::Raw;
-      else if (v == "qcow2") d.image_type = block::ImageType::Qcow2;
-      else if (v == "auto") d.image_type = block::ImageType::Auto;
+      if (v == "raw") d.open.type = block::ImageType::Raw;
+      else if (v == "qcow2") d.open.type = block::ImageType::Qcow2;
+      else if (v == "auto") d.open.type = block::ImageType::Auto;
       else return Unexpected(what + ": expected raw or qcow2, got \"" + v + "\"");
     } else if (k == "serial") {
-      d.serial = v;
+      d.device.serial = v;
     } else if (k == "aio") {
-      if (v == "sync") d.aio = block::AioMode::Sync;
-      else if (v == "native") d.aio = block::AioMode::Native;
-      else if (v == "threads") d.aio = block::AioMode::Threads;
+      if (v == "sync") d.open.aio = block::AioMode::Sync;
+      else if (v == "native") d.open.aio = block::AioMode::Native;
+      else if (v == "threads") d.open.aio = block::AioMode::Threads;
       else return Unexpected(what + ": expected sync, native or threads, got \"" + v + "\"");
     } else if (k == "transport") {
-      if (v == "pci") d.transport = DiskTransport::Pci;
-      else if (v == "mmio") d.transport = DiskTransport::Mmio;
+      if (v == "pci") d.transport = devices::VirtioTransport::Pci;
+      else if (v == "mmio") d.transport = devices::VirtioTransport::Mmio;
       else return Unexpected(what + ": expected pci or mmio, got \"" + v + "\"");
     } else {
       return Unexpected("--disk: unknown key \"" + k +
@@ -205,7 +206,12 @@ std::expected<DiskConfig, std::string> parse_disk(std::string_view text, size_t 
     }
     if (!r) return Unexpected(r.error());
   }
-  if (d.path.empty()) return Unexpected("--disk: path= is required");
+  if (d.open.path.empty()) return Unexpected("--disk: path= is required");
+  // A header found by probing may be one a guest wrote into what was its
+  // raw disk: the VMM follows no backing file it names unless
+  // image_type=qcow2 says the header is the user's (docs/SECURITY.md,
+  // "Probed images").
+  d.open.follow_probed_backing = false;
   return d;
 }
 
@@ -322,9 +328,9 @@ std::expected<VmConfig, ParseExit> parse_command_line(int argc, const char* cons
   for (size_t i = 0; i < disks.size(); ++i) {
     auto d = parse_disk(disks[i], i);
     if (!d) return bad(d.error());
-    if (!ids.insert(d->id).second) return bad("--disk: id \"" + d->id + "\" used twice");
-    if (d->transport == DiskTransport::Mmio && ++mmio_disks > kMaxMmioDisks) {
-      return bad("--disk " + d->id + ": at most " + std::to_string(kMaxMmioDisks) + " disks with transport=mmio");
+    if (!ids.insert(d->device.id).second) return bad("--disk: id \"" + d->device.id + "\" used twice");
+    if (d->transport == devices::VirtioTransport::Mmio && ++mmio_disks > kMaxMmioDisks) {
+      return bad("--disk " + d->device.id + ": at most " + std::to_string(kMaxMmioDisks) + " disks with transport=mmio");
     }
     c.disks.push_back(std::move(*d));
   }

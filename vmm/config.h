@@ -23,24 +23,16 @@
 #include <vector>
 
 #include "block/open.h"
+#include "devices/virtio/blk/device.h"
+#include "devices/virtio/virtio_device.h"
 
 namespace tern::vmm {
 
-enum class DiskTransport { Pci, Mmio };
 
 struct DiskConfig {
-  std::string path;
-  std::string id;  // "disk0", "disk1"... unless id= is given
-  bool readonly = false;
-  uint16_t num_queues = 1;
-  uint16_t queue_size = 256;
-  block::ImageType image_type = block::ImageType::Auto;
-  bool backing_files = false;
-  bool direct = false;
-  std::string serial;
-  bool lock = true;
-  block::AioMode aio = block::AioMode::Native;
-  DiskTransport transport = DiskTransport::Pci;
+  block::OpenOptions open;           // path=, readonly=, image_type=, backing_files=, direct=, lock=, aio=
+  devices::VirtioBlkOptions device;  // id= ("disk0", "disk1"... unless given), readonly=, num_queues=, queue_size=, serial=
+  devices::VirtioTransport transport = devices::VirtioTransport::Pci;  // transport=
 };
 
 // Which CPU the guest is shown (vmm/host_kvm.h): `host` passes KVM's
@@ -107,9 +99,7 @@ struct VmConfig {
 inline constexpr uint32_t kMaxCpus = 254;  // xAPIC IDs 0..253 (0xff is broadcast)
 inline constexpr uint64_t kMinMemory = 16ull << 20;
 inline constexpr uint64_t kMaxMemory = 1ull << 40;
-inline constexpr uint16_t kMaxQueues = 16;
 inline constexpr size_t kMaxMmioDisks = 16;  // one IOAPIC input each (arch/x86_64/layout.h)
-inline constexpr uint16_t kMaxQueueSize = 32768;  // virtio 1.x 2.6: split ring limit
 
 // Result of parsing argv: a config to run, or the process should exit with
 // `exit_code` after printing `message` (help text, or an error).

@@ -59,7 +59,7 @@ std::vector<std::optional<MmioSlot>> mmio_slots(const std::vector<DiskConfig>& d
   std::vector<std::optional<MmioSlot>> out;
   size_t n = 0;
   for (const DiskConfig& d : disks) {
-    if (d.transport != DiskTransport::Mmio || n >= ax::kVirtioMmioMaxDevices) {
+    if (d.transport != devices::VirtioTransport::Mmio || n >= ax::kVirtioMmioMaxDevices) {
       out.emplace_back();
       continue;
     }
@@ -207,30 +207,11 @@ std::expected<void, std::string> Machine::build_devices() {
   auto slots = mmio_slots(config_.disks);
   for (size_t i = 0; i < config_.disks.size(); ++i) {
     const DiskConfig& d = config_.disks[i];
-    block::OpenOptions o;
-    o.path = d.path;
-    o.type = d.image_type;
-    o.read_only = d.readonly;
-    o.direct = d.direct;
-    o.lock = d.lock;
-    o.allow_backing = d.backing_files;
-    // A header found by probing may be one a guest wrote into what was its
-    // raw disk: it names no backing file unless image_type=qcow2 says the
-    // header is the user's (docs/SECURITY.md, "Probed images").
-    o.follow_probed_backing = false;
-    o.aio = d.aio;
-    devices::VirtioBlkOptions bo;
-    bo.read_only = d.readonly;
-    bo.num_queues = d.num_queues;
-    bo.queue_size = d.queue_size;
-    bo.serial = d.serial;
-    bo.id = d.id;
-    bool mmio = d.transport == DiskTransport::Mmio;
-    if (mmio && !slots[i]) return Unexpected("--disk " + d.id + ": no virtio-mmio slot left");
+    bool mmio = d.transport == devices::VirtioTransport::Mmio;
+    if (mmio && !slots[i]) return Unexpected("--disk " + d.device.id + ": no virtio-mmio slot left");
     devices::MmioPlacement place;
     if (mmio) place = {.base = slots[i]->base, .gsi = slots[i]->gsi};
-    auto made = devices::make_virtio_blk(o, bo, mmio ? devices::VirtioTransport::Mmio : devices::VirtioTransport::Pci,
-                                         place, services_, memory);
+    auto made = devices::make_virtio_blk(d.open, d.device, d.transport, place, services_, memory);
     if (!made) return Unexpected("--" + made.error().message);
     Disk disk{d, made->blk};
     if (made->mmio) {
@@ -240,7 +221,7 @@ std::expected<void, std::string> Machine::build_devices() {
       virtio_mmio_.push_back(std::move(made->mmio));
     } else {
       auto slot = pci_->add_device(std::move(made->pci));
-      if (!slot) return Unexpected("--disk " + d.id + ": PCI: " + devices::pci_error_text(slot.error()));
+      if (!slot) return Unexpected("--disk " + d.device.id + ": PCI: " + devices::pci_error_text(slot.error()));
       disk.pci_slot = *slot;
     }
     disks_.push_back(disk);
@@ -358,7 +339,7 @@ int Machine::run() {
   }
   for (const Disk& d : disks_) {
     if (auto r = d.device->close(); !r) {
-      std::fprintf(stderr, "tern: --disk %s: closing: %s\n", d.config.id.c_str(), r.error().message().c_str());
+      std::fprintf(stderr, "tern: --disk %s: closing: %s\n", d.config.device.id.c_str(), r.error().message().c_str());
       status = kExitVmmFailure;
     }
   }

@@ -661,15 +661,15 @@ std::expected<UniqueFd, std::string> build_ruleset(const VmConfig& config, int a
   const int r = ruleset.get();
   for (const DiskConfig& d : config.disks) {
     uint64_t access = LANDLOCK_ACCESS_FS_READ_FILE;
-    if (!d.readonly) access |= LANDLOCK_ACCESS_FS_WRITE_FILE | LANDLOCK_ACCESS_FS_TRUNCATE;
-    if (auto ok = add_path_rule(r, abi, d.path, access, "--disk " + d.id); !ok) return Unexpected(ok.error());
+    if (!d.open.read_only) access |= LANDLOCK_ACCESS_FS_WRITE_FILE | LANDLOCK_ACCESS_FS_TRUNCATE;
+    if (auto ok = add_path_rule(r, abi, d.open.path, access, "--disk " + d.device.id); !ok) return Unexpected(ok.error());
     // Only a header the user vouched for (image_type=qcow2) names files:
     // a raw disk's first bytes are the guest's, and a probed header may be
     // too (the block layer refuses its backing file; docs/SECURITY.md,
     // "Probed images").
-    if (!d.backing_files || d.image_type != block::ImageType::Qcow2) continue;
-    for (const std::string& backing : backing_chain(d.path)) {
-      auto ok = add_path_rule(r, abi, backing, LANDLOCK_ACCESS_FS_READ_FILE, "--disk " + d.id + " backing file");
+    if (!d.open.allow_backing || d.open.type != block::ImageType::Qcow2) continue;
+    for (const std::string& backing : backing_chain(d.open.path)) {
+      auto ok = add_path_rule(r, abi, backing, LANDLOCK_ACCESS_FS_READ_FILE, "--disk " + d.device.id + " backing file");
       if (!ok) return Unexpected(ok.error());
     }
   }
@@ -804,7 +804,7 @@ std::expected<std::unique_ptr<Sandbox>, std::string> Sandbox::prepare(const VmCo
     if (!t.starts_with("open=")) continue;
     if (state.test_opens.empty()) {
       state.test_opens.push_back("/etc/passwd");
-      for (const DiskConfig& d : config.disks) state.test_opens.push_back(d.path);
+      for (const DiskConfig& d : config.disks) state.test_opens.push_back(d.open.path);
     }
     state.test_opens.push_back(t.substr(5));
   }

@@ -28,6 +28,13 @@
 
 namespace tern::devices {
 
+// How a virtio device reaches the guest (transport/pci.h, transport/mmio.h).
+enum class VirtioTransport { Pci, Mmio };
+
+// The most queues a device may have on either transport; the most entries a
+// queue may have is kMaxQueueSize (virtqueue.h, 2.7).
+inline constexpr uint16_t kVirtioMaxQueues = 64;
+
 // Feature bits shared by every device (virtio 1.x section 6).
 inline constexpr uint64_t kVirtioFRingIndirectDesc = 1ull << 28;
 inline constexpr uint64_t kVirtioFRingEventIdx = 1ull << 29;

@@ -81,28 +81,30 @@ TEST(Config, DiskEveryKey) {
       "backing_files=on,direct=on,serial=SN1,lock=off,aio=threads",
       0);
   ASSERT_TRUE(d.has_value()) << d.error();
-  EXPECT_EQ(d->path, "/x.qcow2");
-  EXPECT_TRUE(d->readonly);
-  EXPECT_EQ(d->id, "root");
-  EXPECT_EQ(d->num_queues, 2);
-  EXPECT_EQ(d->queue_size, 128);
-  EXPECT_EQ(d->image_type, block::ImageType::Qcow2);
-  EXPECT_TRUE(d->backing_files);
-  EXPECT_TRUE(d->direct);
-  EXPECT_EQ(d->serial, "SN1");
-  EXPECT_FALSE(d->lock);
-  EXPECT_EQ(d->aio, block::AioMode::Threads);
+  EXPECT_EQ(d->open.path, "/x.qcow2");
+  EXPECT_TRUE(d->open.read_only);
+  EXPECT_TRUE(d->device.read_only);  // the disk's open and the device's feature bit
+  EXPECT_EQ(d->device.id, "root");
+  EXPECT_EQ(d->device.num_queues, 2);
+  EXPECT_EQ(d->device.queue_size, 128);
+  EXPECT_EQ(d->open.type, block::ImageType::Qcow2);
+  EXPECT_TRUE(d->open.allow_backing);
+  EXPECT_TRUE(d->open.direct);
+  EXPECT_EQ(d->device.serial, "SN1");
+  EXPECT_FALSE(d->open.lock);
+  EXPECT_EQ(d->open.aio, block::AioMode::Threads);
 }
 
 TEST(Config, DiskDefaults) {
   auto d = parse_disk("path=/x.img", 3);
   ASSERT_TRUE(d.has_value());
-  EXPECT_EQ(d->id, "disk3");
-  EXPECT_FALSE(d->readonly);
-  EXPECT_EQ(d->num_queues, 1);
-  EXPECT_EQ(d->image_type, block::ImageType::Auto);
-  EXPECT_TRUE(d->lock);
-  EXPECT_FALSE(d->backing_files);
+  EXPECT_EQ(d->device.id, "disk3");
+  EXPECT_FALSE(d->open.read_only);
+  EXPECT_EQ(d->device.num_queues, 1);
+  EXPECT_EQ(d->open.type, block::ImageType::Auto);
+  EXPECT_TRUE(d->open.lock);
+  EXPECT_FALSE(d->open.allow_backing);
+  EXPECT_FALSE(d->open.follow_probed_backing);  // the VMM never follows a probed header's backing file
 }
 
 TEST(Config, DiskErrorsNameTheProblem) {
@@ -134,8 +136,8 @@ TEST(Config, WholeCommandLine) {
   EXPECT_EQ(c->memory, 256ull << 20);
   EXPECT_EQ(c->serial.mode, SerialMode::Off);
   ASSERT_EQ(c->disks.size(), 2u);
-  EXPECT_EQ(c->disks[0].id, "disk0");
-  EXPECT_EQ(c->disks[1].id, "b");
+  EXPECT_EQ(c->disks[0].device.id, "disk0");
+  EXPECT_EQ(c->disks[1].device.id, "b");
   EXPECT_EQ(c->api_socket, "/tmp/api.sock");
 }
 
@@ -143,9 +145,9 @@ TEST(Config, DiskTransportAndTheMmioCommandLine) {
   auto c = parse({"--kernel", "/etc/hostname", "--disk", "path=/a.img", "--disk", "path=/b.img,transport=mmio",
                   "--disk", "path=/c.img,transport=pci", "--disk", "path=/d.img,transport=mmio"});
   ASSERT_TRUE(c.has_value()) << c.error().message;
-  EXPECT_EQ(c->disks[0].transport, DiskTransport::Pci);
-  EXPECT_EQ(c->disks[1].transport, DiskTransport::Mmio);
-  EXPECT_EQ(c->disks[2].transport, DiskTransport::Pci);
+  EXPECT_EQ(c->disks[0].transport, devices::VirtioTransport::Pci);
+  EXPECT_EQ(c->disks[1].transport, devices::VirtioTransport::Mmio);
+  EXPECT_EQ(c->disks[2].transport, devices::VirtioTransport::Pci);
   EXPECT_TRUE(c->virtio_mmio_cmdline);
   // MMIO disks take the slots in order; PCI disks take none.
   auto slots = mmio_slots(c->disks);

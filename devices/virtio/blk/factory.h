@@ -22,8 +22,6 @@
 
 namespace tern::devices {
 
-enum class VirtioTransport { Pci, Mmio };
-
 // Where a virtio-mmio device sits (ignored for PCI).
 struct MmioPlacement {
   uint64_t base = 0;

@@ -48,7 +48,7 @@ inline constexpr uint64_t kVirtioMmioSize = 0x1000;
 inline constexpr uint32_t kVirtioMmioMagic = 0x74726976;  // "virt"
 inline constexpr uint32_t kVirtioMmioVersion = 2;
 inline constexpr uint32_t kVirtioMmioVendor = 0x1af4;
-inline constexpr uint16_t kVirtioMmioMaxQueues = 64;
+inline constexpr uint16_t kVirtioMmioMaxQueues = kVirtioMaxQueues;
 
 // Register offsets (4.2.2).
 namespace mmio_reg {

@@ -49,7 +49,7 @@ inline constexpr uint64_t kNotifyOffset = 0x3000;
 inline constexpr uint32_t kNotifyOffMultiplier = 4;
 inline constexpr uint64_t kMsixTableOffset = 0x4000;
 inline constexpr uint64_t kMsixPbaOffset = 0x5000;
-inline constexpr uint16_t kVirtioPciMaxQueues = 64;
+inline constexpr uint16_t kVirtioPciMaxQueues = kVirtioMaxQueues;
 
 // PCI class code (class << 8 | subclass) for a virtio device type (5).
 uint16_t virtio_pci_class(uint32_t device_id);
