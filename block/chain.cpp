@@ -8,6 +8,7 @@
 
 #include "base/unique_fd.h"
 #include "block/io/wait.h"
+#include "block/open.h"
 #include "block/qcow2/engine.h"
 #include "block/qcow2/info.h"
 #include "block/qcow2/qcow2_disk.h"
@@ -23,16 +24,6 @@ struct Chain::Layer {
   uint64_t cluster_size = 0;
 };
 
-namespace {
-
-// Relative backing names are relative to the overlay's directory.
-std::string resolve(const std::string& overlay, const std::string& name) {
-  auto slash = overlay.rfind('/');
-  if (name.starts_with('/') || slash == std::string::npos) return name;
-  return overlay.substr(0, slash + 1) + name;
-}
-
-}  // namespace
 
 Chain::Chain() = default;
 Chain::Chain(Chain&&) noexcept = default;
@@ -76,10 +67,8 @@ Result<Chain> Chain::open(const std::string& top, const ChainOptions& options) {
     }
     chain.layers_.push_back(std::move(layer));
     if (backing.empty()) break;
-    path = resolve(path, backing);
-    type = backing_format == "qcow2" ? ImageType::Qcow2
-           : backing_format == "raw" ? ImageType::Raw
-                                     : ImageType::Auto;
+    path = resolve_backing_name(path, backing);
+    type = parse_image_type(backing_format).value_or(ImageType::Auto);
   }
   return chain;
 }

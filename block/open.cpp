@@ -43,6 +43,29 @@ ImageType probe_bytes(std::span<const uint8_t> head) {
   return ImageType::Raw;
 }
 
+std::optional<ImageType> parse_image_type(std::string_view name) {
+  if (name == "raw") return ImageType::Raw;
+  if (name == "qcow2") return ImageType::Qcow2;
+  if (name == "auto" || name.empty()) return ImageType::Auto;
+  return std::nullopt;
+}
+
+std::string_view image_type_name(ImageType type) {
+  switch (type) {
+    case ImageType::Raw: return "raw";
+    case ImageType::Qcow2: return "qcow2";
+    case ImageType::Auto: return "auto";
+  }
+  return "auto";
+}
+
+std::string resolve_backing_name(const std::string& overlay_path, const std::string& name) {
+  if (name.starts_with('/')) return name;
+  auto slash = overlay_path.rfind('/');
+  if (slash == std::string::npos) return name;
+  return overlay_path.substr(0, slash + 1) + name;
+}
+
 Result<std::unique_ptr<DiskFile>> open_disk(const OpenOptions& options) {
   ImageType type = options.type;
   const bool probed = type == ImageType::Auto;

@@ -4,8 +4,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 
 #include "block/disk.h"
 
@@ -46,6 +48,16 @@ inline constexpr size_t kProbeBytes = 512;
 // The format the probe sees in an image's first bytes (up to kProbeBytes):
 // QCOW2 for its magic, Raw for anything else.
 ImageType probe_bytes(std::span<const uint8_t> head);
+
+// Format names both ways, the one mapping for the command lines and the
+// tools: "raw", "qcow2" and "auto" (also the empty name: the probe
+// decides); nullopt for any other name.
+std::optional<ImageType> parse_image_type(std::string_view name);
+std::string_view image_type_name(ImageType type);
+
+// The path of a backing file as an image names it: a relative name is
+// relative to the directory of the image that names it (as QEMU reads it).
+std::string resolve_backing_name(const std::string& overlay_path, const std::string& name);
 
 [[nodiscard]] Result<std::unique_ptr<DiskFile>> open_disk(const OpenOptions& options);
 

@@ -184,10 +184,9 @@ std::expected<DiskConfig, std::string> parse_disk(std::string_view text, size_t 
       if (*n & (*n - 1)) return Unexpected(what + ": " + v + " is not a power of two");
       d.device.queue_size = static_cast<uint16_t>(*n);
     } else if (k == "image_type") {
-      if (v == "raw") d.open.type = block::ImageType::Raw;
-      else if (v == "qcow2") d.open.type = block::ImageType::Qcow2;
-      else if (v == "auto") d.open.type = block::ImageType::Auto;
-      else return Unexpected(what + ": expected raw or qcow2, got \"" + v + "\"");
+      auto type = block::parse_image_type(v);
+      if (!type || v.empty()) return Unexpected(what + ": expected raw or qcow2, got \"" + v + "\"");
+      d.open.type = *type;
     } else if (k == "serial") {
       d.device.serial = v;
     } else if (k == "aio") {

@@ -591,7 +591,7 @@ std::vector<std::string> backing_chain(const std::string& top) {
     if (::stat(current.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) break;
     auto info = block::qcow2::read_image_info(current);
     if (!info || info->backing_file.empty()) break;
-    current = block::qcow2::resolve_backing_name(current, info->backing_file);
+    current = block::resolve_backing_name(current, info->backing_file);
     chain.push_back(current);
     if (info->backing_format == "raw") break;
   }

@@ -11,6 +11,7 @@
 #include <mutex>
 #include <shared_mutex>
 
+#include "block/open.h"
 #include "block/qcow2/big_endian.h"
 #include "block/qcow2/engine.h"
 #include "block/qcow2/format.h"
@@ -107,13 +108,6 @@ Result<std::unique_ptr<FdHostFile>> open_backing_file(const std::string& path, c
 }
 
 }  // namespace
-
-std::string resolve_backing_name(const std::string& overlay_path, const std::string& name) {
-  if (name.starts_with('/')) return name;
-  auto slash = overlay_path.rfind('/');
-  if (slash == std::string::npos) return name;
-  return overlay_path.substr(0, slash + 1) + name;
-}
 
 ChainLink chain_link(int fd, const std::string& path) {
   struct stat st {};

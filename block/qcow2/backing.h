@@ -41,11 +41,6 @@ struct ChainLink {
 };
 using BackingChain = std::vector<ChainLink>;
 
-// Where the backing file `name` found in the image at `overlay_path` is:
-// an absolute name as is, a relative one relative to the overlay's
-// directory (QEMU's rule), never to the working directory.
-std::string resolve_backing_name(const std::string& overlay_path, const std::string& name);
-
 // The identity of the open file `fd` (not known when fd < 0 or fstat fails).
 ChainLink chain_link(int fd, const std::string& path);
 

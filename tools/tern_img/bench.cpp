@@ -96,9 +96,7 @@ int run_bench(BenchArgs a) {
   }
   tern::block::OpenOptions o;
   o.path = a.path;
-  o.type = a.format == "qcow2" ? tern::block::ImageType::Qcow2
-           : a.format == "raw" ? tern::block::ImageType::Raw
-                               : tern::block::ImageType::Auto;
+  o.type = tern::block::parse_image_type(a.format).value_or(tern::block::ImageType::Auto);
   o.direct = a.cache == "none";
   o.read_only = !a.write;
   o.allow_backing = true;  // tern-img follows backing files, as qemu-img does

@@ -9,6 +9,7 @@
 #include "block/chain.h"
 #include "block/io/wait.h"
 #include "block/new_image.h"
+#include "block/open.h"
 #include "block/qcow2/info.h"
 #include "tools/tern_img/verbs.h"
 
@@ -51,9 +52,7 @@ block::Result<void> empty_overlay(const std::string& path) {
 // `qcow2_top` tells whether the overlay can be emptied afterwards.
 int commit_data(const CommitArgs& a, bool& qcow2_top) {
   block::ChainOptions co;
-  co.top_type = a.format == "qcow2" ? block::ImageType::Qcow2
-                : a.format == "raw" ? block::ImageType::Raw
-                                    : block::ImageType::Auto;
+  co.top_type = block::parse_image_type(a.format).value_or(block::ImageType::Auto);
   auto chain = block::Chain::open(a.file, co);
   if (!chain) return report_error("Could not open '" + a.file + "': " + chain.error().message());
   if (chain->layers() < 2) return report_error("Image does not have a backing file");
@@ -62,7 +61,7 @@ int commit_data(const CommitArgs& a, bool& qcow2_top) {
   // copy-on-write reads.
   block::OpenOptions bo;
   bo.path = base_path;
-  bo.type = chain->format(1) == "qcow2" ? block::ImageType::Qcow2 : block::ImageType::Raw;
+  bo.type = block::parse_image_type(chain->format(1)).value_or(block::ImageType::Raw);
   bo.allow_backing = true;
   bo.aio = block::AioMode::Sync;
   auto base = block::open_disk(bo);

@@ -2,6 +2,7 @@
 #include <cstdio>
 
 #include "block/convert.h"
+#include "block/open.h"
 #include "tools/tern_img/verbs.h"
 
 namespace tern::img {
@@ -22,9 +23,7 @@ struct ConvertArgs {
 int run_convert(const ConvertArgs& a) {
   block::ConvertOptions o;
   o.input = a.input;
-  o.input_type = a.input_format == "qcow2" ? block::ImageType::Qcow2
-                 : a.input_format == "raw" ? block::ImageType::Raw
-                                           : block::ImageType::Auto;
+  o.input_type = block::parse_image_type(a.input_format).value_or(block::ImageType::Auto);
   o.output = a.output;
   o.output_type = a.output_format == "qcow2" ? block::ImageType::Qcow2 : block::ImageType::Raw;
   o.compress = a.compress;

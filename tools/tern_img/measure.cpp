@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "block/chain.h"
+#include "block/open.h"
 #include "block/qcow2/info.h"
 #include "tools/tern_img/verbs.h"
 
@@ -90,9 +91,7 @@ int run_measure(const MeasureArgs& a) {
     size = *parsed;
   } else {
     block::ChainOptions o;
-    o.top_type = a.input_format == "qcow2" ? block::ImageType::Qcow2
-                 : a.input_format == "raw" ? block::ImageType::Raw
-                                           : block::ImageType::Auto;
+    o.top_type = block::parse_image_type(a.input_format).value_or(block::ImageType::Auto);
     auto chain = block::Chain::open(a.file, o);
     if (!chain) return report_error("Could not open '" + a.file + "': " + chain.error().message());
     input = std::move(*chain);

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "block/chain.h"
+#include "block/open.h"
 #include "block/qcow2/backing.h"
 #include "block/qcow2/info.h"
 #include "tools/tern_img/verbs.h"
@@ -36,18 +37,6 @@ struct RebaseArgs {
   std::string file;
 };
 
-std::string resolve(const std::string& overlay, const std::string& name) {
-  auto slash = overlay.rfind('/');
-  if (name.starts_with('/') || slash == std::string::npos) return name;
-  return overlay.substr(0, slash + 1) + name;
-}
-
-block::ImageType type_of(const std::string& format) {
-  if (format == "qcow2") return block::ImageType::Qcow2;
-  if (format == "raw") return block::ImageType::Raw;
-  return block::ImageType::Auto;
-}
-
 // Opens NEW's chain and checks it can sit under IMG.
 std::optional<block::Chain> open_new_backing(const RebaseArgs& a, const std::string& path, int& status) {
   struct stat top {}, st {};
@@ -64,7 +53,7 @@ std::optional<block::Chain> open_new_backing(const RebaseArgs& a, const std::str
     return std::nullopt;
   }
   block::ChainOptions o;
-  o.top_type = type_of(a.backing_format);
+  o.top_type = block::parse_image_type(a.backing_format).value_or(block::ImageType::Auto);
   o.lock = false;
   auto chain = block::Chain::open(path, o);
   if (!chain) {
@@ -146,7 +135,7 @@ int run_rebase(const RebaseArgs& a) {
   if (!a.backing_given) return report_error("Expecting one image file name (and -b NEW)");
   auto info = block::qcow2::read_image_info(a.file);
   if (!info) return report_error("Could not open '" + a.file + "': " + info.error().message());
-  const std::string new_path = a.backing.empty() ? std::string() : resolve(a.file, a.backing);
+  const std::string new_path = a.backing.empty() ? std::string() : block::resolve_backing_name(a.file, a.backing);
   std::string new_format = a.backing_format;
   {
     std::optional<block::Chain> new_backing;
