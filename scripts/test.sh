@@ -19,10 +19,10 @@ if [ ! -e /dev/kvm ]; then
   echo "test.sh: /dev/kvm is missing: the kvm and linux suites skip here (saying so); lab.linux runs the Linux tests on the lab's own KVM" >&2
 fi
 
-# lab-kvm and lab-debian (the kvm suite and Debian from a root disk, in the
-# lab) are left out until the stalls of L1 seen there are understood
-# (tests/lab/CMakeLists.txt); lab.linux runs.
-ctest --test-dir build --output-on-failure --timeout 2400 -LE '^lab-(kvm|debian)$'
+# lab-debian (Debian from a root disk, in the lab) is left out until the
+# stalls of L1 seen there are understood (tests/lab/CMakeLists.txt);
+# lab.linux and lab.kvm run.
+ctest --test-dir build --output-on-failure --timeout 2400 -LE '^lab-debian$'
 
 # ThreadSanitizer: only the tests labelled tsan (CMake's tsan_tests target).
 cmake -S . -B build-tsan -G Ninja -DTERN_WERROR=ON -DTERN_SANITIZE=thread
