@@ -90,12 +90,8 @@ Result<CheckResult> Engine::check(Repair repair) {
     for (uint64_t j = 0; j < cs / 8; ++j) {
       uint64_t entry = load_be<uint64_t>(l2.data() + j * 8);
       if (entry & kOflagCompressed) {
-        const uint32_t x = 62 - (cluster_bits_ - 8);
-        uint64_t offset = entry & ((uint64_t{1} << x) - 1);
-        uint64_t sectors = ((entry & ~kOflagCompressed & ~kOflagCopied) >> x) + 1;
-        uint64_t first = offset & ~uint64_t{511};
-        uint64_t last = first + sectors * 512 - 1;
-        for (uint64_t c = first >> cluster_bits_; c <= last >> cluster_bits_; ++c) {
+        const auto d = CompressedDescriptor::decode(entry, cluster_bits_);
+        for (uint64_t c = d.first_cluster(cluster_bits_); c <= d.last_cluster(cluster_bits_); ++c) {
           ref(c << cluster_bits_, "compressed cluster", times);
         }
         res.allocated_clusters += times;

@@ -72,10 +72,7 @@ Result<void> Engine::write_compressed(uint64_t guest, std::span<const uint8_t> d
   if (auto r = file_->write_at(*host, std::span<const uint8_t>(packed.data(), **length)); !r) {
     return fail(Errc::WriteFailed, r.error().sys_errno, "compressed cluster");
   }
-  // Bits 0..x-1: host offset; x..61: 512-byte sectors after the first.
-  const uint32_t x = 62 - (cluster_bits_ - 8);
-  const uint64_t sectors = ((*host + **length - 1) >> 9) - (*host >> 9);
-  return set_l2_entry(*slot, kOflagCompressed | (sectors << x) | *host);
+  return set_l2_entry(*slot, CompressedDescriptor::encode(*host, **length, cluster_bits_));
 }
 
 }  // namespace tern::block::qcow2

@@ -298,13 +298,9 @@ Result<bool> Engine::map_shared(bool is_write, uint64_t offset, std::span<const 
 }
 
 Result<void> Engine::read_compressed(uint64_t entry, std::span<uint8_t> out) {
-  // qcow2.txt, "Compressed Clusters Descriptor": x = 62 - (cluster_bits - 8);
-  // bits 0..x-1 host offset, x..61 additional 512-byte sectors.
-  const uint32_t x = 62 - (cluster_bits_ - 8);
-  uint64_t offset = entry & ((uint64_t{1} << x) - 1);
-  uint64_t sectors = ((entry & ~kOflagCompressed & ~kOflagCopied) >> x) + 1;
-  uint64_t size = sectors * 512 - (offset & 511);
-  std::vector<uint8_t> compressed(size);
+  const auto d = CompressedDescriptor::decode(entry, cluster_bits_);
+  const uint64_t offset = d.host_offset;
+  std::vector<uint8_t> compressed(d.readable_bytes());
   if (auto r = file_->read_at(offset, compressed); !r) {
     return fail(Errc::ReadFailed, r.error().sys_errno, "compressed cluster");
   }
@@ -435,12 +431,8 @@ Result<void> Engine::set_l2_entry(const L2Slot& slot, uint64_t entry) {
 // cluster, one on every host cluster a compressed cluster's data touches.
 Result<void> Engine::release_cluster(const Mapping& m) {
   if (m.kind == Mapping::Compressed) {
-    const uint32_t x = 62 - (cluster_bits_ - 8);
-    uint64_t offset = m.entry & ((uint64_t{1} << x) - 1);
-    uint64_t sectors = ((m.entry & ~kOflagCompressed & ~kOflagCopied) >> x) + 1;
-    uint64_t first = offset & ~uint64_t{511};
-    uint64_t last = first + sectors * 512 - 1;
-    for (uint64_t c = first >> cluster_bits_; c <= last >> cluster_bits_; ++c) {
+    const auto d = CompressedDescriptor::decode(m.entry, cluster_bits_);
+    for (uint64_t c = d.first_cluster(cluster_bits_); c <= d.last_cluster(cluster_bits_); ++c) {
       if (auto r = drop_reference(c << cluster_bits_); !r) return r;
     }
     return {};

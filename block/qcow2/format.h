@@ -44,6 +44,35 @@ inline constexpr uint64_t kOflagCompressed = 1ull << 62;
 inline constexpr uint64_t kOflagZero = 1ull << 0;
 inline constexpr uint64_t kOffsetMask = 0x00fffffffffffe00ull;  // bits 9-55
 
+// A compressed cluster's L2 entry (qcow2.txt, "Compressed Clusters
+// Descriptor"): with x = 62 - (cluster_bits - 8), bits 0..x-1 hold the host
+// byte offset of the compressed data and bits x..61 the number of 512-byte
+// sectors it reaches into after the first. The one encoder and decoder.
+struct CompressedDescriptor {
+  uint64_t host_offset = 0;
+  uint64_t sectors = 0;  // 512-byte sectors the data touches, the first included
+
+  // Bytes from host_offset to the end of the last sector (what a reader
+  // reads: the compressed stream ends somewhere inside it).
+  uint64_t readable_bytes() const { return sectors * 512 - (host_offset & 511); }
+  // The host clusters the data touches, first and last.
+  uint64_t first_cluster(uint32_t cluster_bits) const { return (host_offset & ~uint64_t{511}) >> cluster_bits; }
+  uint64_t last_cluster(uint32_t cluster_bits) const {
+    return ((host_offset & ~uint64_t{511}) + sectors * 512 - 1) >> cluster_bits;
+  }
+
+  static CompressedDescriptor decode(uint64_t entry, uint32_t cluster_bits) {
+    const uint32_t x = 62 - (cluster_bits - 8);
+    return {entry & ((uint64_t{1} << x) - 1), ((entry & ~kOflagCompressed & ~kOflagCopied) >> x) + 1};
+  }
+  // The entry for `length` compressed bytes at `host_offset`.
+  static uint64_t encode(uint64_t host_offset, uint64_t length, uint32_t cluster_bits) {
+    const uint32_t x = 62 - (cluster_bits - 8);
+    const uint64_t more = ((host_offset + length - 1) >> 9) - (host_offset >> 9);
+    return kOflagCompressed | (more << x) | host_offset;
+  }
+};
+
 enum class CompressionType : uint8_t { Zlib = 0, Zstd = 1 };
 
 struct FeatureName {
