@@ -213,17 +213,22 @@ used=$(du -sm "$root" | cut -f1)
 disk="$work/lab.img"
 
 # watch_console SECONDS: stops L1 (through QEMU's pid file) when its console
-# has been silent that long, and leaves $work/stalled behind. The command's
-# own output is the sign of life: ctest prints a line as each test ends, and
+# has been silent that long, or when L1's kernel reports a CPU stuck (soft
+# lockup) for that long, and leaves $work/stalled behind. The command's own
+# output is the sign of life: ctest prints a line as each test ends, and
 # every test inside has its own time limit, so a console silent for longer
-# means L1 itself stopped making progress.
+# means L1 itself stopped making progress. A soft lockup repeats its line
+# every half minute, so it would keep a silence watchdog quiet forever
+# (seen with QEMU's own guest in L1 as much as with tern's).
 watch_console() {
-  local quiet=0 last=-1 size
+  local quiet=0 last=-1 size stuck
   while [ ! -e "$work/qemu.done" ]; do
     sleep 5
     size=$(stat -c %s "$work/console.log" 2>/dev/null || echo 0)
     if [ "$size" != "$last" ]; then last=$size quiet=0; else quiet=$((quiet + 5)); fi
-    if [ "$quiet" -ge "$1" ]; then
+    stuck=$( (grep -o 'soft lockup - CPU#[0-9]* stuck for [0-9]*s' "$work/console.log" 2>/dev/null || true) |
+      tail -n1 | sed -n 's/.* stuck for \([0-9]*\)s$/\1/p')
+    if [ "$quiet" -ge "$1" ] || [ "${stuck:-0}" -ge "$1" ]; then
       touch "$work/stalled"
       kill "$(cat "$work/qemu.pid" 2>/dev/null)" 2>/dev/null || true
       return
@@ -253,7 +258,7 @@ run_l1() {
   touch "$work/qemu.done"
   [ -n "$watcher" ] && wait "$watcher" 2>/dev/null
   if [ -e "$work/stalled" ]; then
-    say "L1's console was silent for ${silence}s after $((SECONDS - started)) s; stopped"
+    say "L1's console was silent, or one of its CPUs stuck, for ${silence}s after $((SECONDS - started)) s; stopped"
     run_status=124
     return
   fi
