@@ -70,8 +70,9 @@ class BlkRequest {
 }  // namespace
 
 // One queue of the disk, as the QueueRunner drives it. Each request goes
-// through three steps (Firecracker's split): parse() reads the chain into a
-// block::Request (or answers it at once), process() hands it to the
+// through three steps (Firecracker's split): parse_blk_request() reads the
+// chain into a block::Request (or the request is answered at once, by the
+// device or with the rule it broke), process() hands it to the
 // backend's IoContext, finish() turns the backend's verdict into the status
 // byte when complete() drains it.
 class BlkQueue final : public QueueHandler {
