@@ -16,7 +16,7 @@ bash scripts/build.sh
 bash scripts/make-guest.sh   # the Debian guest and the small kernel for the linux tests (cached)
 
 if [ ! -e /dev/kvm ]; then
-  echo "test.sh: /dev/kvm is missing: the kvm and linux suites skip here (saying so); lab.linux runs the Linux tests on the lab's own KVM" >&2
+  echo "test.sh: /dev/kvm is missing: the kvm and linux suites skip here (saying so); lab.kvm and lab.linux run them on the lab's own KVM" >&2
 fi
 
 # lab-debian (Debian from a root disk, in the lab) is left out until the
