@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -54,18 +55,42 @@ TEST(Sandbox, NoKindOpensExecsConnectsOrTracesAndOnlyTheLauncherClones) {
   }
 }
 
+// Runs `body` in a forked child whose stderr comes back here; the child
+// exits with body's status (the sandbox's SIGSYS handler may end it first).
+struct Child {
+  int wait_status = -1;  // not a normal exit until waitpid says so
+  std::string stderr_text;
+};
+Child run_child(const std::function<int()>& body) {
+  Child c;
+  int err[2];
+  if (::pipe(err) != 0) return c;
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    ::close(err[0]);
+    ::dup2(err[1], STDERR_FILENO);
+    ::_exit(body());
+  }
+  ::close(err[1]);
+  if (pid < 0) {
+    ::close(err[0]);
+    return c;
+  }
+  char buf[256];
+  for (ssize_t n; (n = ::read(err[0], buf, sizeof buf)) > 0;) c.stderr_text.append(buf, static_cast<size_t>(n));
+  ::close(err[0]);
+  int status = 0;
+  if (::waitpid(pid, &status, 0) == pid) c.wait_status = status;
+  return c;
+}
+
 // A kernel without seccomp filters is found by prepare(), first thing in
 // main, not by the first thread that loads its filter after set-up. The
 // child plays such a kernel: seccomp() is ENOSYS, prctl's seccomp
 // operations EINVAL.
 TEST(Sandbox, AKernelWithoutSeccompFiltersIsRefusedAtStart) {
-  int out[2];
-  ASSERT_EQ(::pipe(out), 0);
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    ::close(out[0]);
-    ::dup2(out[1], STDERR_FILENO);
-    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) ::_exit(2);
+  Child c = run_child([] {
+    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return 2;
     scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);
     bool ok = ctx && seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(seccomp), 0) == 0 &&
               seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EINVAL), SCMP_SYS(prctl), 1,
@@ -73,27 +98,21 @@ TEST(Sandbox, AKernelWithoutSeccompFiltersIsRefusedAtStart) {
               seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EINVAL), SCMP_SYS(prctl), 1,
                                SCMP_A0(SCMP_CMP_EQ, PR_GET_SECCOMP)) == 0 &&
               seccomp_load(ctx) == 0;
-    if (!ok) ::_exit(2);
+    if (!ok) return 2;
     VmConfig config;
     config.sandbox.seccomp = SeccompMode::Kill;
     config.sandbox.landlock = LandlockMode::Off;
     auto sandbox = Sandbox::prepare(config);
     if (sandbox) {
       std::fprintf(stderr, "prepare succeeded\n");
-      ::_exit(1);
+      return 1;
     }
     std::fprintf(stderr, "%s\n", sandbox.error().c_str());
-    ::_exit(0);
-  }
-  ::close(out[1]);
-  std::string text;
-  char buf[256];
-  for (ssize_t n; (n = ::read(out[0], buf, sizeof buf)) > 0;) text.append(buf, static_cast<size_t>(n));
-  ::close(out[0]);
-  int status = 0;
-  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
-  ASSERT_TRUE(WIFEXITED(status)) << text;
-  EXPECT_EQ(WEXITSTATUS(status), 0) << text;
+    return 0;
+  });
+  const std::string& text = c.stderr_text;
+  ASSERT_TRUE(WIFEXITED(c.wait_status)) << text;
+  EXPECT_EQ(WEXITSTATUS(c.wait_status), 0) << text;
   EXPECT_NE(text.find("--seccomp true: this kernel offers no seccomp filters"), std::string::npos) << text;
 }
 
@@ -122,30 +141,18 @@ TEST(Sandbox, TheMainThreadClosesADirtyQcow2Disk) {
     w.iov = std::span<const iovec>(&v, 1);
     ASSERT_TRUE(block::io::run_to_completion(**ctx, w).has_value());  // a new cluster: tables to write back
   }
-  int err[2];
-  ASSERT_EQ(::pipe(err), 0);
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    ::close(err[0]);
-    ::dup2(err[1], STDERR_FILENO);
+  Child c = run_child([&] {
     VmConfig config;
     config.sandbox.seccomp = SeccompMode::Kill;
     config.sandbox.landlock = LandlockMode::Off;
     auto sandbox = Sandbox::prepare(config);
-    if (!sandbox || !(*sandbox)->arm({})) ::_exit(2);
+    if (!sandbox || !(*sandbox)->arm({})) return 2;
     enter_thread_sandbox(ThreadKind::Main);
-    auto closed = (*disk)->close();
-    ::_exit(closed ? 0 : 3);
-  }
-  ::close(err[1]);
-  std::string text;
-  char buf[256];
-  for (ssize_t n; (n = ::read(err[0], buf, sizeof buf)) > 0;) text.append(buf, static_cast<size_t>(n));
-  ::close(err[0]);
-  int status = 0;
-  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
-  ASSERT_TRUE(WIFEXITED(status)) << text;
-  EXPECT_EQ(WEXITSTATUS(status), 0) << text;
+    return (*disk)->close() ? 0 : 3;
+  });
+  const std::string& text = c.stderr_text;
+  ASSERT_TRUE(WIFEXITED(c.wait_status)) << text;
+  EXPECT_EQ(WEXITSTATUS(c.wait_status), 0) << text;
   EXPECT_EQ(text.find("forbidden system call"), std::string::npos) << text;
 }
 
