@@ -50,15 +50,6 @@ std::optional<ImageType> parse_image_type(std::string_view name) {
   return std::nullopt;
 }
 
-std::string_view image_type_name(ImageType type) {
-  switch (type) {
-    case ImageType::Raw: return "raw";
-    case ImageType::Qcow2: return "qcow2";
-    case ImageType::Auto: return "auto";
-  }
-  return "auto";
-}
-
 std::string resolve_backing_name(const std::string& overlay_path, const std::string& name) {
   if (name.starts_with('/')) return name;
   auto slash = overlay_path.rfind('/');

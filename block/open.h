@@ -49,11 +49,10 @@ inline constexpr size_t kProbeBytes = 512;
 // QCOW2 for its magic, Raw for anything else.
 ImageType probe_bytes(std::span<const uint8_t> head);
 
-// Format names both ways, the one mapping for the command lines and the
-// tools: "raw", "qcow2" and "auto" (also the empty name: the probe
-// decides); nullopt for any other name.
+// Format names, the one mapping for the command lines and the tools:
+// "raw", "qcow2" and "auto" (also the empty name: the probe decides);
+// nullopt for any other name.
 std::optional<ImageType> parse_image_type(std::string_view name);
-std::string_view image_type_name(ImageType type);
 
 // The path of a backing file as an image names it: a relative name is
 // relative to the directory of the image that names it (as QEMU reads it).
