@@ -6,13 +6,17 @@
 # and the guest kernel printed no warning. Prints one line per boot and the
 # count, median and maximum wall time (seconds, tern start to exit).
 #
-#   bench/lab-boots.sh [-n N] [-l] [-T]
+#   bench/lab-boots.sh [-n N] [-l] [-T] [-q]
 #     -n N  boots (default 50)
 #     -l    load: one busy loop per host CPU for the whole run
 #     -T    trace: L1's KVM trace events (exits, injected exceptions and
 #           interrupts) are recorded during each boot and the last of them
 #           printed for a failing boot; the guest runs with nokaslr so that
 #           the addresses read against its System.map
+#     -q    QEMU instead of tern, with the same kernel, initramfs, command
+#           line, vCPUs, memory and disk (-M q35 -accel kvm -cpu host,
+#           virtio-blk-pci with cache=none): whether a failure belongs to the
+#           VMM or to the lab's KVM
 #
 # Needs scripts/build.sh and scripts/make-guest.sh first.
 set -euo pipefail
@@ -21,6 +25,7 @@ cd "$(dirname "$0")/.."
 if [ "${1:-}" = --inside ]; then
   n=$2
   trace=${3:-0}
+  vmm=${4:-tern}
   b=build
   extra=
   if [ "$trace" = 1 ]; then
@@ -40,9 +45,19 @@ if [ "${1:-}" = --inside ]; then
     if [ "$trace" = 1 ]; then echo > "$tr/trace"; echo 1 > "$tr/tracing_on"; fi
     read -r t0 _ < /proc/uptime
     set +e
-    "$b/tern" --kernel "$b/guest/bzImage" --initramfs "$b/guest/initramfs64.cpio.gz" \
-      --cmdline "console=ttyS0 panic=-1 tern.run=/tests/rw.sh$extra" --cpus boot=2 --memory size=512M \
-      --disk "path=$disk" --serial file=/tmp/boot.log --timeout 300 2> /tmp/boot.err
+    cmdline="console=ttyS0 panic=-1 tern.run=/tests/rw.sh$extra"
+    if [ "$vmm" = qemu ]; then
+      # -no-reboot: a triple fault ends QEMU as it ends tern (status 0, so
+      # the verdict rests on the guest's own "rw done").
+      timeout -k 10 300 qemu-system-x86_64 -M q35 -accel kvm -cpu host -smp 2 -m 512M -nodefaults \
+        -no-user-config -display none -no-reboot -serial file:/tmp/boot.log -kernel "$b/guest/bzImage" \
+        -initrd "$b/guest/initramfs64.cpio.gz" -append "$cmdline" \
+        -drive "file=$disk,format=raw,if=virtio,cache=none,aio=native" 2> /tmp/boot.err < /dev/null
+    else
+      "$b/tern" --kernel "$b/guest/bzImage" --initramfs "$b/guest/initramfs64.cpio.gz" \
+        --cmdline "$cmdline" --cpus boot=2 --memory size=512M \
+        --disk "path=$disk" --serial file=/tmp/boot.log --timeout 300 2> /tmp/boot.err
+    fi
     rc=$?
     set -e
     read -r t1 _ < /proc/uptime
@@ -76,12 +91,14 @@ fi
 n=50
 load=0
 trace=0
-while getopts "n:lT" o; do
+vmm=tern
+while getopts "n:lTq" o; do
   case "$o" in
     n) n=$OPTARG ;;
     l) load=1 ;;
     T) trace=1 ;;
-    *) echo "usage: $0 [-n N] [-l] [-T]" >&2; exit 2 ;;
+    q) vmm=qemu ;;
+    *) echo "usage: $0 [-n N] [-l] [-T] [-q]" >&2; exit 2 ;;
   esac
 done
 hogs=()
@@ -94,4 +111,4 @@ if [ "$load" = 1 ]; then
   done
   echo "lab-boots: ${#hogs[@]} busy loops on the host" >&2
 fi
-bash scripts/lab.sh -t $((n * 400 + 600)) -- bash bench/lab-boots.sh --inside "$n" "$trace"
+bash scripts/lab.sh -t $((n * 400 + 600)) -- bash bench/lab-boots.sh --inside "$n" "$trace" "$vmm"

@@ -52,6 +52,9 @@ cpus=$(nproc); [ "$cpus" -gt 4 ] && cpus=4
 # missing (arch/x86_64/cpu_setup.h), or Debian's aesni_intel would take #UD
 # in its AVX code. TERN_LAB_CPU overrides the model.
 cpu_model=${TERN_LAB_CPU:-max,xsave=off}
+# TERN_LAB_ACCEL overrides QEMU's accelerator options (one TCG thread per
+# L1 CPU by default).
+accel=${TERN_LAB_ACCEL:-tcg,thread=multi}
 mem=6G
 limit=3600
 silence=0
@@ -253,7 +256,7 @@ run_l1() {
   if [ "$silence" -gt 0 ]; then watch_console "$silence" & watcher=$!; fi
   # stdin from /dev/null: a console reader must not wait on the caller's terminal.
   set +e
-  timeout --foreground -k 10 "$limit" qemu-system-x86_64 -accel tcg,thread=multi -cpu "$cpu_model" \
+  timeout --foreground -k 10 "$limit" qemu-system-x86_64 -accel "$accel" -cpu "$cpu_model" \
     -smp "$cpus" -m "$mem" -nodefaults -no-user-config -display none -no-reboot \
     -serial stdio -kernel "$vmlinuz" -initrd "$l1_initramfs" -pidfile "$work/qemu.pid" \
     -append "console=ttyS0 quiet loglevel=3 panic=-1 no_timer_check tsc=reliable" \

@@ -12,6 +12,10 @@ hz=100
 reported=" "
 tracing=/sys/kernel/tracing
 [ -d "$tracing/events" ] || mount -t tracefs tracefs "$tracing" 2>/dev/null
+# A trace instance of its own: the top-level buffer stays whatever the
+# command traces (bench/lab-boots.sh -T), neither cleared nor turned off.
+watch_trace=$tracing/instances/tern-lab-watch
+mkdir -p "$watch_trace" 2>/dev/null
 
 report() {
   pid=$1 comm=$2 age=$3
@@ -23,13 +27,13 @@ report() {
     echo "tern-lab:  thread $tid $tcomm state $state wchan $(cat "$t/wchan" 2>/dev/null)"
     sed 's/^/tern-lab:    /' "$t/stack" 2>/dev/null | head -n 12
   done
-  if [ -f "$tracing/events/kvm/kvm_exit/enable" ]; then
-    echo > "$tracing/trace"
-    echo 1 > "$tracing/events/kvm/kvm_exit/enable"
+  if [ -f "$watch_trace/events/kvm/kvm_exit/enable" ]; then
+    echo > "$watch_trace/trace"
+    echo 1 > "$watch_trace/events/kvm/kvm_exit/enable"
     sleep 2
-    echo 0 > "$tracing/events/kvm/kvm_exit/enable"
-    echo "tern-lab:  kvm_exit in 2 s: $(grep -c kvm_exit "$tracing/trace")"
-    grep kvm_exit "$tracing/trace" | tail -n 8 | sed 's/^/tern-lab:    /'
+    echo 0 > "$watch_trace/events/kvm/kvm_exit/enable"
+    echo "tern-lab:  kvm_exit in 2 s: $(grep -c kvm_exit "$watch_trace/trace")"
+    grep kvm_exit "$watch_trace/trace" | tail -n 8 | sed 's/^/tern-lab:    /'
   fi
   echo "tern-lab:  load $(cat /proc/loadavg)"
   dmesg | tail -n 15 | sed 's/^/tern-lab:    /'
