@@ -73,7 +73,7 @@ api::ControlResult<api::VmInfo> ApiControl::info() {
     api::VmInfo info;
     info.state = machine_.finished() ? "Shutdown" : "Running";
     info.cpus = cfg.cpus;
-    info.memory_bytes = cfg.memory;
+    info.memory_bytes = cfg.memory.size;
     info.kernel = cfg.kernel;
     info.cmdline = cfg.cmdline;
     for (const Disk& d : machine_.disks()) {

@@ -98,12 +98,18 @@ std::expected<CpusConfig, std::string> parse_cpus(std::string_view text) {
   return c;
 }
 
-std::expected<uint64_t, std::string> parse_memory(std::string_view text) {
+std::expected<MemoryConfig, std::string> parse_memory(std::string_view text) {
   auto pairs = split_pairs("memory", text);
   if (!pairs) return Unexpected(pairs.error());
-  uint64_t size = 512ull << 20;
+  MemoryConfig m;
+  uint64_t& size = m.size;
   for (auto& [k, v] : *pairs) {
-    if (k != "size") return Unexpected("--memory: unknown key \"" + k + "\" (known: size)");
+    if (k == "thp") {
+      if (v != "on" && v != "off") return Unexpected("--memory thp: expected on or off, got \"" + v + "\"");
+      m.thp = v == "on";
+      continue;
+    }
+    if (k != "size") return Unexpected("--memory: unknown key \"" + k + "\" (known: size, thp)");
     auto s = parse_size(v);
     if (!s) return Unexpected("--memory size: " + s.error());
     size = *s;
@@ -112,7 +118,7 @@ std::expected<uint64_t, std::string> parse_memory(std::string_view text) {
     return Unexpected("--memory size: " + std::to_string(size) + " bytes is outside 16M..1T");
   }
   if (size % 4096) return Unexpected("--memory size: must be a multiple of 4 KiB");
-  return size;
+  return m;
 }
 
 std::expected<SerialConfig, std::string> parse_serial(std::string_view text) {
@@ -250,7 +256,7 @@ std::expected<VmConfig, ParseExit> parse_command_line(int argc, const char* cons
   app.add_option("--cpus", cpus,
                  "boot=N[,profile=auto|host|emulated] (vCPUs; profile: which CPU features the guest sees; "
                  "auto hides those a software-emulated KVM cannot run, on such hosts only)");
-  app.add_option("--memory", memory, "size=SIZE (e.g. 512M)");
+  app.add_option("--memory", memory, "size=SIZE[,thp=on|off] (e.g. 512M; thp: transparent huge pages, default on)");
   app.add_option("--serial", serial, "tty | file=PATH[,max_size=SIZE] (default 64M, 0: no cap) | off");
   app.add_option("--disk", disks,
                  "path=P[,readonly=on][,id=NAME][,num_queues=N][,queue_size=N][,image_type=raw|qcow2]"

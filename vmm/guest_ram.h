@@ -16,7 +16,9 @@ namespace tern::vmm {
 
 class GuestRam {
  public:
-  [[nodiscard]] static SysResult<GuestRam> create(int vm_fd, uint64_t size);
+  // `huge_pages`: each region is 2 MiB-aligned in the host and advised
+  // MADV_HUGEPAGE (a hint; a kernel without THP keeps 4 KiB pages).
+  [[nodiscard]] static SysResult<GuestRam> create(int vm_fd, uint64_t size, bool huge_pages = true);
   ~GuestRam();
   GuestRam(GuestRam&& other) noexcept;
   GuestRam& operator=(GuestRam&&) = delete;

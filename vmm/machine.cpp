@@ -99,7 +99,7 @@ std::expected<std::unique_ptr<Machine>, std::string> Machine::create(const VmCon
   if (!kvm) return Unexpected(kvm.error().message());
   auto vm = VmFd::create(*kvm);
   if (!vm) return Unexpected(vm.error().message());
-  auto ram = GuestRam::create(vm->fd(), config.memory);
+  auto ram = GuestRam::create(vm->fd(), config.memory.size, config.memory.thp);
   if (!ram) return Unexpected(ram.error().message());
   std::unique_ptr<Machine> m(new Machine(config, std::move(*kvm), std::move(*vm), std::move(*ram)));
   m->cpu_profile_ = resolve_cpu_profile(config.cpu_profile, detect_host_kvm());
@@ -134,7 +134,7 @@ std::expected<void, std::string> Machine::load_guest() {
                  "features it cannot execute; kernel command line: \"%s\" (--cpus profile=host to change neither)\n",
                  cmdline.c_str());
   }
-  bp.e820 = ax::make_e820(config_.memory);
+  bp.e820 = ax::make_e820(config_.memory.size);
   if (config_.initramfs) {
     auto initrd = read_file("--initramfs", *config_.initramfs);
     if (!initrd) return Unexpected(initrd.error());

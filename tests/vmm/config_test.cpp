@@ -35,7 +35,10 @@ TEST(Config, Sizes) {
 }
 
 TEST(Config, Memory) {
-  EXPECT_EQ(parse_memory("size=128M"), 128ull << 20);
+  EXPECT_EQ(parse_memory("size=128M")->size, 128ull << 20);
+  EXPECT_TRUE(parse_memory("size=128M")->thp);
+  EXPECT_FALSE(parse_memory("size=128M,thp=off")->thp);
+  EXPECT_FALSE(parse_memory("size=128M,thp=maybe").has_value());
   EXPECT_FALSE(parse_memory("size=1M").has_value());     // below the minimum
   EXPECT_FALSE(parse_memory("size=100001").has_value());  // not page-sized
   auto r = parse_memory("sise=1G");
@@ -133,7 +136,7 @@ TEST(Config, WholeCommandLine) {
   EXPECT_EQ(c->kernel, "/etc/hostname");
   EXPECT_EQ(c->cmdline, "console=ttyS0 x=1");
   EXPECT_EQ(c->cpus, 2u);
-  EXPECT_EQ(c->memory, 256ull << 20);
+  EXPECT_EQ(c->memory.size, 256ull << 20);
   EXPECT_EQ(c->serial.mode, SerialMode::Off);
   ASSERT_EQ(c->disks.size(), 2u);
   EXPECT_EQ(c->disks[0].device.id, "disk0");
