@@ -6,7 +6,7 @@
 # and the guest kernel printed no warning. Prints one line per boot and the
 # count, median and maximum wall time (seconds, tern start to exit).
 #
-#   bench/lab-boots.sh [-n N] [-l] [-T] [-q]
+#   bench/lab-boots.sh [-n N] [-l] [-T] [-q] [-m MEMORY]
 #     -n N  boots (default 50)
 #     -l    load: one busy loop per host CPU for the whole run
 #     -T    trace: L1's KVM trace events (exits, injected exceptions and
@@ -17,6 +17,8 @@
 #           line, vCPUs, memory and disk (-M q35 -accel kvm -cpu host,
 #           virtio-blk-pci with cache=none): whether a failure belongs to the
 #           VMM or to the lab's KVM
+#     -m MEMORY  tern's --memory value (default size=512M), e.g.
+#           size=512M,thp=off
 #
 # Needs scripts/build.sh and scripts/make-guest.sh first.
 set -euo pipefail
@@ -26,14 +28,17 @@ if [ "${1:-}" = --inside ]; then
   n=$2
   trace=${3:-0}
   vmm=${4:-tern}
+  memory=${5:-size=512M}
   b=build
   extra=
   if [ "$trace" = 1 ]; then
     tr=/sys/kernel/tracing
     [ -e "$tr/trace" ] || mount -t tracefs tracefs "$tr"
     echo 65536 > "$tr/buffer_size_kb"
-    for e in kvm_exit kvm_inj_exception kvm_inj_virq kvm_apic_ipi kvm_nested_vmexit kvm_nested_vmenter kvm_pio kvm_msr; do
-      [ -e "$tr/events/kvm/$e/enable" ] && echo 1 > "$tr/events/kvm/$e/enable"
+    for e in kvm/kvm_exit kvm/kvm_inj_exception kvm/kvm_inj_virq kvm/kvm_apic_ipi kvm/kvm_nested_vmexit \
+      kvm/kvm_nested_vmenter kvm/kvm_pio kvm/kvm_msr kvm/kvm_pv_tlb_flush kvm/kvm_unmap_hva_range \
+      kvm/kvm_age_hva kvmmmu/kvm_mmu_zap_all_fast kvmmmu/kvm_tdp_mmu_spte_changed; do
+      [ -e "$tr/events/$e/enable" ] && echo 1 > "$tr/events/$e/enable"
     done
     extra=" nokaslr"
   fi
@@ -55,7 +60,7 @@ if [ "${1:-}" = --inside ]; then
         -drive "file=$disk,format=raw,if=virtio,cache=none,aio=native" 2> /tmp/boot.err < /dev/null
     else
       "$b/tern" --kernel "$b/guest/bzImage" --initramfs "$b/guest/initramfs64.cpio.gz" \
-        --cmdline "$cmdline" --cpus boot=2 --memory size=512M \
+        --cmdline "$cmdline" --cpus boot=2 --memory "$memory" \
         --disk "path=$disk" --serial file=/tmp/boot.log --timeout 300 2> /tmp/boot.err
     fi
     rc=$?
@@ -78,7 +83,13 @@ if [ "${1:-}" = --inside ]; then
       fi
     fi
     times+=("$t")
-    printf 'lab-boots: boot %d: %s, %.1f s\n' "$i" "$verdict" "$t"
+    faults=
+    if [ "$trace" = 1 ]; then
+      # Nested page faults (KVM filling its page tables) and shadow entries
+      # changed in this boot, when the trace buffer held them all.
+      faults=", $(grep -c 'reason npf' "$tr/trace" || true) nested page faults, $(grep -c kvm_tdp_mmu_spte_changed "$tr/trace" || true) spte changes"
+    fi
+    printf 'lab-boots: boot %d: %s, %.1f s%s\n' "$i" "$verdict" "$t" "$faults"
   done
   sorted=$(printf '%s\n' "${times[@]}" | sort -n)
   median=$(echo "$sorted" | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }')
@@ -92,13 +103,15 @@ n=50
 load=0
 trace=0
 vmm=tern
-while getopts "n:lTq" o; do
+memory=size=512M
+while getopts "n:lTqm:" o; do
   case "$o" in
     n) n=$OPTARG ;;
     l) load=1 ;;
     T) trace=1 ;;
     q) vmm=qemu ;;
-    *) echo "usage: $0 [-n N] [-l] [-T] [-q]" >&2; exit 2 ;;
+    m) memory=$OPTARG ;;
+    *) echo "usage: $0 [-n N] [-l] [-T] [-q] [-m MEMORY]" >&2; exit 2 ;;
   esac
 done
 hogs=()
@@ -111,4 +124,4 @@ if [ "$load" = 1 ]; then
   done
   echo "lab-boots: ${#hogs[@]} busy loops on the host" >&2
 fi
-bash scripts/lab.sh -t $((n * 400 + 600)) -- bash bench/lab-boots.sh --inside "$n" "$trace" "$vmm"
+bash scripts/lab.sh -t $((n * 400 + 600)) -- bash bench/lab-boots.sh --inside "$n" "$trace" "$vmm" "$memory"

@@ -291,6 +291,15 @@ for attempt in $(seq 1 "$attempts"); do
   if [ "$run_status" -ne 124 ] && [ "$run_status" -ne 125 ]; then break; fi
   [ "$attempt" -lt "$attempts" ] && say "attempt $attempt of $attempts failed (status $run_status); starting L1 again"
 done
+# A failing command's output can run to thousands of lines (each failing
+# Linux test prints its guest's console), and CI logs keep only the head and
+# the tail: end with a digest of what failed, one line each.
+if [ "$run_status" -ne 0 ] && [ -s "$work/console.log" ]; then
+  say "digest of the failures above:"
+  tr -d '\r' < "$work/console.log" |
+    grep -E '\*\*\*(Failed|Timeout|Exception)|tern: vCPU|tern: .*(failed|error)|: Failure$|missing kernel line|kernel panic|Kernel panic|BUG:|soft lockup|stall report' |
+    grep -v '^tern-lab:    ' | cut -c1-200 | tail -n 40 | sed 's/^/lab:   /' >&2 || true
+fi
 if [ "$skip_on_lab_failure" = 1 ] && { [ "$run_status" -eq 124 ] || [ "$run_status" -eq 125 ]; }; then
   say "every attempt ($attempts) failed on the lab's own (status $run_status): the command did not run to its end; status 77 (skipped)"
   exit 77
