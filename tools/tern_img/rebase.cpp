@@ -18,8 +18,8 @@
 
 #include "block/chain.h"
 #include "block/open.h"
+#include "block/image.h"
 #include "block/qcow2/backing.h"
-#include "block/qcow2/info.h"
 #include "tools/tern_img/verbs.h"
 
 namespace tern::img {
@@ -133,7 +133,7 @@ int copy_differences(const RebaseArgs& a, block::Chain& image, block::Chain* new
 
 int run_rebase(const RebaseArgs& a) {
   if (!a.backing_given) return report_error("Expecting one image file name (and -b NEW)");
-  auto info = block::qcow2::read_image_info(a.file);
+  auto info = block::read_image_info(a.file);
   if (!info) return report_error("Could not open '" + a.file + "': " + info.error().message());
   const std::string new_path = a.backing.empty() ? std::string() : block::resolve_backing_name(a.file, a.backing);
   std::string new_format = a.backing_format;
@@ -159,7 +159,7 @@ int run_rebase(const RebaseArgs& a) {
       if (auto r = image->close(); !r) return report_error(a.file + ": " + r.error().message());
     }
   }  // every descriptor of IMG closed before its header is rewritten
-  if (auto r = block::qcow2::set_backing_file(a.file, a.backing, new_format); !r) {
+  if (auto r = block::set_backing_file(a.file, a.backing, new_format); !r) {
     return report_error(a.file + ": " + r.error().message());
   }
   return 0;
