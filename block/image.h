@@ -61,7 +61,8 @@ struct CreateOptions {
 // another backing file (empty: none) and format (tern-img rebase, the
 // header part). The extension area is written anew: the backing-format
 // extension only, and the autoclear bits cleared (qcow2.txt: a writer that
-// does not keep an extension's data clears its autoclear bit).
+// does not keep an extension's data clears its autoclear bit). Check the
+// new chain first (walk_backing_chain, block/chain.h).
 [[nodiscard]] Result<void> set_backing_file(const std::string& path, const std::string& name,
                                             const std::string& format);
 
