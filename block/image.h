@@ -1,8 +1,8 @@
 // QCOW2 image files as files, for the tools: what a header says, making
 // an image, pointing it at another backing file, checking its refcounts.
-// The public face of block/qcow2/, which only block/ includes; opening an
-// image as a disk is open_disk (block/open.h), its backing chain
-// block/chain.h.
+// The public face of block/qcow2/, which only block/ includes (the
+// layering check, cmake/check_layering.cmake); opening an image as a disk
+// is open_disk (block/open.h), its backing chain block/chain.h.
 #pragma once
 
 #include <cstdint>
