@@ -30,45 +30,59 @@ Chain::Chain(Chain&&) noexcept = default;
 Chain& Chain::operator=(Chain&&) noexcept = default;
 Chain::~Chain() = default;
 
+namespace {
+
+// Layer i of a chain, opened as a disk (read-only below the top).
+Result<std::unique_ptr<DiskFile>> open_layer(const std::string& path, ImageType type, size_t i,
+                                             const ChainOptions& options) {
+  OpenOptions o;
+  o.path = path;
+  o.type = type;
+  o.read_only = !(i == 0 && options.writable_top);
+  // Backing files are read without a lock, as when an overlay opens them.
+  o.lock = i == 0 && options.lock;
+  o.allow_backing = true;
+  o.allow_block_backing = options.allow_block_backing;
+  o.aio = AioMode::Sync;
+  return open_disk(o);
+}
+
+}  // namespace
+
 Result<Chain> Chain::open(const std::string& top, const ChainOptions& options) {
   Chain chain;
-  std::string path = top;
-  ImageType type = options.top_type;
+  // Layer 0 first: opening it follows the whole chain by the rules, so the
+  // walk below finds the files the open did.
+  std::vector<BackingFile> below;
   for (size_t i = 0;; ++i) {
+    const std::string& path = i == 0 ? top : below[i - 1].path;
     auto layer = std::make_unique<Layer>();
     layer->path = path;
-    OpenOptions o;
-    o.path = path;
-    o.type = type;
-    o.read_only = !(i == 0 && options.writable_top);
-    // Backing files are read without a lock, as when an overlay opens them.
-    o.lock = i == 0 && options.lock;
-    o.allow_backing = true;
-    o.allow_block_backing = options.allow_block_backing;
-    o.aio = AioMode::Sync;
-    auto disk = open_disk(o);
+    auto disk = open_layer(path, i == 0 ? options.top_type : below[i - 1].type, i, options);
     if (!disk) return std::unexpected(disk.error());
     layer->disk = std::move(*disk);
     auto io = layer->disk->make_io_context(1);
     if (!io) return std::unexpected(io.error());
     layer->io = std::move(*io);
-    std::string backing, backing_format;
-    if (layer->disk->format_name() == "qcow2") {
+    const bool qcow2 = layer->disk->format_name() == "qcow2";
+    if (qcow2) {
       layer->qcow2 = static_cast<qcow2::Qcow2Disk*>(layer->disk.get());
       auto info = qcow2::read_image_info(path);
       if (!info) return std::unexpected(info.error());
       layer->cluster_size = info->cluster_size;
-      backing = info->backing_file;
-      backing_format = info->backing_format;
     } else {
       int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
       if (fd < 0) return fail(Errc::OpenFailed, errno, path);
       layer->raw_fd = UniqueFd(fd);
     }
     chain.layers_.push_back(std::move(layer));
-    if (backing.empty()) break;
-    path = resolve_backing_name(path, backing);
-    type = parse_image_type(backing_format).value_or(ImageType::Auto);
+    if (i == 0 && qcow2) {
+      BackingWalk walk;
+      walk.image = top;
+      walk.allow_block_device = options.allow_block_backing;
+      if (auto r = walk_backing_chain(walk, below); !r) return std::unexpected(r.error());
+    }
+    if (i == below.size()) break;
   }
   return chain;
 }

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -18,6 +19,37 @@
 #include "block/open.h"
 
 namespace tern::block {
+
+// ---- The chain by its headers ----
+
+// One backing file of a chain.
+struct BackingFile {
+  std::string path;                 // resolved against the directory of the image naming it
+  ImageType type = ImageType::Raw;  // as that image recorded it, else probed
+};
+
+// Where a walk starts, and what it allows beyond the rules of every open.
+struct BackingWalk {
+  std::string image;  // the QCOW2 image on top (a regular file or block device)
+  bool allow_block_device = false;  // for the backing files (OpenOptions::allow_block_backing)
+  // Set: walk as if `image` named this backing file (relative to its
+  // directory; "" for none) in `backing_format` ("raw", "qcow2", or ""
+  // for probed) instead of what its header names: the chain tern-img
+  // rebase would make, checked before it writes the header.
+  std::optional<std::string> backing_file;
+  std::string backing_format;
+};
+
+// The backing files under walk.image, top first, read from their headers
+// by the rules every open follows (docs/qcow2.md, "Backing chains": names
+// relative to the naming image's directory, at most 16 backing files, no
+// loop, a block device only when allowed, nothing else but regular files,
+// a file recorded as raw ends the chain), which block/qcow2/backing.cpp
+// owns for both. Each file that meets the rules is appended to `files`
+// before its own header is read, so after the first broken rule (the
+// error) `files` holds the files above it. For the checks that do not
+// open the chain as a disk: the sandbox's Landlock grants, tern-img rebase.
+[[nodiscard]] Result<void> walk_backing_chain(const BackingWalk& walk, std::vector<BackingFile>& files);
 
 // What a byte range holds, seen from the top of the chain, in qemu's
 // block-status terms (qemu-img map prints these fields).

@@ -36,8 +36,7 @@
 
 #include "base/error.h"
 #include "base/unique_fd.h"
-#include "block/qcow2/backing.h"
-#include "block/qcow2/info.h"
+#include "block/chain.h"
 #include "vmm/kvm.h"
 #include "vmm/vcpu.h"  // kExitVmmFailure
 
@@ -576,25 +575,22 @@ std::string directory_of(const std::string& path) {
   return slash == 0 ? "/" : path.substr(0, slash);
 }
 
-// The files under a QCOW2 image, top first, as the block layer opens them
-// (block/qcow2/backing.h: relative names from the naming image's
-// directory). The block layer opened them all during set-up; this reads
-// the headers again, so it follows the block layer's rules: only regular
-// files are read (a FIFO would block here), a backing file recorded as
-// raw ends the chain (its bytes are a guest's, never a header), and the
-// depth limit holds.
-std::vector<std::string> backing_chain(const std::string& top) {
+// The files under a QCOW2 disk, top first, by the block layer's rules
+// (block/chain.h, walk_backing_chain): only regular files are read (and
+// block devices where the disk allows them; never a FIFO, which would
+// block), a backing file recorded as raw ends the chain
+// (its bytes are a guest's, never a header), and the depth limit holds.
+// The block layer opened this chain during set-up by the same rules; a
+// walk that stops early met a file that changed since, and what met the
+// rules above it is granted, nothing below.
+std::vector<std::string> backing_chain(const DiskConfig& d) {
+  block::BackingWalk walk;
+  walk.image = d.open.path;
+  walk.allow_block_device = d.open.allow_block_backing;
+  std::vector<block::BackingFile> files;
+  (void)block::walk_backing_chain(walk, files);
   std::vector<std::string> chain;
-  std::string current = top;
-  while (chain.size() <= block::qcow2::kMaxBackingDepth) {
-    struct stat st {};
-    if (::stat(current.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) break;
-    auto info = block::qcow2::read_image_info(current);
-    if (!info || info->backing_file.empty()) break;
-    current = block::resolve_backing_name(current, info->backing_file);
-    chain.push_back(current);
-    if (info->backing_format == "raw") break;
-  }
+  for (const auto& f : files) chain.push_back(f.path);
   return chain;
 }
 
@@ -668,7 +664,7 @@ std::expected<UniqueFd, std::string> build_ruleset(const VmConfig& config, int a
     // too (the block layer refuses its backing file; docs/SECURITY.md,
     // "Probed images").
     if (!d.open.allow_backing || d.open.type != block::ImageType::Qcow2) continue;
-    for (const std::string& backing : backing_chain(d.open.path)) {
+    for (const std::string& backing : backing_chain(d)) {
       auto ok = add_path_rule(r, abi, backing, LANDLOCK_ACCESS_FS_READ_FILE, "--disk " + d.device.id + " backing file");
       if (!ok) return Unexpected(ok.error());
     }

@@ -11,6 +11,7 @@
 #include <mutex>
 #include <shared_mutex>
 
+#include "block/chain.h"
 #include "block/open.h"
 #include "block/qcow2/big_endian.h"
 #include "block/qcow2/engine.h"
@@ -125,8 +126,20 @@ Result<void> Backing::read(uint64_t offset, std::span<uint8_t> buf) {
   return {};
 }
 
-Result<std::unique_ptr<Backing>> open_backing(const std::string& overlay_path, const std::string& name,
-                                              const std::string& format, const BackingRules& rules) {
+namespace {
+
+// A backing file that met the rules, open, and its format.
+struct FoundBacking {
+  std::string path;
+  std::unique_ptr<FdHostFile> file;
+  bool qcow2 = false;
+};
+
+// The rules of docs/qcow2.md, "Backing chains", for the file `name` that
+// the image at `overlay_path` names: one place for open_backing and
+// walk_backing_chain.
+Result<FoundBacking> find_backing(const std::string& overlay_path, const std::string& name,
+                                  const std::string& format, const BackingRules& rules) {
   std::string path = resolve_backing_name(overlay_path, name);
   // rules.chain holds the overlay and every image above it: a file with
   // that many images above it is backing file number chain.size().
@@ -143,7 +156,17 @@ Result<std::unique_ptr<Backing>> open_backing(const std::string& overlay_path, c
   } else if (format != "raw" && format != "qcow2") {
     return fail(Errc::BackingFailed, 0, path + ": unsupported backing format " + format);
   }
-  if (qcow2) {
+  return FoundBacking{std::move(path), std::move(*file), qcow2};
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Backing>> open_backing(const std::string& overlay_path, const std::string& name,
+                                              const std::string& format, const BackingRules& rules) {
+  auto found = find_backing(overlay_path, name, format, rules);
+  if (!found) return std::unexpected(found.error());
+  const std::string& path = found->path;
+  if (found->qcow2) {
     EngineOptions options;
     options.read_only = true;
     options.allow_backing = true;  // the chain was allowed at its top
@@ -151,13 +174,66 @@ Result<std::unique_ptr<Backing>> open_backing(const std::string& overlay_path, c
     options.chain = rules.chain;
     options.l2_cache_bytes = 4ull << 20;
     options.refcount_cache_bytes = 256ull << 10;
-    auto engine = Engine::open(std::move(*file), path, options);
+    auto engine = Engine::open(std::move(found->file), path, options);
     if (!engine) return std::unexpected(engine.error());
     return std::make_unique<Qcow2Backing>(std::move(*engine));
   }
-  auto size = (*file)->size();
+  auto size = found->file->size();
   if (!size) return fail(Errc::BackingFailed, size.error().sys_errno, path);
-  return std::make_unique<RawBacking>(std::move(*file), *size);
+  return std::make_unique<RawBacking>(std::move(found->file), *size);
 }
 
 }  // namespace tern::block::qcow2
+
+namespace tern::block {
+namespace {
+
+// The header of an image of the chain, read from its open file; errors
+// name the file, as read_image_info's do.
+Result<qcow2::Header> read_chain_header(qcow2::FdHostFile& file, const std::string& path) {
+  auto size = file.size();
+  if (!size) return std::unexpected(size.error());
+  auto h = qcow2::read_header(file, *size);
+  if (!h) {
+    Error e = h.error();
+    e.detail = path + ": " + e.detail;
+    return std::unexpected(e);
+  }
+  return h;
+}
+
+}  // namespace
+
+// The same steps as opening the chain (Engine::open, then open_backing for
+// each backing file), reading headers only.
+Result<void> walk_backing_chain(const BackingWalk& walk, std::vector<BackingFile>& files) {
+  qcow2::BackingRules rules;
+  // The top is the caller's to name: a regular file or a block device, but
+  // never a FIFO to block on.
+  rules.allow_block_device = true;
+  auto top = qcow2::open_backing_file(walk.image, rules);
+  if (!top) return std::unexpected(top.error());
+  auto h = read_chain_header(**top, walk.image);
+  if (!h) return std::unexpected(h.error());
+  std::string overlay = walk.image;
+  std::string name = walk.backing_file.value_or(h->backing_file);
+  std::string format = walk.backing_file ? walk.backing_format : h->backing_format;
+  rules.allow_block_device = walk.allow_block_device;
+  rules.chain.push_back(qcow2::chain_link((*top)->fd(), walk.image));
+  while (!name.empty()) {
+    auto found = qcow2::find_backing(overlay, name, format, rules);
+    if (!found) return std::unexpected(found.error());
+    files.push_back(BackingFile{found->path, found->qcow2 ? ImageType::Qcow2 : ImageType::Raw});
+    // A raw file's bytes are data (perhaps a guest's), never a header.
+    if (!found->qcow2) return {};
+    auto below = read_chain_header(*found->file, found->path);
+    if (!below) return std::unexpected(below.error());
+    rules.chain.push_back(qcow2::chain_link(found->file->fd(), found->path));
+    overlay = found->path;
+    name = below->backing_file;
+    format = below->backing_format;
+  }
+  return {};
+}
+
+}  // namespace tern::block

@@ -227,3 +227,29 @@ Result<void> Engine::rebuild_refcounts() {
 }
 
 }  // namespace tern::block::qcow2
+
+namespace tern::block {
+
+// ImageCheck (block/image.h): tern-img check's view of the engine.
+ImageCheck::ImageCheck(std::unique_ptr<qcow2::Engine> engine) : engine_(std::move(engine)) {}
+ImageCheck::ImageCheck(ImageCheck&&) noexcept = default;
+ImageCheck& ImageCheck::operator=(ImageCheck&&) noexcept = default;
+ImageCheck::~ImageCheck() = default;
+
+Result<ImageCheck> ImageCheck::open(const std::string& path, Repair repair) {
+  auto file = qcow2::open_host_file(path, repair == Repair::None);
+  if (!file) return std::unexpected(file.error());
+  qcow2::EngineOptions o;
+  o.read_only = repair == Repair::None;
+  o.allow_backing = true;
+  o.repair = true;  // a corrupt image opens writable, to be repaired
+  auto engine = qcow2::Engine::open(std::move(*file), path, o);
+  if (!engine) return std::unexpected(engine.error());
+  return ImageCheck(std::move(*engine));
+}
+
+Result<CheckResult> ImageCheck::check(Repair repair) { return engine_->check(repair); }
+
+Result<void> ImageCheck::close() { return engine_->close(); }
+
+}  // namespace tern::block

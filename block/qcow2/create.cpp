@@ -14,7 +14,10 @@
 #include "block/qcow2/host_file.h"
 #include "block/qcow2/refcounts.h"
 
-namespace tern::block::qcow2 {
+namespace tern::block {
+
+// The public functions of block/image.h, over the header code here.
+using namespace qcow2;
 
 Result<void> create_image(const CreateOptions& o) {
   if (!std::has_single_bit(o.cluster_size) || o.cluster_size < (1u << kMinClusterBits) ||
@@ -111,4 +114,4 @@ Result<void> set_backing_file(const std::string& path, const std::string& name, 
   return {};
 }
 
-}  // namespace tern::block::qcow2
+}  // namespace tern::block

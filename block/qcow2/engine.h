@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "block/error.h"
+#include "block/image.h"
 #include "block/qcow2/backing.h"
 #include "block/qcow2/format.h"
 #include "block/qcow2/header_store.h"
@@ -43,26 +44,10 @@ struct EngineOptions {
   std::function<void(const std::string&)> warn;
 };
 
-enum class Repair { None, Leaks, All };
-
-// check() keeps the text of this many findings; the rest are only counted.
-inline constexpr size_t kMaxCheckMessages = 100;
-
-// What check() found, in qemu-img check's terms.
-struct CheckResult {
-  uint64_t corruptions = 0;
-  uint64_t leaks = 0;
-  uint64_t corruptions_fixed = 0;
-  uint64_t leaks_fixed = 0;
-  uint64_t allocated_clusters = 0;
-  uint64_t total_clusters = 0;
-  uint64_t compressed_clusters = 0;
-  uint64_t fragmented_clusters = 0;
-  uint64_t image_end_offset = 0;
-  bool incomplete = false;            // could not check everything
-  std::vector<std::string> messages;  // one line per finding, the first kMaxCheckMessages
-  uint64_t messages_dropped = 0;      // findings past those (counted above all the same)
-};
+// Engine::check()'s terms (block/image.h); tests name them qcow2::.
+using block::CheckResult;
+using block::kMaxCheckMessages;
+using block::Repair;
 
 // A piece of a request whose data lives at `host_offset` in the image file.
 struct HostExtent {

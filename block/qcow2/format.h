@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "block/error.h"
+#include "block/image.h"
 #include "block/qcow2/host_file.h"
 
 namespace tern::block::qcow2 {
@@ -73,7 +74,7 @@ struct CompressedDescriptor {
   }
 };
 
-enum class CompressionType : uint8_t { Zlib = 0, Zstd = 1 };
+using block::CompressionType;  // block/image.h: the header's byte
 
 struct FeatureName {
   uint8_t type = 0;  // 0 incompatible, 1 compatible, 2 autoclear

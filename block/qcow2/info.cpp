@@ -3,7 +3,10 @@
 #include "block/qcow2/format.h"
 #include "block/qcow2/host_file.h"
 
-namespace tern::block::qcow2 {
+namespace tern::block {
+
+// The public functions of block/image.h, over the header code here.
+using namespace qcow2;
 
 Result<ImageInfo> read_image_info(const std::string& path) {
   auto file = open_host_file(path, true);
@@ -31,4 +34,4 @@ Result<ImageInfo> read_image_info(const std::string& path) {
   return info;
 }
 
-}  // namespace tern::block::qcow2
+}  // namespace tern::block

@@ -18,9 +18,9 @@
 #include <string>
 #include <vector>
 
+#include "block/image.h"
 #include "block/io/wait.h"
 #include "block/open.h"
-#include "block/qcow2/create.h"
 #include "tests/support/support.h"
 
 namespace tern::vmm {
@@ -124,10 +124,10 @@ TEST(Sandbox, AKernelWithoutSeccompFiltersIsRefusedAtStart) {
 TEST(Sandbox, TheMainThreadClosesADirtyQcow2Disk) {
   test_support::TempDir dir("tern-sandbox");
   std::string img = dir.file("d.qcow2");
-  block::qcow2::CreateOptions create;
+  block::CreateOptions create;
   create.path = img;
   create.size = 16 << 20;
-  ASSERT_TRUE(block::qcow2::create_image(create).has_value());
+  ASSERT_TRUE(block::create_image(create).has_value());
   auto disk = block::open_disk({.path = img});
   ASSERT_TRUE(disk.has_value()) << disk.error().message();
   {

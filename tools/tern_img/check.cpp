@@ -4,15 +4,14 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
-#include "block/qcow2/engine.h"
-#include "block/qcow2/host_file.h"
+#include "block/image.h"
 #include "tools/tern_img/verbs.h"
 
 namespace tern::img {
 namespace {
 
-using block::qcow2::CheckResult;
-using block::qcow2::Repair;
+using block::CheckResult;
+using block::Repair;
 
 struct CheckArgs {
   std::string file;
@@ -70,21 +69,12 @@ void print_json(const std::string& file, const CheckResult& r, const CheckResult
 
 int run_check(const CheckArgs& a) {
   Repair repair = a.repair == "all" ? Repair::All : a.repair == "leaks" ? Repair::Leaks : Repair::None;
-  auto file = block::qcow2::open_host_file(a.file, repair == Repair::None);
-  if (!file) {
-    std::fprintf(stderr, "tern-img: check: %s\n", file.error().message().c_str());
+  auto image = block::ImageCheck::open(a.file, repair);
+  if (!image) {
+    std::fprintf(stderr, "tern-img: check: %s\n", image.error().message().c_str());
     return 1;
   }
-  block::qcow2::EngineOptions o;
-  o.read_only = repair == Repair::None;
-  o.allow_backing = true;
-  o.repair = true;
-  auto engine = block::qcow2::Engine::open(std::move(*file), a.file, o);
-  if (!engine) {
-    std::fprintf(stderr, "tern-img: check: %s\n", engine.error().message().c_str());
-    return 1;
-  }
-  auto first = (*engine)->check(repair);
+  auto first = image->check(repair);
   if (!first) {
     std::fprintf(stderr, "tern-img: check: %s\n", first.error().message().c_str());
     return 1;
@@ -98,14 +88,14 @@ int run_check(const CheckArgs& a) {
                   static_cast<unsigned long long>(first->corruptions_fixed));
       std::printf("Double checking the fixed image now...\n");
     }
-    auto again = (*engine)->check(Repair::None);
+    auto again = image->check(Repair::None);
     if (!again) {
       std::fprintf(stderr, "tern-img: check: %s\n", again.error().message().c_str());
       return 1;
     }
     result = *again;
   }
-  if (auto r = (*engine)->close(); !r) {
+  if (auto r = image->close(); !r) {
     std::fprintf(stderr, "tern-img: check: %s\n", r.error().message().c_str());
     return 1;
   }

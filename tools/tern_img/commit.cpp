@@ -8,9 +8,9 @@
 
 #include "block/chain.h"
 #include "block/io/wait.h"
+#include "block/image.h"
 #include "block/new_image.h"
 #include "block/open.h"
-#include "block/qcow2/info.h"
 #include "tools/tern_img/verbs.h"
 
 namespace tern::img {
@@ -30,21 +30,21 @@ struct CommitArgs {
 // built beside it and renamed over it, so a failure leaves the overlay as
 // it was (block/new_image.h).
 block::Result<void> empty_overlay(const std::string& path) {
-  auto info = block::qcow2::read_image_info(path);
+  auto info = block::read_image_info(path);
   if (!info) return std::unexpected(info.error());
   auto image = block::NewImage::prepare(path);
   if (!image) return std::unexpected(image.error());
-  block::qcow2::CreateOptions c;
+  block::CreateOptions c;
   c.path = image->path();
   c.size = info->virtual_size;
   c.cluster_size = static_cast<uint32_t>(info->cluster_size);
   c.refcount_bits = info->refcount_bits;
   c.version = info->compat == "0.10" ? 2 : 3;
-  c.compression_type = info->compression_type == "zstd" ? block::qcow2::CompressionType::Zstd
-                                                        : block::qcow2::CompressionType::Zlib;
+  c.compression_type = info->compression_type == "zstd" ? block::CompressionType::Zstd
+                                                        : block::CompressionType::Zlib;
   c.backing_file = info->backing_file;
   c.backing_format = info->backing_format;
-  if (auto r = block::qcow2::create_image(c); !r) return std::unexpected(image->named_for_destination(r.error()));
+  if (auto r = block::create_image(c); !r) return std::unexpected(image->named_for_destination(r.error()));
   return image->commit();
 }
 

@@ -8,8 +8,8 @@
 #include <sstream>
 
 #include "base/unique_fd.h"
+#include "block/image.h"
 #include "block/new_image.h"
-#include "block/qcow2/create.h"
 #include "tools/tern_img/verbs.h"
 
 namespace tern::img {
@@ -75,7 +75,7 @@ int run_create(const CreateArgs& a) {
     std::fprintf(stderr, "tern-img: unknown format '%s' (raw or qcow2)\n", a.format.c_str());
     return 1;
   }
-  block::qcow2::CreateOptions c;
+  block::CreateOptions c;
   c.size = size;
   c.backing_file = a.backing;
   c.backing_format = a.backing_format;
@@ -86,13 +86,13 @@ int run_create(const CreateArgs& a) {
   }
   return create_new(a.file, [&](const std::string& path) {
     c.path = path;
-    return block::qcow2::create_image(c);
+    return block::create_image(c);
   });
 }
 
 }  // namespace
 
-bool parse_qcow2_options(const std::string& options, block::qcow2::CreateOptions& c) {
+bool parse_qcow2_options(const std::string& options, block::CreateOptions& c) {
   std::stringstream list(options);
   std::string item;
   while (std::getline(list, item, ',')) {
@@ -110,8 +110,8 @@ bool parse_qcow2_options(const std::string& options, block::qcow2::CreateOptions
     } else if (key == "compat" && (value == "1.1" || value == "v3")) {
       c.version = 3;
     } else if (key == "compression_type" && (value == "zlib" || value == "zstd")) {
-      c.compression_type = value == "zstd" ? block::qcow2::CompressionType::Zstd
-                                           : block::qcow2::CompressionType::Zlib;
+      c.compression_type = value == "zstd" ? block::CompressionType::Zstd
+                                           : block::CompressionType::Zlib;
     } else if (key == "backing_file") {
       c.backing_file = value;
     } else if (key == "backing_fmt") {

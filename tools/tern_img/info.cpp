@@ -6,8 +6,8 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 
+#include "block/image.h"
 #include "block/open.h"
-#include "block/qcow2/info.h"
 #include "tools/tern_img/verbs.h"
 
 namespace tern::img {
@@ -33,7 +33,7 @@ int run_info(const InfoArgs& a) {
     return 1;
   }
   const uint64_t disk_size = static_cast<uint64_t>(st.st_blocks) * 512;
-  auto q = block::qcow2::read_image_info(a.file);
+  auto q = block::read_image_info(a.file);
   const bool is_qcow2 = q.has_value();
   if (!is_qcow2 && q.error().code != block::Errc::BadHeader) {
     std::fprintf(stderr, "tern-img: %s\n", q.error().message().c_str());

@@ -10,8 +10,8 @@
 #include <sstream>
 
 #include "block/chain.h"
+#include "block/image.h"
 #include "block/open.h"
-#include "block/qcow2/info.h"
 #include "tools/tern_img/verbs.h"
 
 namespace tern::img {
@@ -62,7 +62,7 @@ int run_measure(const MeasureArgs& a) {
   if (a.size.empty() && a.file.empty()) return report_error("Either --size N or one filename must be specified.");
   // -o: qcow2 creation options, and preallocation= (full/falloc: every
   // data cluster required).
-  block::qcow2::CreateOptions create;
+  block::CreateOptions create;
   std::string preallocation = "off";
   std::string rest;
   {
@@ -125,7 +125,7 @@ int run_measure(const MeasureArgs& a) {
         }
       }
       if (create.version >= 3 && input->format(0) == "qcow2") {
-        auto info = block::qcow2::read_image_info(a.file);
+        auto info = block::read_image_info(a.file);
         if (info && info->compat != "0.10") bitmaps = 0;
       }
     }

@@ -4,22 +4,18 @@
 // files whose contents differ between the old chain and NEW, so IMG reads
 // the same afterwards; -u rewrites the header only. NEW ("" for none) is
 // relative to IMG's directory; it must obey the rules of every open (no
-// loop back to IMG, at most kMaxBackingDepth files under IMG, no block
-// device: docs/qcow2.md, "Backing chains").
-#include <sys/stat.h>
+// loop back to IMG, at most 16 files under IMG, no block device:
+// docs/qcow2.md, "Backing chains").
 #include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <cstdio>
-#include <cstring>
 #include <optional>
 #include <vector>
 
 #include "block/chain.h"
+#include "block/image.h"
 #include "block/open.h"
-#include "block/qcow2/backing.h"
-#include "block/qcow2/info.h"
 #include "tools/tern_img/verbs.h"
 
 namespace tern::img {
@@ -37,19 +33,17 @@ struct RebaseArgs {
   std::string file;
 };
 
-// Opens NEW's chain and checks it can sit under IMG.
+// Checks that NEW can sit under IMG by the rules of every open (the block
+// layer's walk, as if IMG named it: no loop back to IMG, at most 16
+// backing files under IMG, no block device), then opens NEW's chain.
 std::optional<block::Chain> open_new_backing(const RebaseArgs& a, const std::string& path, int& status) {
-  struct stat top {}, st {};
-  if (::stat(a.file.c_str(), &top) != 0) {
-    status = report_error(a.file + ": " + std::strerror(errno));
-    return std::nullopt;
-  }
-  if (::stat(path.c_str(), &st) != 0) {
-    status = report_error("Could not open new backing file '" + path + "': " + std::strerror(errno));
-    return std::nullopt;
-  }
-  if (S_ISBLK(st.st_mode)) {
-    status = report_error(path + ": a block device as backing file is refused");
+  block::BackingWalk walk;
+  walk.image = a.file;
+  walk.backing_file = a.backing;
+  walk.backing_format = a.backing_format;
+  std::vector<block::BackingFile> files;
+  if (auto r = block::walk_backing_chain(walk, files); !r) {
+    status = report_error("Could not open new backing file '" + path + "': " + r.error().message());
     return std::nullopt;
   }
   block::ChainOptions o;
@@ -59,17 +53,6 @@ std::optional<block::Chain> open_new_backing(const RebaseArgs& a, const std::str
   if (!chain) {
     status = report_error("Could not open new backing file '" + path + "': " + chain.error().message());
     return std::nullopt;
-  }
-  if (chain->layers() > block::qcow2::kMaxBackingDepth) {
-    status = report_error(a.file + " -> " + path + ": backing chain too deep (more than " +
-                   std::to_string(block::qcow2::kMaxBackingDepth) + " backing files)");
-    return std::nullopt;
-  }
-  for (size_t i = 0; i < chain->layers(); ++i) {
-    if (::stat(chain->path(i).c_str(), &st) == 0 && st.st_dev == top.st_dev && st.st_ino == top.st_ino) {
-      status = report_error(a.file + " -> " + path + ": backing file loop (" + chain->path(i) + " is " + a.file + ")");
-      return std::nullopt;
-    }
   }
   status = 0;
   return std::move(*chain);
@@ -133,7 +116,7 @@ int copy_differences(const RebaseArgs& a, block::Chain& image, block::Chain* new
 
 int run_rebase(const RebaseArgs& a) {
   if (!a.backing_given) return report_error("Expecting one image file name (and -b NEW)");
-  auto info = block::qcow2::read_image_info(a.file);
+  auto info = block::read_image_info(a.file);
   if (!info) return report_error("Could not open '" + a.file + "': " + info.error().message());
   const std::string new_path = a.backing.empty() ? std::string() : block::resolve_backing_name(a.file, a.backing);
   std::string new_format = a.backing_format;
@@ -159,7 +142,7 @@ int run_rebase(const RebaseArgs& a) {
       if (auto r = image->close(); !r) return report_error(a.file + ": " + r.error().message());
     }
   }  // every descriptor of IMG closed before its header is rewritten
-  if (auto r = block::qcow2::set_backing_file(a.file, a.backing, new_format); !r) {
+  if (auto r = block::set_backing_file(a.file, a.backing, new_format); !r) {
     return report_error(a.file + ": " + r.error().message());
   }
   return 0;

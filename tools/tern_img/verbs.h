@@ -7,7 +7,7 @@
 #include <optional>
 #include <string>
 
-#include "block/qcow2/create.h"
+#include "block/image.h"
 #include "tools/sizes.h"
 
 namespace tern::img {
@@ -28,7 +28,7 @@ void add_measure(CLI::App& app, int& status);
 // qemu-img's -o list for qcow2 (cluster_size=, refcount_bits=, compat=,
 // compression_type=, backing_file=, backing_fmt=) into `c`; false, with a
 // message on stderr, when an item is unknown or malformed.
-bool parse_qcow2_options(const std::string& options, block::qcow2::CreateOptions& c);
+bool parse_qcow2_options(const std::string& options, block::CreateOptions& c);
 
 // Says "tern-img: MESSAGE" on stderr; returns 1, a failed verb's status.
 int report_error(const std::string& message);

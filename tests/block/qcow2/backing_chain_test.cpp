@@ -12,6 +12,8 @@
 
 #include <cstdlib>
 
+#include "block/chain.h"
+#include "block/image.h"
 #include "block/qcow2/qcow2_disk.h"
 #include "tests/block/qcow2/qcow2_test_util.h"
 
@@ -130,6 +132,78 @@ TEST(BackingChain, FifoBackingIsRefusedWithoutBlocking) {
   auto refused = open_chain(top);
   ASSERT_FALSE(refused.has_value());
   EXPECT_EQ(refused.error().code, Errc::NotAFile) << refused.error().message();
+}
+
+// walk_backing_chain (block/chain.h): what the sandbox grants and tern-img
+// rebase checks, by the same rules as opening the chain.
+std::vector<std::string> walked(const std::vector<BackingFile>& files) {
+  std::vector<std::string> paths;
+  for (const auto& f : files) paths.push_back(f.path + (f.type == ImageType::Qcow2 ? " qcow2" : " raw"));
+  return paths;
+}
+
+Result<void> walk(const std::string& image, std::vector<BackingFile>& files,
+                  std::optional<std::string> backing_file = std::nullopt, const std::string& backing_format = "") {
+  BackingWalk w;
+  w.image = image;
+  w.backing_file = std::move(backing_file);
+  w.backing_format = backing_format;
+  return walk_backing_chain(w, files);
+}
+
+TEST(BackingChain, TheWalkFindsWhatTheOpenFollows) {
+  TempDir dir;
+  // top -> mid (format probed) -> base.qcow2 recorded as raw: its own
+  // backing file (which does not exist) is never looked for.
+  SH_OK("cd '" + dir.file("") + "' && qemu-img create -q -f qcow2 -b nowhere.qcow2 -F qcow2 -u base.qcow2 1M" +
+        " && qemu-img create -q -f qcow2 -b base.qcow2 -F raw mid.qcow2 1M" +
+        " && qemu-img create -q -f qcow2 top.qcow2 1M");
+  ASSERT_TRUE(set_backing_file(dir.file("top.qcow2"), "mid.qcow2", "").has_value());
+  std::vector<BackingFile> files;
+  auto r = walk(dir.file("top.qcow2"), files);
+  ASSERT_TRUE(r.has_value()) << r.error().message();
+  EXPECT_EQ(walked(files), (std::vector<std::string>{dir.file("mid.qcow2") + " qcow2", dir.file("base.qcow2") + " raw"}));
+  ASSERT_TRUE(open_chain(dir.file("top.qcow2")).has_value());
+
+  // As if mid named top (tern-img rebase -b top.qcow2 mid.qcow2): a loop.
+  files.clear();
+  r = walk(dir.file("mid.qcow2"), files, "top.qcow2", "qcow2");
+  ASSERT_FALSE(r.has_value());
+  EXPECT_EQ(r.error().code, Errc::BackingLoop) << r.error().message();
+  EXPECT_EQ(walked(files), std::vector<std::string>{dir.file("top.qcow2") + " qcow2"}) << "the files above the loop";
+  // As if it named nothing.
+  files.clear();
+  r = walk(dir.file("mid.qcow2"), files, "");
+  EXPECT_TRUE(r.has_value() && files.empty());
+}
+
+TEST(BackingChain, TheWalkStopsWhereTheOpenIsRefused) {
+  TempDir dir;
+  SH_OK("qemu-img create -q -f qcow2 '" + dir.file("img0.qcow2") + "' 1M");
+  for (int k = 1; k <= 17; ++k) {
+    SH_OK("qemu-img create -q -f qcow2 -b img" + std::to_string(k - 1) + ".qcow2 -F qcow2 '" +
+          dir.file("img" + std::to_string(k) + ".qcow2") + "'");
+  }
+  std::vector<BackingFile> files;
+  auto r = walk(dir.file("img16.qcow2"), files);
+  EXPECT_TRUE(r.has_value()) << r.error().message();
+  EXPECT_EQ(files.size(), 16u);
+  files.clear();
+  r = walk(dir.file("img17.qcow2"), files);
+  ASSERT_FALSE(r.has_value());
+  EXPECT_EQ(r.error().code, Errc::BackingChainTooDeep) << r.error().message();
+  EXPECT_EQ(files.size(), 16u);
+
+  // A FIFO, as backing file or on top, is refused without blocking.
+  ASSERT_EQ(::mkfifo(dir.file("pipe").c_str(), 0600), 0);
+  set_backing(dir.file("img0.qcow2"), "pipe", "raw");
+  files.clear();
+  r = walk(dir.file("img0.qcow2"), files);
+  ASSERT_FALSE(r.has_value());
+  EXPECT_EQ(r.error().code, Errc::NotAFile) << r.error().message();
+  r = walk(dir.file("pipe"), files);
+  ASSERT_FALSE(r.has_value());
+  EXPECT_EQ(r.error().code, Errc::NotAFile) << r.error().message();
 }
 
 TEST(BackingChain, TernImgVerbsRefuseTheLoopWithoutCrashing) {
