@@ -16,14 +16,13 @@ bash scripts/build.sh
 bash scripts/make-guest.sh   # the Debian guest and the small kernel for the linux tests (cached)
 
 if [ ! -e /dev/kvm ]; then
-  echo "test.sh: /dev/kvm is missing: the kvm and linux suites skip here (saying so); lab.linux runs the Linux tests on the lab's own KVM (ctest -L lab-kvm the kvm suite)" >&2
+  echo "test.sh: /dev/kvm is missing: the kvm and linux suites skip here (saying so); lab.linux and lab.kvm run the Linux and KVM tests on the lab's own KVM" >&2
 fi
 
-# lab-kvm and lab-debian (the kvm suite and Debian from a root disk, in
-# the lab) are left out: L1 itself stalls at times (KVM under TCG; QEMU's
-# own guest too), twice in one CI rehearsal, and two stalled attempts of
-# one lab test would fail CI (tests/lab/CMakeLists.txt); lab.linux runs.
-ctest --test-dir build --output-on-failure --timeout 2400 -LE '^lab-(kvm|debian)$'
+# lab-debian (Debian from a root disk, in the lab) is left out: it takes
+# ten minutes more and its stalls are not understood
+# (tests/lab/CMakeLists.txt); lab.linux and lab.kvm run.
+ctest --test-dir build --output-on-failure --timeout 2400 -LE '^lab-debian$'
 
 # ThreadSanitizer: only the tests labelled tsan (CMake's tsan_tests target).
 cmake -S . -B build-tsan -G Ninja -DTERN_WERROR=ON -DTERN_SANITIZE=thread
