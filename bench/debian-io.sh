@@ -42,7 +42,7 @@ boot() {
   if [ "$vmm" = tern ]; then
     timeout -k 10 900 "$b/tern" --kernel "$deb/vmlinuz" --initramfs "$deb/initrd.img" --cmdline "$cmdline" \
       --cpus boot=2 --memory size=1G --serial "file=$work/log" \
-      --disk "path=$work/overlay.qcow2,backing_files=on" \
+      --disk "path=$work/overlay.qcow2,image_type=qcow2,backing_files=on" \
       --disk "path=$disk,image_type=$fmt,num_queues=$q,direct=on,aio=native" 2> "$work/err" || true
   else
     timeout -k 10 900 qemu-system-x86_64 -M q35 -accel kvm -cpu host -smp 2 -m 1G -nodefaults -no-user-config \
@@ -67,11 +67,13 @@ for fmt in $formats; do
       boot "$vmm" "$fmt" "$q"
       if ! grep -q "tern-test: fio randwrite depth 32" "$work/log"; then
         echo "debian-io.sh: $vmm $fmt q$q: no fio results; console tail and stderr:" >&2
-        tail -n 20 "$work/log" >&2; cat "$work/err" >&2
+        { grep -iE 'virtio|vd[a-z]|blk|0000:00' "$work/log" | tail -n 20; tail -n 12 "$work/log"; cat "$work/err"; } >&2
       fi
       grep "tern-test: fio on vdb" "$work/log" | sed "s/^/$vmm: /" | tr -d '\r' >&2 || true
-      while read -r rw depth n; do iops[$vmm,$rw,$depth]=$n; done < <(
-        tr -d '\r' < "$work/log" | sed -n 's/.*tern-test: fio \([a-z]*\) depth \([0-9]*\) iops \([0-9.]*\).*/\1 \2 \3/p')
+      # (A file, not process substitution: the lab's L1 has no /dev/fd.)
+      tr -d '\r' < "$work/log" |
+        sed -n 's/.*tern-test: fio \([a-z]*\) depth \([0-9]*\) iops \([0-9.]*\).*/\1 \2 \3/p' > "$work/iops"
+      while read -r rw depth n; do iops[$vmm,$rw,$depth]=$n; done < "$work/iops"
     done
     for rw in randread randwrite; do
       for depth in 1 32; do
