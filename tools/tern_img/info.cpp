@@ -19,13 +19,6 @@ struct InfoArgs {
   bool force_share = false;
 };
 
-// Relative backing names are relative to the image's directory.
-std::string full_backing_name(const std::string& image, const std::string& name) {
-  auto slash = image.rfind('/');
-  if (name.starts_with('/') || slash == std::string::npos) return name;
-  return image.substr(0, slash + 1) + name;
-}
-
 int run_info(const InfoArgs& a) {
   struct stat st {};
   if (::stat(a.file.c_str(), &st) != 0) {
@@ -69,7 +62,7 @@ int run_info(const InfoArgs& a) {
       }
       j["format-specific"] = {{"type", "qcow2"}, {"data", data}};
       if (!q->backing_file.empty()) {
-        j["full-backing-filename"] = full_backing_name(a.file, q->backing_file);
+        j["full-backing-filename"] = block::resolve_backing_name(a.file, q->backing_file);
         j["backing-filename"] = q->backing_file;
       }
     }
@@ -85,7 +78,7 @@ int run_info(const InfoArgs& a) {
   if (!is_qcow2) return 0;
   std::printf("cluster_size: %llu\n", static_cast<unsigned long long>(q->cluster_size));
   if (!q->backing_file.empty()) {
-    std::string full = full_backing_name(a.file, q->backing_file);
+    std::string full = block::resolve_backing_name(a.file, q->backing_file);
     if (full == q->backing_file) {
       std::printf("backing file: %s\n", q->backing_file.c_str());
     } else {
