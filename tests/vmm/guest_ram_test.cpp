@@ -12,7 +12,7 @@
 #include <string>
 
 #include "vmm/kvm.h"
-#include "tests/support/support.h"
+#include "tests/vmm/kvm_vm_fixture.h"
 
 namespace tern::vmm {
 namespace {
@@ -45,20 +45,7 @@ int thp_eligible(const void* p) {
   return -1;
 }
 
-class GuestRamTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    TERN_REQUIRE_KVM();
-    auto kvm = Kvm::open();
-    ASSERT_TRUE(kvm.has_value()) << kvm.error().message();
-    kvm_ = std::make_unique<Kvm>(std::move(*kvm));
-    auto vm = VmFd::create(*kvm_);
-    ASSERT_TRUE(vm.has_value()) << vm.error().message();
-    vm_ = std::make_unique<VmFd>(std::move(*vm));
-  }
-  std::unique_ptr<Kvm> kvm_;
-  std::unique_ptr<VmFd> vm_;
-};
+using GuestRamTest = KvmVmTest;
 
 TEST_F(GuestRamTest, HugePagesByDefaultOnTwoMebibyteBoundaries) {
   auto ram = GuestRam::create(vm_->fd(), 64ull << 20);

@@ -15,25 +15,12 @@
 #include "vmm/emulation_fallback.h"
 #include "vmm/kvm.h"
 #include "vmm/vcpu.h"
-#include "tests/support/support.h"
+#include "tests/vmm/kvm_vm_fixture.h"
 
 namespace tern::vmm {
 namespace {
 
-class KvmServicesTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    TERN_REQUIRE_KVM();
-    auto kvm = Kvm::open();
-    ASSERT_TRUE(kvm.has_value()) << kvm.error().message();
-    kvm_ = std::make_unique<Kvm>(std::move(*kvm));
-    auto vm = VmFd::create(*kvm_);
-    ASSERT_TRUE(vm.has_value()) << vm.error().message();
-    vm_ = std::make_unique<VmFd>(std::move(*vm));
-  }
-  std::unique_ptr<Kvm> kvm_;
-  std::unique_ptr<VmFd> vm_;
-};
+using KvmServicesTest = KvmVmTest;
 
 TEST_F(KvmServicesTest, RoutesMsisAndLegacyLines) {
   KvmVmServices s(vm_->fd());
