@@ -55,6 +55,18 @@ cpu_model=${TERN_LAB_CPU:-max,xsave=off}
 # TERN_LAB_ACCEL overrides QEMU's accelerator options (one TCG thread per
 # L1 CPU by default).
 accel=${TERN_LAB_ACCEL:-tcg,thread=multi}
+# TERN_LAB_QEMU names another QEMU for L1 (a binary; its firmware is looked
+# for in ../share/qemu and ../share/seabios beside it).
+l1_qemu=${TERN_LAB_QEMU:-qemu-system-x86_64}
+# TERN_LAB_KVM_AMD: kvm-amd's module parameters in L1, e.g. "npt=0".
+l1_kvm_amd=
+for p in ${TERN_LAB_KVM_AMD:-}; do l1_kvm_amd="$l1_kvm_amd kvm_amd.$p"; done
+l1_qemu_data=()
+if [ -n "${TERN_LAB_QEMU:-}" ]; then
+  for d in "$(dirname "$TERN_LAB_QEMU")"/../share/qemu "$(dirname "$TERN_LAB_QEMU")"/../share/seabios; do
+    [ -d "$d" ] && l1_qemu_data+=(-L "$d")
+  done
+fi
 mem=6G
 limit=3600
 silence=0
@@ -79,7 +91,7 @@ shift $((OPTIND - 1))
 build=$(cd "$build" && pwd)
 
 say() { echo "lab: $*" >&2; }
-command -v qemu-system-x86_64 >/dev/null || { say "qemu-system-x86_64 missing (scripts/setup.sh installs it)"; exit 2; }
+command -v "$l1_qemu" >/dev/null || { say "$l1_qemu missing (scripts/setup.sh installs it)"; exit 2; }
 [ -x /bin/busybox ] || { say "busybox-static missing (scripts/setup.sh installs it)"; exit 2; }
 
 # shellcheck source=lib/cloud-kernel.sh
@@ -110,9 +122,18 @@ if [ ! -f "$l1_initramfs" ]; then
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+# kvm_amd.X=Y on the command line: parameters for kvm-amd (busybox's
+# insmod does not read them from there itself).
+kvm_amd_params=
+for w in $(cat /proc/cmdline); do
+  case "$w" in kvm_amd.*) kvm_amd_params="$kvm_amd_params ${w#kvm_amd.}" ;; esac
+done
 for m in irqbypass kvm kvm-amd virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk; do
   [ -f /modules/$m.ko ] || continue
-  insmod /modules/$m.ko || echo "tern-lab: insmod $m failed"
+  params=
+  [ "$m" = kvm-amd ] && params=$kvm_amd_params
+  # shellcheck disable=SC2086
+  insmod /modules/$m.ko $params || echo "tern-lab: insmod $m failed"
 done
 [ -c /dev/kvm ] || echo "tern-lab: no /dev/kvm in L1"
 if ! mount -t ext4 /dev/vda /newroot; then
@@ -199,7 +220,9 @@ done < <(find "$build" -maxdepth 2 -type f -perm -u+x -print0)
   echo 'mkdir -p /dev/pts /dev/shm; mount -t devpts devpts /dev/pts; mount -t tmpfs tmpfs /dev/shm'
   echo 'chmod 1777 /tmp; export TMPDIR=/tmp HOME=/root PATH=/usr/sbin:/usr/bin:/sbin:/bin'
   echo "echo \"tern-lab: L1 up: \$(uname -r), \$(nproc) CPUs, \$(grep MemTotal /proc/meminfo | tr -s ' ')\""
-  echo '[ -c /dev/kvm ] && echo "tern-lab: /dev/kvm ready (kvm-amd)"'
+  echo '[ -c /dev/kvm ] && echo "tern-lab: /dev/kvm ready (kvm-amd, nested paging: $(cat /sys/module/kvm_amd/parameters/npt 2>/dev/null))"'
+  # L1's text symbols, for naming where a stalled L1's CPUs were (l1_where).
+  echo "grep -i ' t ' /proc/kallsyms > /lab/kallsyms; sync"
   printf 'cd %q\n' "$PWD"
   # Environment the command needs (ctest's own TERN_* variables come from its files).
   for v in TERN_BUILD_DIR TERN_SOURCE_DIR GTEST_FILTER TERN_LAB_ROUNDS TERN_LAB_STALL; do
@@ -229,6 +252,25 @@ disk="$work/lab.img"
 # means L1 itself stopped making progress. A soft lockup repeats its line
 # every half minute, so it would keep a silence watchdog quiet forever
 # (seen with QEMU's own guest in L1 as much as with tern's).
+# l1_where: where each of L1's CPUs is, from QEMU's monitor (a FIFO pair);
+# l1_where_named, once L1 is stopped, names each RIP with L1's own symbols
+# (the kallsyms its init saved on the lab disk).
+l1_where() {
+  exec 8<> "$work/monitor.out"
+  echo "info registers -a" > "$work/monitor.in"
+  timeout 3 cat <&8 > "$work/registers" || true
+  exec 8<&-
+}
+l1_where_named() {
+  local rip sym
+  [ -s "$work/registers" ] || return 0
+  debugfs -R "cat /lab/kallsyms" "$disk" > "$work/kallsyms" 2>/dev/null || true
+  grep -o 'RIP=[0-9a-f]*' "$work/registers" | cut -d= -f2 | while read -r rip; do
+    sym=$(awk -v r="$rip" '$1 <= r && $1 >= off && length($1) == length(r) { best = $3; off = $1 } END { print best }' "$work/kallsyms")
+    say "L1 CPU at RIP $rip (${sym:-?})"
+  done
+}
+
 watch_console() {
   local quiet=0 last=-1 size stuck
   while [ ! -e "$work/qemu.done" ]; do
@@ -238,6 +280,7 @@ watch_console() {
     stuck=$( (grep -o 'soft lockup - CPU#[0-9]* stuck for [0-9]*s' "$work/console.log" 2>/dev/null || true) |
       tail -n1 | sed -n 's/.* stuck for \([0-9]*\)s$/\1/p')
     if [ "$quiet" -ge "$1" ] || [ "${stuck:-0}" -ge "$1" ]; then
+      l1_where
       touch "$work/stalled"
       kill "$(cat "$work/qemu.pid" 2>/dev/null)" 2>/dev/null || true
       return
@@ -248,7 +291,8 @@ watch_console() {
 # run_l1: one run of L1 on a fresh lab disk; sets $run_status to the
 # command's status, 124 (past -t, or silent past -s) or 125.
 run_l1() {
-  rm -f "$disk" "$work/stalled" "$work/qemu.done" "$work/qemu.pid" "$work/console.log"
+  rm -f "$disk" "$work/stalled" "$work/qemu.done" "$work/qemu.pid" "$work/console.log" "$work"/monitor.* "$work/registers"
+  mkfifo "$work/monitor.in" "$work/monitor.out"
   truncate -s $((used + 8192))M "$disk"
   mkfs.ext4 -q -F -d "$root" -E root_owner=0:0 -O ^has_journal "$disk"
   say "L1: $cpus CPUs, $mem; disk ${used} MiB used; running: $*"
@@ -256,10 +300,10 @@ run_l1() {
   if [ "$silence" -gt 0 ]; then watch_console "$silence" & watcher=$!; fi
   # stdin from /dev/null: a console reader must not wait on the caller's terminal.
   set +e
-  timeout --foreground -k 10 "$limit" qemu-system-x86_64 -accel "$accel" -cpu "$cpu_model" \
+  timeout --foreground -k 10 "$limit" "$l1_qemu" "${l1_qemu_data[@]}" -accel "$accel" -cpu "$cpu_model" \
     -smp "$cpus" -m "$mem" -nodefaults -no-user-config -display none -no-reboot \
-    -serial stdio -kernel "$vmlinuz" -initrd "$l1_initramfs" -pidfile "$work/qemu.pid" \
-    -append "console=ttyS0 quiet loglevel=3 panic=-1 no_timer_check tsc=reliable" \
+    -serial stdio -monitor "pipe:$work/monitor" -kernel "$vmlinuz" -initrd "$l1_initramfs" -pidfile "$work/qemu.pid" \
+    -append "console=ttyS0 quiet loglevel=3 panic=-1 no_timer_check tsc=reliable nokaslr$l1_kvm_amd" \
     -drive "file=$disk,format=raw,if=virtio,cache=unsafe" < /dev/null 2> "$work/qemu.err" |
     tee "$work/console.log"
   qemu_rc=${PIPESTATUS[0]}
@@ -268,6 +312,7 @@ run_l1() {
   [ -n "$watcher" ] && wait "$watcher" 2>/dev/null
   if [ -e "$work/stalled" ]; then
     say "L1's console was silent, or one of its CPUs stuck, for ${silence}s after $((SECONDS - started)) s; stopped"
+    l1_where_named
     run_status=124
     return
   fi
