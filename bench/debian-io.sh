@@ -12,14 +12,15 @@
 # and a QCOW2 image (fully written first, so reads find data).
 #
 #   scripts/make-debian-root.sh
-#   scripts/lab.sh -t 3600 -- bash bench/debian-io.sh [-f "raw qcow2"] [-q "1 2"]
+#   scripts/lab.sh -t 3600 -- bash bench/debian-io.sh [-f "raw qcow2"] [-q "1 2"] [-v "tern qemu"]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-formats="raw qcow2" queues="1 2"
-while getopts "f:q:" o; do
+formats="raw qcow2" queues="1 2" vmms="tern qemu"
+while getopts "f:q:v:" o; do
   case "$o" in
-    f) formats=$OPTARG ;; q) queues=$OPTARG ;; *) echo "usage: $0 [-f FORMATS] [-q QUEUE_COUNTS]" >&2; exit 2 ;;
+    f) formats=$OPTARG ;; q) queues=$OPTARG ;; v) vmms=$OPTARG ;;
+    *) echo "usage: $0 [-f FORMATS] [-q QUEUE_COUNTS] [-v VMMS]" >&2; exit 2 ;;
   esac
 done
 b=${TERN_BUILD_DIR:-build}
@@ -32,7 +33,9 @@ command -v qemu-system-x86_64 >/dev/null || { echo "debian-io.sh: qemu-system-x8
 
 work=$(mktemp -d "${TMPDIR:-/var/tmp}/tern-debian-io.XXXXXX")
 trap 'rm -rf "$work"' EXIT
-cmdline="console=ttyS0 root=/dev/vda rw panic=-1 tern.test=fio"
+# rootdelay: initramfs-tools waits only 30 s for the root disk by default,
+# and QEMU's q35 guest in the lab has not found vda in that time.
+cmdline="console=ttyS0 root=/dev/vda rw rootdelay=300 panic=-1 tern.test=fio"
 
 # boot VMM FORMAT QUEUES: one boot; the guest's fio lines go to $work/log.
 boot() {
@@ -63,11 +66,11 @@ for fmt in $formats; do
   qemu-io -f "$fmt" -c "write -P 0x5a 0 256M" "$work/bench.$fmt" > /dev/null
   for q in $queues; do
     declare -A iops=()
-    for vmm in tern qemu; do
+    for vmm in $vmms; do
       boot "$vmm" "$fmt" "$q"
       if ! grep -q "tern-test: fio randwrite depth 32" "$work/log"; then
         echo "debian-io.sh: $vmm $fmt q$q: no fio results; console tail and stderr:" >&2
-        { grep -iE 'virtio|vd[a-z]|blk|0000:00' "$work/log" | tail -n 20; tail -n 12 "$work/log"; cat "$work/err"; } >&2
+        { grep -iE 'virtio|vd[a-z]|blk|0000:00' "$work/log" | tail -n 20; tail -n 40 "$work/log"; cat "$work/err"; } >&2
       fi
       grep "tern-test: fio on vdb" "$work/log" | sed "s/^/$vmm: /" | tr -d '\r' >&2 || true
       # (A file, not process substitution: the lab's L1 has no /dev/fd.)

@@ -124,4 +124,4 @@ if [ "$load" = 1 ]; then
   done
   echo "lab-boots: ${#hogs[@]} busy loops on the host" >&2
 fi
-bash scripts/lab.sh -t $((n * 400 + 600)) -- bash bench/lab-boots.sh --inside "$n" "$trace" "$vmm" "$memory"
+bash scripts/lab.sh -t $((n * 400 + 600)) -s 400 -- bash bench/lab-boots.sh --inside "$n" "$trace" "$vmm" "$memory"
