@@ -33,9 +33,7 @@ command -v qemu-system-x86_64 >/dev/null || { echo "debian-io.sh: qemu-system-x8
 
 work=$(mktemp -d "${TMPDIR:-/var/tmp}/tern-debian-io.XXXXXX")
 trap 'rm -rf "$work"' EXIT
-# rootdelay: initramfs-tools waits only 30 s for the root disk by default,
-# and QEMU's q35 guest in the lab has not found vda in that time.
-cmdline="console=ttyS0 root=/dev/vda rw rootdelay=300 panic=-1 tern.test=fio"
+cmdline="console=ttyS0 root=/dev/vda rw panic=-1 tern.test=fio"
 
 # boot VMM FORMAT QUEUES: one boot; the guest's fio lines go to $work/log.
 boot() {
@@ -50,9 +48,10 @@ boot() {
   else
     timeout -k 10 900 qemu-system-x86_64 -M q35 -accel kvm -cpu host -smp 2 -m 1G -nodefaults -no-user-config \
       -display none -no-reboot -serial "file:$work/log" -kernel "$deb/vmlinuz" -initrd "$deb/initrd.img" \
-      -append "$cmdline" -drive "file=$work/overlay.qcow2,format=qcow2,if=virtio" \
+      -append "$cmdline" -drive "file=$work/overlay.qcow2,format=qcow2,if=none,id=root" \
       -drive "file=$disk,format=$fmt,if=none,id=bench,cache=none,aio=native" \
-      -device "virtio-blk-pci,drive=bench,num-queues=$q" < /dev/null 2> "$work/err" || true
+      -device "virtio-blk-pci,drive=root,addr=0x3" \
+      -device "virtio-blk-pci,drive=bench,num-queues=$q,addr=0x4" < /dev/null 2> "$work/err" || true
   fi
 }
 
