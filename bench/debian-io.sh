@@ -76,6 +76,9 @@ for fmt in $formats; do
       tr -d '\r' < "$work/log" |
         sed -n 's/.*tern-test: fio \([a-z]*\) depth \([0-9]*\) iops \([0-9.]*\).*/\1 \2 \3/p' > "$work/iops"
       while read -r rw depth n; do iops[$vmm,$rw,$depth]=$n; done < "$work/iops"
+      # Each VMM's figures as soon as they are in: a lab that dies in the
+      # next boot must not take them along.
+      echo "debian-io: $vmm $fmt q$q: $(tr '\n' ' ' < "$work/iops")" >&2
     done
     for rw in randread randwrite; do
       for depth in 1 32; do
