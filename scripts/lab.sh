@@ -32,7 +32,12 @@
 #
 # Exit status: CMD's status; 124 when L1 ran past -t or was silent past
 # -s; 125 when L1 ended without reporting CMD's status (its console says
-# why).
+# why). A silent L1 is named before it is stopped: "L1 CPU at RIP ...
+# (symbol)" for each of its CPUs, from QEMU's monitor and L1's kallsyms.
+#
+# Environment: TERN_LAB_CPU (L1's CPU model), TERN_LAB_ACCEL (QEMU's
+# accelerator options), TERN_LAB_QEMU (another QEMU binary for L1),
+# TERN_LAB_KVM_AMD (kvm-amd's parameters in L1, e.g. "npt=0").
 #
 # Cached in ${XDG_CACHE_HOME:-~/.cache}/tern-guest/lab: L1's initramfs,
 # rebuilt when the kernel package, the host's busybox or this script change.
