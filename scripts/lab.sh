@@ -249,14 +249,6 @@ chmod +x "$root/lab/init"
 used=$(du -sm "$root" | cut -f1)
 disk="$work/lab.img"
 
-# watch_console SECONDS: stops L1 (through QEMU's pid file) when its console
-# has been silent that long, or when L1's kernel reports a CPU stuck (soft
-# lockup) for that long, and leaves $work/stalled behind. The command's own
-# output is the sign of life: ctest prints a line as each test ends, and
-# every test inside has its own time limit, so a console silent for longer
-# means L1 itself stopped making progress. A soft lockup repeats its line
-# every half minute, so it would keep a silence watchdog quiet forever
-# (seen with QEMU's own guest in L1 as much as with tern's).
 # l1_where: where each of L1's CPUs is, from QEMU's monitor (a FIFO pair);
 # l1_where_named, once L1 is stopped, names each RIP with L1's own symbols
 # (the kallsyms its init saved on the lab disk).
@@ -276,6 +268,14 @@ l1_where_named() {
   done
 }
 
+# watch_console SECONDS: stops L1 (through QEMU's pid file) when its console
+# has been silent that long, or when L1's kernel reports a CPU stuck (soft
+# lockup) for that long, and leaves $work/stalled behind. The command's own
+# output is the sign of life: ctest prints a line as each test ends, and
+# every test inside has its own time limit, so a console silent for longer
+# means L1 itself stopped making progress. A soft lockup repeats its line
+# every half minute, so it would keep a silence watchdog quiet forever
+# (seen with QEMU's own guest in L1 as much as with tern's).
 watch_console() {
   local quiet=0 last=-1 size stuck
   while [ ! -e "$work/qemu.done" ]; do
